@@ -1,0 +1,196 @@
+//! Who the client is: credentials checked against the snapshot, the username's modifiers
+//! parsed, the network checked. Password checks are constant-time; argon2 hashes are
+//! verified off the executor thread once and then cached per core.
+
+pub mod username;
+
+use crate::config::{Password, Snapshot};
+use crate::error::ProxyError;
+use ahash::AHashMap;
+use std::cell::RefCell;
+use subtle::ConstantTimeEq;
+
+/// An authenticated client: its account and the modifiers it asked for (owned, so the
+/// identity can outlive the buffer the username came from).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub account: String,
+    /// Index into the snapshot's networks: the listener's network.
+    pub network: usize,
+    pub country: Option<String>,
+    pub state: Option<String>,
+    pub city: Option<String>,
+    pub session: Option<String>,
+    pub ttl: Option<String>,
+}
+
+/// Per-core cache of argon2-verified passwords, so a hash costs one KDF per core, not one
+/// per connection. Keyed by account; an entry is valid only for the hash it was checked
+/// against, so a reload that changes the hash re-verifies.
+#[derive(Default)]
+pub struct CredCache {
+    verified: RefCell<AHashMap<String, (String, Vec<u8>)>>,
+}
+
+const CRED_CACHE_MAX: usize = 16_384;
+
+impl CredCache {
+    fn hit(&self, account: &str, phc: &str, password: &[u8]) -> bool {
+        match self.verified.borrow().get(account) {
+            Some((h, p)) => h == phc && bool::from(p.as_slice().ct_eq(password)),
+            None => false,
+        }
+    }
+
+    fn insert(&self, account: &str, phc: &str, password: &[u8]) {
+        let mut map = self.verified.borrow_mut();
+        if map.len() >= CRED_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(account.to_owned(), (phc.to_owned(), password.to_owned()));
+    }
+}
+
+fn verify_argon2(phc: &str, password: &[u8]) -> bool {
+    use argon2::PasswordVerifier;
+    match argon2::PasswordHash::new(phc) {
+        Ok(hash) => argon2::Argon2::default()
+            .verify_password(password, &hash)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Check username and password for a connection that arrived on `network`.
+///
+/// Errors are all 407 (`AuthFailed`): the reason is for the log, never for the client.
+pub async fn authenticate(
+    snap: &Snapshot,
+    cache: &CredCache,
+    network: usize,
+    user: &[u8],
+    password: &[u8],
+) -> Result<Identity, ProxyError> {
+    let user = std::str::from_utf8(user).map_err(|_| ProxyError::AuthFailed("username not UTF-8"))?;
+    let parsed = username::parse(user).map_err(|e| match e {
+        username::GrammarError::UnknownKey => ProxyError::AuthFailed("unknown modifier key"),
+        username::GrammarError::RepeatedKey => ProxyError::AuthFailed("repeated modifier key"),
+        username::GrammarError::DanglingKey => ProxyError::AuthFailed("modifier without value"),
+        username::GrammarError::EmptyValue => ProxyError::AuthFailed("empty modifier value"),
+        username::GrammarError::BadSession => ProxyError::AuthFailed("malformed session id"),
+    })?;
+    let account = snap
+        .accounts
+        .get(parsed.account)
+        .ok_or(ProxyError::AuthFailed("unknown account"))?;
+    let ok = match &account.password {
+        Password::Plain(p) => bool::from(p.as_slice().ct_eq(password)),
+        Password::Argon2(phc) => {
+            if cache.hit(&account.name, phc, password) {
+                true
+            } else {
+                let (phc2, pw) = (phc.clone(), password.to_vec());
+                let ok = glommio::executor()
+                    .spawn_blocking(move || verify_argon2(&phc2, &pw))
+                    .await;
+                if ok {
+                    cache.insert(&account.name, phc, password);
+                }
+                ok
+            }
+        }
+    };
+    if !ok {
+        return Err(ProxyError::AuthFailed("wrong password"));
+    }
+    if !account.may_use(network) {
+        return Err(ProxyError::AuthFailed("account may not use this network"));
+    }
+    let net = &snap.networks[network];
+    if parsed.mods.targets() && !net.targeting {
+        return Err(ProxyError::AuthFailed("targeting on a network without targeting"));
+    }
+    let own = |v: Option<&str>| v.map(str::to_owned);
+    Ok(Identity {
+        account: account.name.clone(),
+        network,
+        country: own(parsed.mods.country),
+        state: own(parsed.mods.state),
+        city: own(parsed.mods.city),
+        session: own(parsed.mods.session),
+        ttl: own(parsed.mods.ttl),
+    })
+}
+
+impl Identity {
+    /// The session TTL in minutes, checked against the network's range (455 otherwise).
+    /// `None` when the username asks for no stickiness.
+    pub fn ttl_minutes(&self, snap: &Snapshot) -> Result<Option<u32>, ProxyError> {
+        let net = &snap.networks[self.network];
+        match (&self.ttl, &self.session) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Ok(Some(net.ttl_default)),
+            (Some(t), _) => {
+                // Digits only: "+5", " 5" and "5.0" are not minutes.
+                if t.is_empty() || t.len() > 9 || !t.bytes().all(|c| c.is_ascii_digit()) {
+                    return Err(ProxyError::InvalidTtl);
+                }
+                let n: u32 = t.parse().map_err(|_| ProxyError::InvalidTtl)?;
+                if (net.ttl_min..=net.ttl_max).contains(&n) {
+                    Ok(Some(n))
+                } else {
+                    Err(ProxyError::InvalidTtl)
+                }
+            }
+        }
+    }
+}
+
+/// Decode an HTTP `Proxy-Authorization: Basic <b64>` value into (user, password).
+pub fn parse_basic(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    use base64::Engine;
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, b64) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let colon = raw.iter().position(|&c| c == b':')?;
+    Some((raw[..colon].to_vec(), raw[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header() {
+        // "alice:pa:ss" — the password may contain ':'.
+        let (u, p) = parse_basic(b"Basic YWxpY2U6cGE6c3M=").unwrap();
+        assert_eq!((u.as_slice(), p.as_slice()), (&b"alice"[..], &b"pa:ss"[..]));
+        assert_eq!(parse_basic(b"basic  YWxpY2U6cGE6c3M= ").unwrap().0, b"alice");
+        assert!(parse_basic(b"Bearer abc").is_none());
+        assert!(parse_basic(b"Basic !!!").is_none());
+        assert!(parse_basic(b"Basic YWxpY2U=").is_none()); // no colon
+    }
+
+    #[test]
+    fn argon2_verification() {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let phc = argon2::Argon2::default()
+            .hash_password(b"s3cret", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_argon2(&phc, b"s3cret"));
+        assert!(!verify_argon2(&phc, b"wrong"));
+        let cache = CredCache::default();
+        assert!(!cache.hit("a", &phc, b"s3cret"));
+        cache.insert("a", &phc, b"s3cret");
+        assert!(cache.hit("a", &phc, b"s3cret"));
+        assert!(!cache.hit("a", &phc, b"other"));
+        assert!(!cache.hit("a", "$argon2id$changed", b"s3cret"));
+    }
+}

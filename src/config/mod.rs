@@ -1,0 +1,218 @@
+//! Configuration: the serde model of the TOML file, validation that names the exact key,
+//! and the immutable [`Snapshot`] that connections read (published through `ArcSwap`).
+
+mod snapshot;
+mod units;
+
+pub use snapshot::{Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Upstream};
+pub use units::{parse_duration, parse_size, Dur, Size};
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The whole file, as written. Names are DESIGN.md's configuration contract.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: Option<AdminSection>,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub dns: DnsSection,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(default, rename = "network")]
+    pub networks: Vec<NetworkSection>,
+    #[serde(default, rename = "exit")]
+    pub exits: Vec<ExitSection>,
+    #[serde(default, rename = "plan")]
+    pub plans: Vec<PlanSection>,
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserSection>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Executors pinned to cores; 0 = one per online CPU.
+    pub workers: usize,
+    /// Client must finish greeting, auth and request within this.
+    pub handshake_timeout: Dur,
+    /// Outbound connect, per attempt.
+    pub connect_timeout: Dur,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub idle_timeout: Dur,
+    /// On SIGTERM/SIGINT, how long live connections may take to finish.
+    pub drain_timeout: Dur,
+    /// Allow loopback/private/link-local/CGNAT/metadata targets.
+    pub allow_private_targets: bool,
+    /// Where the embedded usage store lives.
+    pub state_dir: PathBuf,
+    /// Largest HTTP request or response head accepted.
+    pub max_header_size: Size,
+    /// Concurrent client connections per executor; the overflow is closed at accept.
+    pub max_connections_per_worker: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            handshake_timeout: Dur(std::time::Duration::from_secs(10)),
+            connect_timeout: Dur(std::time::Duration::from_secs(10)),
+            idle_timeout: Dur(std::time::Duration::from_secs(300)),
+            drain_timeout: Dur(std::time::Duration::from_secs(30)),
+            allow_private_targets: false,
+            state_dir: PathBuf::from("./state"),
+            max_header_size: Size(16 * 1024),
+            max_connections_per_worker: 65_536,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: String,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a full `RUST_LOG`-style filter.
+    pub level: String,
+    /// `human` or `json`.
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "human".into(),
+        }
+    }
+}
+
+/// `[dns]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// How long a resolved name is reused by an executor.
+    pub cache_ttl: Dur,
+    /// How long a failed lookup is remembered.
+    pub negative_ttl: Dur,
+    /// Names each executor keeps at most.
+    pub cache_size: usize,
+    /// Resolver threads per executor (lookups never run on the executor thread).
+    pub resolver_threads: usize,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Dur(std::time::Duration::from_secs(60)),
+            negative_ttl: Dur(std::time::Duration::from_secs(5)),
+            cache_size: 4096,
+            resolver_threads: 2,
+        }
+    }
+}
+
+/// `[[listener]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub listen: String,
+    pub network: String,
+}
+
+/// `[[network]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    pub name: String,
+    #[serde(default)]
+    pub targeting: bool,
+    #[serde(default = "default_ttl_min")]
+    pub ttl_min: u32,
+    #[serde(default = "default_ttl_max")]
+    pub ttl_max: u32,
+    #[serde(default = "default_ttl_default")]
+    pub ttl_default: u32,
+}
+
+fn default_ttl_min() -> u32 {
+    1
+}
+fn default_ttl_max() -> u32 {
+    1440
+}
+fn default_ttl_default() -> u32 {
+    10
+}
+
+/// `[[exit]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitSection {
+    /// Optional label for logs; defaults to `exit-<n>` (1-based position in the file).
+    pub name: Option<String>,
+    pub network: String,
+    pub kind: String,
+    pub source_ip: Option<String>,
+    pub url: Option<String>,
+    pub country: Option<String>,
+    pub state: Option<String>,
+    pub city: Option<String>,
+}
+
+/// `[[plan]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSection {
+    pub name: String,
+    pub bandwidth: Size,
+    pub threads: u32,
+}
+
+/// `[[user]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    pub name: String,
+    pub password: Option<String>,
+    pub password_hash: Option<String>,
+    pub plan: String,
+    pub networks: Vec<String>,
+}
+
+/// A configuration problem, worded for the operator: file, key and reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Read, parse and validate a config file.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    let err = |message: String| ConfigError {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    parse(&text).map_err(err)
+}
+
+/// Parse and validate config text.
+pub fn parse(text: &str) -> Result<Snapshot, String> {
+    let file: File = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    Snapshot::build(file)
+}

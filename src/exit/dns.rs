@@ -1,0 +1,175 @@
+//! Per-core DNS cache. Lookups run on the executor's blocking pool (getaddrinfo never runs
+//! on the executor thread); concurrent lookups of one name share one query.
+//!
+//! getaddrinfo does not report record TTLs, so answers are kept for `[dns] cache_ttl` and
+//! failures for `[dns] negative_ttl`.
+
+use crate::config::DnsSection;
+use ahash::AHashMap;
+use std::cell::RefCell;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Why a name did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsError(pub String);
+
+type Answer = Result<Rc<[IpAddr]>, DnsError>;
+
+struct Inflight {
+    answer: RefCell<Option<Answer>>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+enum Slot {
+    Ready { answer: Answer, expires: Instant },
+    Pending(Rc<Inflight>),
+}
+
+pub struct DnsCache {
+    map: RefCell<AHashMap<String, Slot>>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    max: usize,
+    hits: std::cell::Cell<u64>,
+    misses: std::cell::Cell<u64>,
+}
+
+impl DnsCache {
+    pub fn new(cfg: &DnsSection) -> Self {
+        Self {
+            map: RefCell::new(AHashMap::new()),
+            ttl: cfg.cache_ttl.0,
+            negative_ttl: cfg.negative_ttl.0,
+            max: cfg.cache_size.max(1),
+            hits: Default::default(),
+            misses: Default::default(),
+        }
+    }
+
+    /// (hits, misses) on this core.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits.get(), self.misses.get())
+    }
+
+    /// Resolve `host` (a name; IP literals never get here) to its addresses.
+    pub async fn resolve(&self, host: &str) -> Answer {
+        let key = host.to_ascii_lowercase();
+        let now = Instant::now();
+        let inflight = {
+            let map = self.map.borrow();
+            match map.get(&key) {
+                Some(Slot::Ready { answer, expires }) if *expires > now => {
+                    self.hits.set(self.hits.get() + 1);
+                    return answer.clone();
+                }
+                Some(Slot::Pending(p)) => {
+                    self.hits.set(self.hits.get() + 1);
+                    Some(p.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(p) = inflight {
+            return std::future::poll_fn(|cx| match &*p.answer.borrow() {
+                Some(a) => Poll::Ready(a.clone()),
+                None => {
+                    p.waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+        self.misses.set(self.misses.get() + 1);
+        let flight = Rc::new(Inflight {
+            answer: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+        });
+        {
+            let mut map = self.map.borrow_mut();
+            if map.len() >= self.max {
+                let now = Instant::now();
+                map.retain(|_, s| matches!(s, Slot::Ready { expires, .. } if *expires > now) || matches!(s, Slot::Pending(_)));
+                if map.len() >= self.max {
+                    map.retain(|_, s| matches!(s, Slot::Pending(_)));
+                }
+            }
+            map.insert(key.clone(), Slot::Pending(flight.clone()));
+        }
+        // If this future is dropped mid-lookup, the guard still publishes an answer so
+        // that waiters are not stranded.
+        let guard = Publish {
+            cache: self,
+            key: &key,
+            flight: &flight,
+            answer: None,
+        };
+        let name = key.clone();
+        let answer = glommio::executor()
+            .spawn_blocking(move || lookup(&name))
+            .await
+            .map(Rc::from);
+        let mut guard = guard;
+        guard.answer = Some(answer.clone());
+        drop(guard);
+        answer
+    }
+}
+
+struct Publish<'a> {
+    cache: &'a DnsCache,
+    key: &'a str,
+    flight: &'a Rc<Inflight>,
+    answer: Option<Answer>,
+}
+
+impl Drop for Publish<'_> {
+    fn drop(&mut self) {
+        let answer = self
+            .answer
+            .take()
+            .unwrap_or_else(|| Err(DnsError("lookup cancelled".into())));
+        let cancelled = answer == Err(DnsError("lookup cancelled".into()));
+        let ttl = match &answer {
+            Ok(_) => self.cache.ttl,
+            Err(_) => self.cache.negative_ttl,
+        };
+        let mut map = self.cache.map.borrow_mut();
+        if cancelled {
+            map.remove(self.key);
+        } else {
+            map.insert(
+                self.key.to_owned(),
+                Slot::Ready {
+                    answer: answer.clone(),
+                    expires: Instant::now() + ttl,
+                },
+            );
+        }
+        *self.flight.answer.borrow_mut() = Some(answer);
+        for w in self.flight.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+fn lookup(host: &str) -> Result<Vec<IpAddr>, DnsError> {
+    match (host, 0u16).to_socket_addrs() {
+        Ok(it) => {
+            let mut v: Vec<IpAddr> = Vec::new();
+            for a in it {
+                if !v.contains(&a.ip()) {
+                    v.push(a.ip());
+                }
+            }
+            if v.is_empty() {
+                Err(DnsError(format!("{host}: no addresses")))
+            } else {
+                Ok(v)
+            }
+        }
+        Err(e) => Err(DnsError(format!("{host}: {e}"))),
+    }
+}

@@ -1,0 +1,26 @@
+//! tollgate: a SOCKS5 + HTTP proxy gateway, thread-per-core on glommio.
+//!
+//! A connection's journey, one module per stage:
+//!
+//! - [`runtime`] starts one pinned executor per core and handles signals and drain;
+//!   [`worker`] is one core's context (buffers, DNS cache, credential cache, counters).
+//! - [`listener`] owns each core's SO_REUSEPORT sockets and accept loop.
+//! - [`session`] runs one client connection top to bottom: [`sniff`] the first bytes, then
+//!   the [`socks5`] or [`http`] handler.
+//! - [`auth`] checks credentials and parses the username's modifiers.
+//! - [`exit`] turns a target into an outbound connection (DNS, policy, source address).
+//! - [`relay`] moves bytes both ways with pooled buffers and counts them.
+//! - [`error`] is the one error type and its reply table; [`config`] the validated snapshot.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod exit;
+pub mod http;
+pub mod listener;
+pub mod relay;
+pub mod runtime;
+pub mod session;
+pub mod sniff;
+pub mod socks5;
+pub mod worker;

@@ -1,0 +1,56 @@
+//! Listening sockets (one SO_REUSEPORT socket per listener per executor, built with socket2)
+//! and each core's accept loop.
+
+use crate::worker::Worker;
+use glommio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Accept backlog asked of the kernel (it is capped by `net.core.somaxconn`).
+pub const BACKLOG: i32 = 8192;
+
+/// A listening socket for one executor: SO_REUSEPORT so every core has its own accept
+/// queue, TCP_NODELAY inherited by accepted sockets, IPv6 sockets v6-only.
+pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nodelay(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    Ok(sock)
+}
+
+/// Accept until the core starts draining; each connection runs as its own task.
+pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
+    loop {
+        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            w.drain.wait().await;
+            None
+        })
+        .await;
+        match next {
+            None => break,
+            Some(Ok(stream)) => {
+                let cap = w.config.load().server.max_connections_per_worker;
+                if w.active() >= cap {
+                    // Over the per-core cap: close at once rather than queue without bound.
+                    tracing::warn!(worker = w.id, cap, "connection cap reached; closing new connection");
+                    drop(stream);
+                    continue;
+                }
+                glommio::spawn_local(crate::session::serve(w.clone(), stream, index)).detach();
+            }
+            Some(Err(e)) => {
+                // EMFILE/ENFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(worker = w.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Two-way copy between a client and its outbound connection: one future drives both
+//! directions, buffers come from the core's pool only while bytes are in flight, FIN is
+//! forwarded, the executor gets the CPU back when it asks, and bytes are counted per
+//! direction in one place ([`Meter`]).
+
+use crate::worker::{BufPool, Worker};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Bytes of one client connection, as seen at the client side of the gateway:
+/// `up` = received from the client, `down` = sent to the client.
+#[derive(Debug, Default)]
+pub struct Meter {
+    up: Cell<u64>,
+    down: Cell<u64>,
+}
+
+impl Meter {
+    pub fn add_up(&self, n: usize) {
+        self.up.set(self.up.get() + n as u64);
+    }
+    pub fn add_down(&self, n: usize) {
+        self.down.set(self.down.get() + n as u64);
+    }
+    pub fn up(&self) -> u64 {
+        self.up.get()
+    }
+    pub fn down(&self) -> u64 {
+        self.down.get()
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both sides closed their write halves.
+    Closed,
+    /// No byte either way for `idle_timeout`.
+    Idle,
+    /// A read or write failed (reset, broken pipe).
+    Error(io::Error),
+}
+
+/// Bytes moved in one direction before checking whether the executor wants the CPU back.
+const PREEMPT_CHECK: usize = 256 * 1024;
+
+#[derive(Default)]
+struct Half {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+    done: bool,
+}
+
+/// Which way a [`Half`] moves bytes, for the meter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Up,
+    Down,
+}
+
+struct Pump<'a> {
+    pool: &'a BufPool,
+    client: &'a mut TcpStream,
+    upstream: &'a mut TcpStream,
+    meter: &'a Meter,
+    last: &'a Cell<Instant>,
+    up: Half,
+    down: Half,
+}
+
+impl Pump<'_> {
+    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<io::Result<()>> {
+        let (src, dst, half) = match dir {
+            Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
+            Dir::Down => (&mut *self.upstream, &mut *self.client, &mut self.down),
+        };
+        let mut moved = 0usize;
+        loop {
+            if half.pos < half.len {
+                let Some(buf) = half.buf.as_ref() else {
+                    return Poll::Ready(Err(io::Error::other("relay buffer missing")));
+                };
+                match Pin::new(&mut *dst).poll_write(cx, &buf[half.pos..half.len]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        half.pos += n;
+                        moved += n;
+                        if dir == Dir::Down {
+                            self.meter.add_down(n);
+                        }
+                        if half.pos == half.len {
+                            if let Some(b) = half.buf.take() {
+                                self.pool.give(b);
+                            }
+                            half.pos = 0;
+                            half.len = 0;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            if half.eof {
+                // Forward the FIN: the peer learns this direction is finished.
+                let _ = Pin::new(&mut *dst).poll_close(cx);
+                half.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if moved >= PREEMPT_CHECK {
+                moved = 0;
+                if glommio::executor().need_preempt() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            let mut buf = half.buf.take().unwrap_or_else(|| self.pool.take());
+            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.pool.give(buf);
+                    half.eof = true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    half.buf = Some(buf);
+                    half.len = n;
+                    half.pos = 0;
+                    if dir == Dir::Up {
+                        self.meter.add_up(n);
+                    }
+                    self.last.set(Instant::now());
+                }
+                Poll::Ready(Err(e)) => {
+                    self.pool.give(buf);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    // Idle tunnels hold no buffer.
+                    self.pool.give(buf);
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Future for Pump<'_> {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.up.done {
+            if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Up) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if !this.down.done {
+            if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Down) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if this.up.done && this.down.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Pump<'_> {
+    fn drop(&mut self) {
+        for half in [&mut self.up, &mut self.down] {
+            if let Some(b) = half.buf.take() {
+                self.pool.give(b);
+            }
+        }
+    }
+}
+
+/// Relay until both directions are finished, an error, or `idle` without a byte.
+pub async fn relay(
+    w: &Worker,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    meter: &Meter,
+    idle: Duration,
+) -> RelayEnd {
+    let last = Cell::new(Instant::now());
+    let pump = Pump {
+        pool: &w.buffers,
+        client,
+        upstream,
+        meter,
+        last: &last,
+        up: Half::default(),
+        down: Half::default(),
+    };
+    let watch = async {
+        loop {
+            let deadline = last.get() + idle;
+            let now = Instant::now();
+            if now >= deadline {
+                return RelayEnd::Idle;
+            }
+            glommio::timer::sleep(deadline - now).await;
+        }
+    };
+    futures_lite::future::or(
+        async {
+            match pump.await {
+                Ok(()) => RelayEnd::Closed,
+                Err(e) => RelayEnd::Error(e),
+            }
+        },
+        watch,
+    )
+    .await
+}

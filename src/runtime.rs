@@ -1,0 +1,217 @@
+//! Start-up and shut-down: one executor per worker pinned to a CPU, listeners bound for
+//! each, signals (SIGTERM/SIGINT drain, SIGHUP reload), and the drain itself.
+
+use crate::config::{self, Snapshot};
+use crate::worker::{within, Worker};
+use arc_swap::ArcSwap;
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use std::os::fd::{IntoRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Set once by SIGTERM/SIGINT; each executor notices within [`DRAIN_POLL`].
+static DRAINING: AtomicBool = AtomicBool::new(false);
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Raise RLIMIT_MEMLOCK's soft limit to its hard limit: io_uring rings need locked memory.
+fn raise_memlock() -> u64 {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) == 0 {
+            if r.rlim_cur < r.rlim_max {
+                r.rlim_cur = r.rlim_max;
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &r);
+            }
+            return r.rlim_cur;
+        }
+    }
+    0
+}
+
+/// Everything `run` needs from the command line.
+pub struct Options {
+    pub config_path: PathBuf,
+}
+
+/// Run the gateway until SIGTERM/SIGINT and the drain that follows.
+pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
+    let cpus = allowed_cpus();
+    let workers = match snap.server.workers {
+        0 => cpus.len().max(1),
+        n => n,
+    };
+    let memlock = raise_memlock();
+    if memlock < 512 * 1024 {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {memlock} bytes; io_uring needs at least 512 KiB per process. \
+             Raise it (ulimit -l 65536, or LimitMEMLOCK=infinity in the systemd unit)."
+        ));
+    }
+
+    // Bind every listener once per worker. With port 0 the first socket picks the port
+    // and the others join it, so all cores share one ephemeral port.
+    let mut fds: Vec<Vec<(RawFd, usize)>> = vec![Vec::new(); workers];
+    let mut bound = Vec::new();
+    for (i, l) in snap.listeners.iter().enumerate() {
+        let mut addr = l.listen;
+        for per_worker in fds.iter_mut() {
+            let sock = crate::listener::bind(addr).map_err(|e| {
+                format!("[[listener]] #{} (listen = \"{}\"): cannot listen: {e}", i + 1, l.listen)
+            })?;
+            if addr.port() == 0 {
+                if let Some(a) = sock.local_addr().ok().and_then(|a| a.as_socket()) {
+                    addr = a;
+                }
+            }
+            per_worker.push((sock.into_raw_fd(), i));
+        }
+        bound.push((addr, i, snap.networks[l.network].name.clone()));
+    }
+
+    tracing::info!(
+        workers,
+        listeners = snap.listeners.len(),
+        networks = snap.networks.len(),
+        exits = snap.exits.len(),
+        accounts = snap.accounts.len(),
+        "starting"
+    );
+    let resolver_threads = snap.dns.resolver_threads;
+    let config = Arc::new(ArcSwap::from_pointee(snap));
+    spawn_signal_thread(opts.config_path, config.clone())?;
+
+    let mut handles = Vec::with_capacity(workers);
+    for (id, my_fds) in fds.into_iter().enumerate() {
+        let cpu = cpus.get(id % cpus.len().max(1)).copied().unwrap_or(0);
+        let config = config.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("tollgate-{id}"))
+            // Network I/O does not use the registered io_memory; keep it small.
+            .io_memory(64 << 10)
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(resolver_threads))
+            .spawn(move || worker_main(id, config, my_fds))
+            .map_err(|e| {
+                format!(
+                    "cannot start executor {id} on CPU {cpu}: {e}. tollgate needs io_uring \
+                     (Linux >= 5.8, not disabled by kernel.io_uring_disabled or a seccomp \
+                     profile) and RLIMIT_MEMLOCK >= 512 KiB"
+                )
+            })?;
+        handles.push(handle);
+    }
+    for (addr, i, network) in &bound {
+        tracing::info!(listener = i, %addr, network = %network, "listening");
+        println!("listening {addr} listener={i} network={network}");
+    }
+    println!("ready workers={workers}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut failed = false;
+    for h in handles {
+        if h.join().is_err() {
+            failed = true;
+        }
+    }
+    if failed {
+        return Err("an executor stopped abnormally".into());
+    }
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+fn spawn_signal_thread(path: PathBuf, config: Arc<ArcSwap<Snapshot>>) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("tollgate-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                match sig {
+                    SIGHUP => reload(&path, &config),
+                    _ => {
+                        if DRAINING.swap(true, Ordering::SeqCst) {
+                            tracing::warn!("second stop signal: exiting without waiting");
+                            std::process::exit(1);
+                        }
+                        tracing::info!("stop signal: draining");
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start signal thread: {e}"))?;
+    Ok(())
+}
+
+/// SIGHUP: re-read the file; a valid one replaces the snapshot, an invalid one is logged
+/// and ignored. Listeners are bound at start and keep their addresses.
+fn reload(path: &std::path::Path, config: &ArcSwap<Snapshot>) {
+    match config::load(path) {
+        Ok(new) => {
+            let old = config.load();
+            let same = old.listeners.len() == new.listeners.len()
+                && old
+                    .listeners
+                    .iter()
+                    .zip(&new.listeners)
+                    .all(|(a, b)| a.listen == b.listen);
+            if !same {
+                tracing::warn!("reload: listener changes take effect only after a restart");
+            }
+            tracing::info!(accounts = new.accounts.len(), "configuration reloaded");
+            config.store(Arc::new(new));
+        }
+        Err(e) => tracing::error!(error = %e, "reload rejected; keeping the running configuration"),
+    }
+}
+
+async fn worker_main(id: usize, config: Arc<ArcSwap<Snapshot>>, fds: Vec<(RawFd, usize)>) {
+    let w = Worker::new(id, config);
+    let watcher = w.clone();
+    glommio::spawn_local(async move {
+        while !DRAINING.load(Ordering::Relaxed) {
+            glommio::timer::sleep(DRAIN_POLL).await;
+        }
+        watcher.drain.fire();
+    })
+    .detach();
+    let mut loops = Vec::with_capacity(fds.len());
+    for (fd, index) in fds {
+        // SAFETY: the fd is a bound, listening socket created for this worker alone.
+        let l = unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        loops.push(glommio::spawn_local(crate::listener::accept_loop(
+            w.clone(),
+            l,
+            index,
+        )));
+    }
+    for l in loops {
+        l.await;
+    }
+    let drain = w.config.load().server.drain_timeout.0;
+    let live = w.active();
+    if live > 0 {
+        tracing::info!(worker = id, live, "waiting for live connections");
+        if within(drain, w.all_closed()).await.is_none() {
+            tracing::warn!(worker = id, left = w.active(), "drain timeout; closing the rest");
+        }
+    }
+}

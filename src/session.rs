@@ -1,0 +1,189 @@
+//! One client connection, top to bottom: take the snapshot, read the first bytes once,
+//! sniff the protocol and hand the connection (and the bytes already read) to its handler.
+
+use crate::config::Snapshot;
+use crate::error::ProxyError;
+use crate::relay::Meter;
+use crate::sniff::{sniff, Protocol};
+use crate::worker::{until, Worker};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a handler knows about the connection it serves.
+pub struct Ctx {
+    pub w: Rc<Worker>,
+    pub snap: Arc<Snapshot>,
+    /// Index of the listener (and so of its network) the client came in on.
+    pub listener: usize,
+    pub network: usize,
+    pub peer: Option<SocketAddr>,
+    /// Greeting, authentication and request must be complete by then.
+    pub handshake_deadline: Instant,
+}
+
+/// One end of a proxied exchange: a stream, the bytes read from it but not yet used, and
+/// the meter its bytes are counted on.
+pub struct Side {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+    pub meter: Meter,
+}
+
+/// Bytes asked of the kernel per head read.
+const READ_CHUNK: usize = 8 * 1024;
+
+impl Side {
+    pub fn new(stream: TcpStream) -> Side {
+        Side {
+            stream,
+            buf: Vec::new(),
+            meter: Meter::default(),
+        }
+    }
+
+    /// Read up to `max` more bytes into `buf`; `Ok(0)` at end of stream.
+    pub async fn fill(&mut self, max: usize) -> std::io::Result<usize> {
+        let old = self.buf.len();
+        self.buf.resize(old + max.clamp(1, READ_CHUNK), 0);
+        let res = self.stream.read(&mut self.buf[old..]).await;
+        let n = *res.as_ref().unwrap_or(&0);
+        self.buf.truncate(old + n);
+        self.meter.add_up(n);
+        res
+    }
+
+    /// First read of a fresh connection: one direct non-blocking `recv`, which saves the
+    /// reactor round trip a new glommio stream's first read costs; falls back to `fill`.
+    pub async fn fill_first(&mut self) -> std::io::Result<usize> {
+        let mut tmp = [0u8; 1024];
+        // SAFETY: valid fd, buffer and length.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                tmp.as_mut_ptr() as *mut libc::c_void,
+                tmp.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            let n = n as usize;
+            self.buf.extend_from_slice(&tmp[..n]);
+            self.meter.add_up(n);
+            return Ok(n);
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(err);
+        }
+        self.fill(READ_CHUNK).await
+    }
+
+    /// Write all of `data`, counted as sent on this side's meter.
+    pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data).await?;
+        self.meter.add_down(data.len());
+        Ok(())
+    }
+
+    /// Drop the first `n` buffered bytes (they were parsed).
+    pub fn consume(&mut self, n: usize) {
+        self.buf.drain(..n.min(self.buf.len()));
+    }
+}
+
+/// Serve one accepted connection until it closes.
+pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
+    let _live = w.track();
+    let snap = w.config.load_full();
+    let Some(network) = snap.listeners.get(listener).map(|l| l.network) else {
+        return;
+    };
+    let handshake_deadline = Instant::now() + snap.server.handshake_timeout.0;
+    let peer = stream.peer_addr().ok();
+    let mut client = Side::new(stream);
+    let ctx = Ctx {
+        w,
+        snap,
+        listener,
+        network,
+        peer,
+        handshake_deadline,
+    };
+    let mut first = true;
+    let proto = loop {
+        if let Some(p) = sniff(&client.buf) {
+            break p;
+        }
+        let read = if first {
+            first = false;
+            until(handshake_deadline, client.fill_first()).await
+        } else {
+            until(handshake_deadline, client.fill(READ_CHUNK)).await
+        };
+        match read {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    };
+    match proto {
+        Protocol::Socks5 => crate::socks5::serve(&ctx, &mut client).await,
+        Protocol::Http => crate::http::serve(&ctx, &mut client).await,
+        Protocol::Unknown => {
+            tracing::debug!(peer = ?ctx.peer, first = client.buf.first(), "closed: not SOCKS5 or HTTP");
+        }
+    }
+}
+
+/// One access-log line: a proxied connection or forwarded request.
+pub struct Access<'a> {
+    pub proto: &'static str,
+    pub account: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub exit: Option<usize>,
+    pub up: u64,
+    pub down: u64,
+    pub started: Instant,
+    pub outcome: Result<u16, &'a ProxyError>,
+}
+
+impl Ctx {
+    /// Emit the access line (never a password: accounts and targets only).
+    pub fn log_access(&self, a: Access<'_>) {
+        let exit = a
+            .exit
+            .and_then(|i| self.snap.exits.get(i))
+            .map(|e| e.name.as_str());
+        let network = self
+            .snap
+            .networks
+            .get(self.network)
+            .map(|n| n.name.as_str());
+        let (code, error) = match a.outcome {
+            Ok(code) => (code, None),
+            Err(e) => (e.code(), Some(e.to_string())),
+        };
+        tracing::info!(
+            target: "access",
+            proto = a.proto,
+            peer = ?self.peer,
+            listener = self.listener,
+            network,
+            account = a.account,
+            target = a.target,
+            exit,
+            up = a.up,
+            down = a.down,
+            ms = a.started.elapsed().as_millis() as u64,
+            code,
+            error,
+        );
+    }
+}

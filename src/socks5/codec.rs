@@ -1,0 +1,197 @@
+//! Sans-IO SOCKS5 codec (RFC 1928, RFC 1929) on socks5-proto's types.
+//!
+//! socks5-proto parses from a tokio `AsyncRead`; a `&[u8]` is one that never returns
+//! `Pending`, so each parser polls the crate's future once over the bytes buffered so far:
+//! `UnexpectedEof` means "need more", otherwise the slice's advance is what was consumed.
+
+use crate::error::ProxyError;
+use socks5_proto::{
+    handshake::{self, Method},
+    Address, Command, Error as SocksError, ProtocolError, Reply, Request, Response,
+};
+use std::future::Future;
+use std::io::ErrorKind;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+/// A parse result: the value and how many bytes it used, or "need more bytes".
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<T> {
+    Done(T, usize),
+    Incomplete,
+}
+
+fn poll_once<F: Future>(f: F) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(f).poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+fn is_eof(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::UnexpectedEof
+}
+
+/// The method-selection greeting: `VER NMETHODS METHODS...`. Returns the offered methods.
+pub fn parse_greeting(buf: &[u8]) -> Result<Parsed<Vec<Method>>, ProxyError> {
+    let mut rd = buf;
+    match poll_once(handshake::Request::read_from(&mut rd)) {
+        None => Err(ProxyError::Internal("socks5 parser pending on a slice")),
+        Some(Ok(req)) => Ok(Parsed::Done(req.methods, buf.len() - rd.len())),
+        Some(Err(SocksError::Io(e))) if is_eof(&e) => Ok(Parsed::Incomplete),
+        Some(Err(_)) => Err(ProxyError::BadRequest("malformed socks5 greeting")),
+    }
+}
+
+/// The RFC 1929 sub-negotiation: `VER ULEN UNAME PLEN PASSWD`.
+pub fn parse_password(buf: &[u8]) -> Result<Parsed<(Vec<u8>, Vec<u8>)>, ProxyError> {
+    use handshake::password::{Error as PwError, Request as PwRequest};
+    let mut rd = buf;
+    match poll_once(PwRequest::read_from(&mut rd)) {
+        None => Err(ProxyError::Internal("socks5 parser pending on a slice")),
+        Some(Ok(req)) => Ok(Parsed::Done(
+            (req.username, req.password),
+            buf.len() - rd.len(),
+        )),
+        Some(Err(PwError::Io(e))) if is_eof(&e) => Ok(Parsed::Incomplete),
+        Some(Err(_)) => Err(ProxyError::AuthFailed("malformed RFC 1929 sub-negotiation")),
+    }
+}
+
+/// The request: `VER CMD RSV ATYP DST.ADDR DST.PORT`.
+pub fn parse_request(buf: &[u8]) -> Result<Parsed<(Command, Address)>, ProxyError> {
+    let mut rd = buf;
+    match poll_once(Request::read_from(&mut rd)) {
+        None => Err(ProxyError::Internal("socks5 parser pending on a slice")),
+        Some(Ok(req)) => Ok(Parsed::Done(
+            (req.command, req.address),
+            buf.len() - rd.len(),
+        )),
+        Some(Err(SocksError::Io(e))) if is_eof(&e) => Ok(Parsed::Incomplete),
+        Some(Err(SocksError::Protocol(ProtocolError::InvalidCommand { .. }))) => {
+            Err(ProxyError::CommandNotSupported)
+        }
+        Some(Err(SocksError::Protocol(ProtocolError::InvalidAddressTypeInRequest { .. }))) => {
+            Err(ProxyError::AddressTypeNotSupported)
+        }
+        Some(Err(_)) => Err(ProxyError::BadRequest("malformed socks5 request")),
+    }
+}
+
+/// Method selection reply.
+pub fn encode_method(method: Method, out: &mut Vec<u8>) {
+    handshake::Response::new(method).write_to_buf(out);
+}
+
+/// RFC 1929 status: `0x00` success; failures carry DESIGN's status byte.
+pub fn encode_auth_status(status: u8, out: &mut Vec<u8>) {
+    if status == 0 {
+        handshake::password::Response::new(true).write_to_buf(out);
+    } else {
+        out.extend_from_slice(&[handshake::password::SUBNEGOTIATION_VERSION, status]);
+    }
+}
+
+/// A reply to the request, with the bound address (`0.0.0.0:0` on failure).
+pub fn encode_reply(code: u8, bound: Address, out: &mut Vec<u8>) {
+    let reply = Reply::try_from(code).unwrap_or(Reply::GeneralFailure);
+    Response::new(reply, bound).write_to_buf(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn greeting() {
+        assert_eq!(parse_greeting(b"").unwrap(), Parsed::Incomplete);
+        assert_eq!(parse_greeting(b"\x05\x02\x00").unwrap(), Parsed::Incomplete);
+        assert_eq!(
+            parse_greeting(b"\x05\x02\x00\x02rest").unwrap(),
+            Parsed::Done(vec![Method::NONE, Method::PASSWORD], 4)
+        );
+        assert_eq!(
+            parse_greeting(b"\x05\x00").unwrap(),
+            Parsed::Done(vec![], 2)
+        );
+        assert!(parse_greeting(b"\x04\x01").is_err());
+    }
+
+    #[test]
+    fn password() {
+        assert_eq!(parse_password(b"\x01\x05ali").unwrap(), Parsed::Incomplete);
+        assert_eq!(
+            parse_password(b"\x01\x05alice\x02pw").unwrap(),
+            Parsed::Done((b"alice".to_vec(), b"pw".to_vec()), 10)
+        );
+        assert_eq!(
+            parse_password(b"\x01\x00\x00").unwrap(),
+            Parsed::Done((vec![], vec![]), 3)
+        );
+        assert!(parse_password(b"\x02\x01a\x01b").is_err());
+    }
+
+    #[test]
+    fn request() {
+        let v4 = b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50extra";
+        let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(
+            parse_request(v4).unwrap(),
+            Parsed::Done((Command::Connect, Address::SocketAddress(addr)), 10)
+        );
+        let dom = b"\x05\x01\x00\x03\x09localhost\x1f\x90";
+        assert_eq!(
+            parse_request(dom).unwrap(),
+            Parsed::Done(
+                (Command::Connect, Address::DomainAddress(b"localhost".to_vec(), 8080)),
+                dom.len()
+            )
+        );
+        let mut v6 = b"\x05\x01\x00\x04".to_vec();
+        v6.extend_from_slice(&[0; 15]);
+        v6.push(1);
+        v6.extend_from_slice(&[0x01, 0xbb]);
+        let addr6: SocketAddr = "[::1]:443".parse().unwrap();
+        assert_eq!(
+            parse_request(&v6).unwrap(),
+            Parsed::Done((Command::Connect, Address::SocketAddress(addr6)), 22)
+        );
+        for cut in 0..dom.len() {
+            assert_eq!(parse_request(&dom[..cut]).unwrap(), Parsed::Incomplete, "{cut}");
+        }
+        assert_eq!(
+            parse_request(b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50").unwrap(),
+            Parsed::Done((Command::Bind, Address::SocketAddress(addr)), 10)
+        );
+        assert_eq!(
+            parse_request(b"\x05\x09\x00\x01"),
+            Err(ProxyError::CommandNotSupported)
+        );
+        assert_eq!(
+            parse_request(b"\x05\x01\x00\x07\x00"),
+            Err(ProxyError::AddressTypeNotSupported)
+        );
+        assert!(matches!(
+            parse_request(b"\x04\x01\x00\x01"),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn replies() {
+        let mut out = Vec::new();
+        encode_reply(0x05, Address::unspecified(), &mut out);
+        assert_eq!(out, b"\x05\x05\x00\x01\x00\x00\x00\x00\x00\x00");
+        out.clear();
+        encode_auth_status(0x01, &mut out);
+        assert_eq!(out, b"\x01\x01");
+        out.clear();
+        encode_auth_status(0, &mut out);
+        assert_eq!(out, b"\x01\x00");
+        out.clear();
+        encode_method(Method::UNACCEPTABLE, &mut out);
+        assert_eq!(out, b"\x05\xff");
+    }
+}

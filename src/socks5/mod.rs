@@ -1,0 +1,189 @@
+//! SOCKS5 (RFC 1928) with username/password authentication (RFC 1929).
+//!
+//! The success reply goes out only after the outbound connect succeeded, carrying the real
+//! bound address; failures get their reply code from [`ProxyError::socks_reply`].
+
+pub mod codec;
+
+use crate::auth::{authenticate, Identity};
+use crate::error::{ProxyError, SocksReply};
+use crate::exit::{self, TargetAddr};
+use crate::relay::{relay, RelayEnd};
+use crate::session::{Access, Ctx, Side};
+use crate::worker::until;
+use codec::Parsed;
+use socks5_proto::{handshake::Method, Address, Command};
+use std::time::Instant;
+
+/// Largest greeting/auth/request we buffer (all three are far smaller).
+const MAX_HANDSHAKE: usize = 1024;
+
+/// Why the handshake stopped: an error to report, or the client left / timed out.
+enum Stop {
+    Reply(ProxyError),
+    Gone,
+}
+
+impl From<ProxyError> for Stop {
+    fn from(e: ProxyError) -> Self {
+        Stop::Reply(e)
+    }
+}
+
+/// Parse the next message, reading more bytes until it is complete.
+async fn next<T>(
+    ctx: &Ctx,
+    client: &mut Side,
+    parse: impl Fn(&[u8]) -> Result<Parsed<T>, ProxyError>,
+) -> Result<T, Stop> {
+    loop {
+        if let Parsed::Done(v, used) = parse(&client.buf)? {
+            client.consume(used);
+            return Ok(v);
+        }
+        if client.buf.len() >= MAX_HANDSHAKE {
+            return Err(Stop::Reply(ProxyError::BadRequest("socks5 message too long")));
+        }
+        match until(ctx.handshake_deadline, client.fill(MAX_HANDSHAKE - client.buf.len())).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return Err(Stop::Gone),
+        }
+    }
+}
+
+/// Encode and send the reply for `err` at the stage it happened.
+async fn refuse(client: &mut Side, err: &ProxyError) {
+    let mut out = Vec::with_capacity(16);
+    match err.socks_reply() {
+        SocksReply::Close => {}
+        SocksReply::NoAcceptableMethod => codec::encode_method(Method::UNACCEPTABLE, &mut out),
+        SocksReply::AuthFailure(status) => codec::encode_auth_status(status, &mut out),
+        SocksReply::Reply(code) => codec::encode_reply(code, Address::unspecified(), &mut out),
+    }
+    if !out.is_empty() {
+        let _ = client.send(&out).await;
+    }
+}
+
+/// Greeting and RFC 1929 sub-negotiation. A malformed greeting is closed without a reply.
+async fn greet_and_authenticate(ctx: &Ctx, client: &mut Side) -> Result<Identity, Stop> {
+    let methods = match next(ctx, client, codec::parse_greeting).await {
+        Err(Stop::Reply(_)) => return Err(Stop::Gone),
+        other => other?,
+    };
+    if !methods.contains(&Method::PASSWORD) {
+        return Err(Stop::Reply(ProxyError::NoAcceptableMethod));
+    }
+    let mut out = Vec::with_capacity(2);
+    codec::encode_method(Method::PASSWORD, &mut out);
+    client.send(&out).await.map_err(|_| Stop::Gone)?;
+    let (user, pass) = next(ctx, client, codec::parse_password).await?;
+    let ident = authenticate(&ctx.snap, &ctx.w.creds, ctx.network, &user, &pass).await?;
+    out.clear();
+    codec::encode_auth_status(0, &mut out);
+    client.send(&out).await.map_err(|_| Stop::Gone)?;
+    Ok(ident)
+}
+
+/// The request; plan and targeting errors are reported here, after a successful auth
+/// step, so that clients see "not allowed by ruleset" rather than an auth failure.
+async fn request(ctx: &Ctx, client: &mut Side, ident: &Identity) -> Result<TargetAddr, Stop> {
+    let (command, address) = next(ctx, client, codec::parse_request).await?;
+    if command != Command::Connect {
+        return Err(Stop::Reply(ProxyError::CommandNotSupported));
+    }
+    ident.ttl_minutes(&ctx.snap)?;
+    Ok(match address {
+        Address::SocketAddress(a) => TargetAddr::Ip(a),
+        Address::DomainAddress(name, port) => {
+            let host = std::str::from_utf8(&name)
+                .ok()
+                .filter(|h| !h.is_empty())
+                .ok_or(ProxyError::BadRequest("domain name not UTF-8"))?;
+            TargetAddr::from_host(host, port)
+        }
+    })
+}
+
+/// Serve a SOCKS5 client whose first bytes are in `client.buf`.
+pub async fn serve(ctx: &Ctx, client: &mut Side) {
+    let started = Instant::now();
+    let ident = match greet_and_authenticate(ctx, client).await {
+        Ok(i) => i,
+        Err(Stop::Gone) => return,
+        Err(Stop::Reply(e)) => {
+            refuse(client, &e).await;
+            ctx.log_access(Access {
+                proto: "socks5",
+                account: None,
+                target: None,
+                exit: None,
+                up: client.meter.up(),
+                down: client.meter.down(),
+                started,
+                outcome: Err(&e),
+            });
+            return;
+        }
+    };
+    let fail = |client: &Side, target: Option<&str>, e: &ProxyError| {
+        ctx.log_access(Access {
+            proto: "socks5",
+            account: Some(&ident.account),
+            target,
+            exit: None,
+            up: client.meter.up(),
+            down: client.meter.down(),
+            started,
+            outcome: Err(e),
+        })
+    };
+    let target = match request(ctx, client, &ident).await {
+        Ok(t) => t,
+        Err(Stop::Gone) => return,
+        Err(Stop::Reply(e)) => {
+            refuse(client, &e).await;
+            fail(client, None, &e);
+            return;
+        }
+    };
+    let target_s = target.to_string();
+    let mut out = match exit::open(&ctx.w, &ctx.snap, ctx.network, &target).await {
+        Ok(o) => o,
+        Err(e) => {
+            refuse(client, &e).await;
+            fail(client, Some(&target_s), &e);
+            return;
+        }
+    };
+    let mut reply = Vec::with_capacity(32);
+    codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
+    if client.send(&reply).await.is_err() {
+        return;
+    }
+    // Bytes the client pipelined after its request go first.
+    let early = std::mem::take(&mut client.buf);
+    let end = if !early.is_empty() && futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await.is_err() {
+        RelayEnd::Error(std::io::ErrorKind::BrokenPipe.into())
+    } else {
+        relay(
+            &ctx.w,
+            &mut client.stream,
+            &mut out.stream,
+            &client.meter,
+            ctx.snap.server.idle_timeout.0,
+        )
+        .await
+    };
+    tracing::debug!(?end, target = %target_s, "socks5 tunnel ended");
+    ctx.log_access(Access {
+        proto: "socks5",
+        account: Some(&ident.account),
+        target: Some(&target_s),
+        exit: Some(out.exit),
+        up: client.meter.up(),
+        down: client.meter.down(),
+        started,
+        outcome: Ok(200),
+    });
+}

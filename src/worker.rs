@@ -1,0 +1,180 @@
+//! One core's context: everything a connection on this executor shares with its neighbours
+//! without locks (`Rc`, `Cell`, `RefCell`), plus the handle to the shared snapshot.
+
+use crate::auth::CredCache;
+use crate::config::Snapshot;
+use crate::exit::dns::DnsCache;
+use arc_swap::ArcSwap;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Per-core state. One per executor, shared by its connections through `Rc`.
+pub struct Worker {
+    pub id: usize,
+    pub config: Arc<ArcSwap<Snapshot>>,
+    pub creds: CredCache,
+    pub dns: DnsCache,
+    pub buffers: BufPool,
+    /// Fired once when the gateway starts draining.
+    pub drain: Latch,
+    /// Live client connections on this core.
+    active: Cell<usize>,
+    /// Fired whenever `active` drops to zero.
+    idle: RefCell<Vec<Waker>>,
+    /// Round-robin position over exits.
+    pub rotation: Cell<usize>,
+}
+
+impl Worker {
+    pub fn new(id: usize, config: Arc<ArcSwap<Snapshot>>) -> Rc<Worker> {
+        let snap = config.load();
+        let dns = DnsCache::new(&snap.dns);
+        drop(snap);
+        Rc::new(Worker {
+            id,
+            config,
+            creds: CredCache::default(),
+            dns,
+            buffers: BufPool::new(RELAY_BUF, 256),
+            drain: Latch::default(),
+            active: Cell::new(0),
+            idle: RefCell::new(Vec::new()),
+            rotation: Cell::new(id),
+        })
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.get()
+    }
+
+    /// Count a connection as live until the guard drops.
+    pub fn track(self: &Rc<Self>) -> ConnGuard {
+        self.active.set(self.active.get() + 1);
+        ConnGuard(self.clone())
+    }
+
+    /// Resolves when no connection is live on this core.
+    pub async fn all_closed(&self) {
+        std::future::poll_fn(|cx| {
+            if self.active.get() == 0 {
+                Poll::Ready(())
+            } else {
+                self.idle.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Keeps a connection counted in [`Worker::active`].
+pub struct ConnGuard(Rc<Worker>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let n = self.0.active.get() - 1;
+        self.0.active.set(n);
+        if n == 0 {
+            for w in self.0.idle.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A one-shot, single-threaded broadcast: `fire()` once, every `wait()` resolves.
+#[derive(Default)]
+pub struct Latch {
+    fired: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Latch {
+    pub fn fire(&self) {
+        if !self.fired.replace(true) {
+            for w in self.waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    pub fn wait(&self) -> LatchWait<'_> {
+        LatchWait(self)
+    }
+}
+
+pub struct LatchWait<'a>(&'a Latch);
+
+impl Future for LatchWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.fired.get() {
+            Poll::Ready(())
+        } else {
+            let mut w = self.0.waiters.borrow_mut();
+            if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                w.push(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
+}
+
+/// Relay buffer size: RUNTIME-NOTES measured 64 KiB as the knee of the curve.
+pub const RELAY_BUF: usize = 64 * 1024;
+
+/// Per-core pool of fixed-size buffers. A relay takes one just before a read and gives it
+/// back when the read would block, so idle tunnels hold none.
+pub struct BufPool {
+    size: usize,
+    max_free: usize,
+    free: RefCell<Vec<Box<[u8]>>>,
+}
+
+impl BufPool {
+    pub fn new(size: usize, max_free: usize) -> Self {
+        Self {
+            size,
+            max_free,
+            free: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn take(&self) -> Box<[u8]> {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
+    }
+
+    pub fn give(&self, buf: Box<[u8]>) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.max_free && buf.len() == self.size {
+            free.push(buf);
+        }
+    }
+}
+
+/// Run `fut` until `deadline`; `None` when the deadline passed first.
+pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    within(left, fut).await
+}
+
+/// Run `fut` for at most `dur`; `None` when it took longer.
+pub async fn within<F: Future>(dur: Duration, fut: F) -> Option<F::Output> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(dur).await;
+        None
+    })
+    .await
+}
