@@ -1,0 +1,149 @@
+//! SOCKS5 through the real gateway: every reply a client can see.
+
+mod common;
+use common::origin::{echo_server, http_origin};
+use common::*;
+use std::io::{Read, Write};
+
+fn gateway() -> Gateway {
+    Gateway::start(&config("", DIRECT_EXIT))
+}
+
+#[test]
+fn connect_ipv4_ipv6_and_domain_echo_10mb_both_ways() {
+    let gw = gateway();
+    let v4 = echo_server("127.0.0.1:0");
+    let v6 = echo_server("[::1]:0");
+    let data = pattern(10 * 1024 * 1024 + 7);
+    for target in [
+        Target::Addr(v4),
+        Target::Addr(v6),
+        Target::Domain("localhost", v4.port()),
+    ] {
+        let (mut s, out) = socks5(gw.addr(), "alice", "secret", 1, &target);
+        let SocksOutcome::Reply(0, Some(bound)) = out else {
+            panic!("connect failed: {out:?}")
+        };
+        // The reply carries the real bound address of the outbound socket.
+        assert!(bound.ip().is_loopback() && bound.port() != 0, "{bound}");
+        let got = echo_through(&mut s, &data);
+        assert!(got == data, "echoed bytes differ ({} vs {})", got.len(), data.len());
+    }
+}
+
+#[test]
+fn bytes_pipelined_after_the_request_are_forwarded() {
+    let gw = gateway();
+    let echo = echo_server("127.0.0.1:0");
+    let mut s = connect(gw.addr());
+    let mut all = vec![5, 1, 2, 1, 5];
+    all.extend_from_slice(b"alice");
+    all.push(6);
+    all.extend_from_slice(b"secret");
+    all.extend(socks_request(1, &Target::Addr(echo)));
+    all.extend_from_slice(b"early bytes");
+    s.write_all(&all).unwrap();
+    let mut hdr = [0u8; 2 + 2 + 10];
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!(&hdr[..5], &[5, 2, 1, 0, 5]);
+    assert_eq!(hdr[5], 0, "reply code");
+    let mut got = [0u8; 11];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"early bytes");
+}
+
+#[test]
+fn no_password_method_offered_gets_0xff() {
+    let gw = gateway();
+    let mut s = connect(gw.addr());
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).unwrap();
+    assert_eq!(m, [5, 0xff]);
+    assert!(closed_by_peer(&mut s));
+}
+
+#[test]
+fn wrong_password_and_unknown_modifier_fail_rfc1929() {
+    let gw = gateway();
+    let echo = echo_server("127.0.0.1:0");
+    for (user, pass) in [
+        ("alice", "hunter2-guess"),
+        ("bob", "secret"),
+        ("alice-colour-red", "secret"),
+        ("alice-session-a-session-b", "secret"),
+    ] {
+        let (mut s, out) = socks5(gw.addr(), user, pass, 1, &Target::Addr(echo));
+        assert_eq!(out, SocksOutcome::Auth(1), "{user}");
+        assert!(closed_by_peer(&mut s));
+    }
+    // The password never reaches the log.
+    assert!(!gw.stderr().contains("hunter2-guess"));
+}
+
+#[test]
+fn failures_map_onto_reply_codes() {
+    let gw = gateway();
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // listener dropped: the port now refuses
+    let rows: Vec<(u8, Target, u8)> = vec![
+        (1, Target::Addr(refused), 0x05),
+        (1, Target::Domain("no-such-host.invalid", 80), 0x04),
+        (2, Target::Addr(refused), 0x07), // BIND
+        (3, Target::Addr(refused), 0x07), // UDP ASSOCIATE
+    ];
+    for (cmd, target, want) in rows {
+        let (mut s, out) = socks5(gw.addr(), "alice", "secret", cmd, &target);
+        assert_eq!(out, SocksOutcome::Reply(want, Some("0.0.0.0:0".parse().unwrap())));
+        assert!(closed_by_peer(&mut s));
+    }
+    // Unknown address type → 0x08.
+    let (_, out) = socks5(gw.addr(), "alice", "secret", 1, &Target::Raw(9, &[0; 6]));
+    assert!(matches!(out, SocksOutcome::Reply(8, _)), "{out:?}");
+    // 455 rows go out as "not allowed by ruleset" after a successful auth step.
+    let (_, out) = socks5(gw.addr(), "alice-ttl-0", "secret", 1, &Target::Addr(refused));
+    assert!(matches!(out, SocksOutcome::Reply(2, _)), "{out:?}");
+}
+
+#[test]
+fn private_targets_are_refused_by_default() {
+    let cfg = config("", DIRECT_EXIT).replace("allow_private_targets = true", "");
+    let gw = Gateway::start(&cfg);
+    let echo = echo_server("127.0.0.1:0");
+    for target in [Target::Addr(echo), Target::Domain("localhost", echo.port())] {
+        let (_, out) = socks5(gw.addr(), "alice", "secret", 1, &target);
+        assert!(matches!(out, SocksOutcome::Reply(2, _)), "{out:?}");
+    }
+    let o = http_origin();
+    let r = http_get(gw.addr(), &o.url("/ip"));
+    assert_eq!((r.code, r.text().as_str()), (403, "forbidden target"));
+    assert_eq!(o.connections(), 0);
+}
+
+#[test]
+fn half_close_is_forwarded() {
+    let gw = gateway();
+    let echo = echo_server("127.0.0.1:0");
+    let mut s = socks5_tunnel(gw.addr(), &Target::Addr(echo));
+    s.write_all(b"last words").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // The echo server only sees EOF if our FIN was forwarded; it then replies and closes.
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"last words");
+}
+
+#[test]
+fn source_ip_is_what_the_origin_sees() {
+    let exit = "[[exit]]\nnetwork = \"residential\"\nkind = \"direct\"\nsource_ip = \"127.0.0.2\"\n";
+    let gw = Gateway::start(&config("", exit));
+    let o = http_origin();
+    let mut s = socks5_tunnel(gw.addr(), &Target::Addr(o.addr));
+    s.write_all(b"GET /ip HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = read_response(&mut s, false);
+    assert_eq!(r.text(), "127.0.0.2");
+    // And over HTTP forwarding too.
+    assert_eq!(http_get(gw.addr(), &o.url("/ip")).text(), "127.0.0.2");
+}
