@@ -264,10 +264,7 @@ impl ProxyError {
             self.details(),
         );
         if st.code == 407 {
-            let _ = write!(
-                out,
-                "Proxy-Authenticate: Basic realm=\"{PROXY_NAME}\"\r\n"
-            );
+            let _ = write!(out, "Proxy-Authenticate: Basic realm=\"{PROXY_NAME}\"\r\n");
         }
         out.push_str(if keep_alive {
             "Connection: keep-alive\r\n\r\n"
@@ -288,9 +285,7 @@ impl ProxyError {
         use std::io::ErrorKind as K;
         match err.raw_os_error() {
             Some(libc::ECONNREFUSED) => return ProxyError::ConnectionRefused,
-            Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => {
-                return ProxyError::HostUnreachable
-            }
+            Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => return ProxyError::HostUnreachable,
             Some(libc::ENETUNREACH) | Some(libc::ENETDOWN) => {
                 return ProxyError::NetworkUnreachable
             }
@@ -348,8 +343,16 @@ mod tests {
             (400, "bad request", SocksReply::Reply(7)),
             (400, "bad request", SocksReply::Reply(8)),
             (431, "request header fields too large", SocksReply::Reply(1)),
-            (407, "Incorrect username or password", SocksReply::AuthFailure(1)),
-            (407, "Incorrect username or password", SocksReply::NoAcceptableMethod),
+            (
+                407,
+                "Incorrect username or password",
+                SocksReply::AuthFailure(1),
+            ),
+            (
+                407,
+                "Incorrect username or password",
+                SocksReply::NoAcceptableMethod,
+            ),
             (417, "expectation failed", SocksReply::Reply(1)),
             (452, "exceeded bandwidth limit", SocksReply::Reply(2)),
             (453, "exceeded threads limit", SocksReply::Reply(2)),
@@ -379,18 +382,33 @@ mod tests {
             assert!(head.starts_with(&format!("HTTP/1.1 {code} {}\r\n", st.reason)));
             assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
             assert!(head.contains("Content-Type: text/plain\r\n"));
-            assert!(head.contains(&format!("Proxy-Status: tollgate; error={};", st.proxy_status)));
+            assert!(head.contains(&format!(
+                "Proxy-Status: tollgate; error={};",
+                st.proxy_status
+            )));
             assert!(head.contains("Connection: close"));
-            assert_eq!(head.contains("Proxy-Authenticate: Basic realm=\"tollgate\""), *code == 407);
+            assert_eq!(
+                head.contains("Proxy-Authenticate: Basic realm=\"tollgate\""),
+                *code == 407
+            );
         }
     }
 
     #[test]
     fn reason_phrases_match_the_provider_page() {
-        assert_eq!(ProxyError::InvalidCountry.http_status().reason, "Invalid Country Code");
+        assert_eq!(
+            ProxyError::InvalidCountry.http_status().reason,
+            "Invalid Country Code"
+        );
         assert_eq!(ProxyError::InvalidTtl.http_status().reason, "Invalid TTL");
-        assert_eq!(ProxyError::ThreadsExceeded.http_status().reason, "Thread Limit Exceeded");
-        assert_eq!(ProxyError::BandwidthExceeded.http_status().reason, "Bandwidth Exceeded");
+        assert_eq!(
+            ProxyError::ThreadsExceeded.http_status().reason,
+            "Thread Limit Exceeded"
+        );
+        assert_eq!(
+            ProxyError::BandwidthExceeded.http_status().reason,
+            "Bandwidth Exceeded"
+        );
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
                 let cap = w.config.load().server.max_connections_per_worker;
                 if w.active() >= cap {
                     // Over the per-core cap: close at once rather than queue without bound.
-                    tracing::warn!(worker = w.id, cap, "connection cap reached; closing new connection");
+                    tracing::warn!(
+                        worker = w.id,
+                        cap,
+                        "connection cap reached; closing new connection"
+                    );
                     drop(stream);
                     continue;
                 }

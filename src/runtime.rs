@@ -73,7 +73,11 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
         let mut addr = l.listen;
         for per_worker in fds.iter_mut() {
             let sock = crate::listener::bind(addr).map_err(|e| {
-                format!("[[listener]] #{} (listen = \"{}\"): cannot listen: {e}", i + 1, l.listen)
+                format!(
+                    "[[listener]] #{} (listen = \"{}\"): cannot listen: {e}",
+                    i + 1,
+                    l.listen
+                )
             })?;
             if addr.port() == 0 {
                 if let Some(a) = sock.local_addr().ok().and_then(|a| a.as_socket()) {
@@ -211,7 +215,11 @@ async fn worker_main(id: usize, config: Arc<ArcSwap<Snapshot>>, fds: Vec<(RawFd,
     if live > 0 {
         tracing::info!(worker = id, live, "waiting for live connections");
         if within(drain, w.all_closed()).await.is_none() {
-            tracing::warn!(worker = id, left = w.active(), "drain timeout; closing the rest");
+            tracing::warn!(
+                worker = id,
+                left = w.active(),
+                "drain timeout; closing the rest"
+            );
         }
     }
 }

@@ -48,7 +48,15 @@ fn forward_get_strips_hop_by_hop_and_uses_origin_form() {
     assert!(head.starts_with("GET /ip?q=1 HTTP/1.1\r\n"), "{head}");
     assert!(head.contains(&format!("Host: {}\r\n", o.addr)), "{head}");
     assert!(head.contains("X-Keep: 2\r\n"), "{head}");
-    for gone in ["Proxy-Authorization", "Proxy-Connection", "X-Drop", "Keep-Alive", "TE:", "Upgrade", "wrong.example"] {
+    for gone in [
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "X-Drop",
+        "Keep-Alive",
+        "TE:",
+        "Upgrade",
+        "wrong.example",
+    ] {
         assert!(!head.contains(gone), "{gone} leaked: {head}");
     }
 }
@@ -77,7 +85,8 @@ fn post_bodies_content_length_and_chunked() {
         auth()
     );
     s.write_all(head.as_bytes()).unwrap();
-    s.write_all(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n").unwrap();
+    s.write_all(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n")
+        .unwrap();
     let r = read_response(&mut s, false);
     assert_eq!(r.text(), "hello world");
 }
@@ -124,7 +133,10 @@ fn response_framing_chunked_close_head_204() {
     assert_eq!(r.code, 204);
     s.write_all(get("/close", "GET").as_bytes()).unwrap();
     let r = read_response(&mut s, false);
-    assert_eq!((r.text().as_str(), r.header("connection")), ("until close", Some("close")));
+    assert_eq!(
+        (r.text().as_str(), r.header("connection")),
+        ("until close", Some("close"))
+    );
     // HTTP/1.0 client gets a chunked response de-chunked and delimited by close.
     let raw = format!(
         "GET {} HTTP/1.0\r\nProxy-Authorization: {}\r\n\r\n",
@@ -132,7 +144,10 @@ fn response_framing_chunked_close_head_204() {
         auth()
     );
     let (_, r) = http_raw(gw.addr(), raw.as_bytes());
-    assert_eq!((r.text().as_str(), r.header("transfer-encoding")), ("hello chunked", None));
+    assert_eq!(
+        (r.text().as_str(), r.header("transfer-encoding")),
+        ("hello chunked", None)
+    );
 }
 
 #[test]
@@ -175,7 +190,10 @@ fn other_expectations_get_417() {
         auth()
     );
     let (_, r) = http_raw(gw.addr(), raw.as_bytes());
-    assert_eq!((r.code, r.reason.as_str(), r.text().as_str()), (417, "Expectation Failed", "expectation failed"));
+    assert_eq!(
+        (r.code, r.reason.as_str(), r.text().as_str()),
+        (417, "Expectation Failed", "expectation failed")
+    );
     assert_eq!(o.connections(), 0);
 }
 
@@ -197,7 +215,10 @@ fn malformed_and_smuggling_requests_get_400() {
         let (mut s, r) = http_raw(gw.addr(), raw.as_bytes());
         assert_eq!((r.code, r.text().as_str()), (400, "bad request"), "{raw:?}");
         assert_eq!(r.header("connection"), Some("close"));
-        assert!(r.header("proxy-status").unwrap().starts_with("tollgate; error=http_request_error"));
+        assert!(r
+            .header("proxy-status")
+            .unwrap()
+            .starts_with("tollgate; error=http_request_error"));
         assert!(closed_by_peer(&mut s));
     }
     assert_eq!(o.connections(), 0);
@@ -223,7 +244,10 @@ fn missing_or_wrong_credentials_get_407_with_challenge() {
     for header in [
         String::new(),
         format!("Proxy-Authorization: {}\r\n", basic("alice", "nope")),
-        format!("Proxy-Authorization: {}\r\n", basic("alice-planet-mars", "secret")),
+        format!(
+            "Proxy-Authorization: {}\r\n",
+            basic("alice-planet-mars", "secret")
+        ),
         "Proxy-Authorization: Bearer xyz\r\n".to_string(),
     ] {
         let raw = format!("GET {} HTTP/1.1\r\n{header}\r\n", o.url("/"));
@@ -231,7 +255,10 @@ fn missing_or_wrong_credentials_get_407_with_challenge() {
         assert_eq!(r.code, 407, "{header}");
         assert_eq!(r.reason, "Proxy Authentication Required");
         assert_eq!(r.text(), "Incorrect username or password");
-        assert_eq!(r.header("proxy-authenticate"), Some("Basic realm=\"tollgate\""));
+        assert_eq!(
+            r.header("proxy-authenticate"),
+            Some("Basic realm=\"tollgate\"")
+        );
         assert_eq!(r.header("content-type"), Some("text/plain"));
     }
     assert_eq!(o.connections(), 0);
@@ -260,11 +287,20 @@ fn upstream_failures_map_to_502() {
         l.local_addr().unwrap()
     };
     let r = http_get(gw.addr(), &format!("http://{refused}/"));
-    assert_eq!((r.code, r.reason.as_str(), r.text().as_str()), (502, "Bad Gateway", "bad gateway"));
-    assert!(r.header("proxy-status").unwrap().contains("error=connection_refused"));
+    assert_eq!(
+        (r.code, r.reason.as_str(), r.text().as_str()),
+        (502, "Bad Gateway", "bad gateway")
+    );
+    assert!(r
+        .header("proxy-status")
+        .unwrap()
+        .contains("error=connection_refused"));
     let r = http_get(gw.addr(), "http://no-such-host.invalid/");
     assert_eq!(r.code, 502);
-    assert!(r.header("proxy-status").unwrap().contains("error=dns_error"));
+    assert!(r
+        .header("proxy-status")
+        .unwrap()
+        .contains("error=dns_error"));
     let raw = format!(
         "CONNECT {refused} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
         auth()
@@ -284,7 +320,11 @@ fn ttl_out_of_range_gets_455() {
             basic(user, "secret")
         );
         let (_, r) = http_raw(gw.addr(), raw.as_bytes());
-        assert_eq!((r.code, r.reason.as_str(), r.text().as_str()), (455, "Invalid TTL", "invalid ttl"), "{user}");
+        assert_eq!(
+            (r.code, r.reason.as_str(), r.text().as_str()),
+            (455, "Invalid TTL", "invalid ttl"),
+            "{user}"
+        );
     }
     let ok = format!(
         "GET {} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",

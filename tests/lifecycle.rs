@@ -10,7 +10,12 @@ use std::process::Command;
 fn garbage_first_bytes_are_closed_and_serving_continues() {
     let gw = Gateway::start(&config("", DIRECT_EXIT));
     let o = http_origin();
-    for garbage in [&b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00"[..], b"\x16\x03\x01\x02\x00", b"hello\r\n", b"\xff\xfe"] {
+    for garbage in [
+        &b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00"[..],
+        b"\x16\x03\x01\x02\x00",
+        b"hello\r\n",
+        b"\xff\xfe",
+    ] {
         let mut s = connect(gw.addr());
         s.write_all(garbage).unwrap();
         let mut got = Vec::new();
@@ -59,7 +64,10 @@ fn sigterm_drains_live_tunnels_then_exits_zero() {
     // New connections are refused once every core stopped accepting.
     let deadline = std::time::Instant::now() + WAIT;
     while std::net::TcpStream::connect(gw.addr()).is_ok() {
-        assert!(std::time::Instant::now() < deadline, "still accepting after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after SIGTERM"
+        );
         std::thread::yield_now();
     }
     // The live tunnel keeps working during the drain.
@@ -67,7 +75,10 @@ fn sigterm_drains_live_tunnels_then_exits_zero() {
     let mut b = [0u8; 10];
     live.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"still here");
-    assert!(gw.child.try_wait().unwrap().is_none(), "exited before the tunnel closed");
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "exited before the tunnel closed"
+    );
     drop(live);
     assert_eq!(gw.wait_exit(), Some(0));
 }
@@ -122,7 +133,10 @@ fn sighup_reloads_users_without_dropping_tunnels() {
     gw.signal(libc::SIGHUP);
     let deadline = std::time::Instant::now() + WAIT;
     while !gw.stderr().contains("reload rejected") {
-        assert!(std::time::Instant::now() < deadline, "bad reload not reported");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bad reload not reported"
+        );
         std::thread::yield_now();
     }
     assert_eq!(get_as("bob"), 200);
@@ -136,14 +150,26 @@ fn sighup_reloads_users_without_dropping_tunnels() {
 fn check_command_on_good_and_bad_configs() {
     let dir = tempfile::tempdir().unwrap();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
-    let out = Command::new(BIN).args(["check", "--config", example]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
 
     let bad = dir.path().join("bad.toml");
-    let cfg = config("", DIRECT_EXIT).replace("plan = \"basic\"\nnetworks", "plan = \"gold\"\nnetworks");
+    let cfg =
+        config("", DIRECT_EXIT).replace("plan = \"basic\"\nnetworks", "plan = \"gold\"\nnetworks");
     std::fs::write(&bad, cfg).unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -152,12 +178,22 @@ fn check_command_on_good_and_bad_configs() {
     );
 
     std::fs::write(&bad, "[server]\nidle_timeout = \"5 minutes\"\n").unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("idle_timeout") && err.contains("unknown unit"), "{err}");
+    assert!(
+        err.contains("idle_timeout") && err.contains("unknown unit"),
+        "{err}"
+    );
 
-    let out = Command::new(BIN).args(["check", "--config", "/nonexistent.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
@@ -165,11 +201,12 @@ fn check_command_on_good_and_bad_configs() {
 #[test]
 fn example_config_starts_and_serves() {
     // The example config as shipped (fixed ports swapped for ephemeral ones).
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
-        .unwrap()
-        .replace("127.0.0.1:13337", "127.0.0.1:0")
-        .replace("127.0.0.1:13338", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .unwrap()
+            .replace("127.0.0.1:13337", "127.0.0.1:0")
+            .replace("127.0.0.1:13338", "127.0.0.1:0")
+            .replace("127.0.0.1:9090", "127.0.0.1:0");
     let gw = Gateway::start(&example);
     // Private targets are refused by default, so a local origin answers 403 — proof that
     // the request was authenticated and routed.

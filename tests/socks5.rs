@@ -27,7 +27,12 @@ fn connect_ipv4_ipv6_and_domain_echo_10mb_both_ways() {
         // The reply carries the real bound address of the outbound socket.
         assert!(bound.ip().is_loopback() && bound.port() != 0, "{bound}");
         let got = echo_through(&mut s, &data);
-        assert!(got == data, "echoed bytes differ ({} vs {})", got.len(), data.len());
+        assert!(
+            got == data,
+            "echoed bytes differ ({} vs {})",
+            got.len(),
+            data.len()
+        );
     }
 }
 
@@ -96,14 +101,23 @@ fn failures_map_onto_reply_codes() {
     ];
     for (cmd, target, want) in rows {
         let (mut s, out) = socks5(gw.addr(), "alice", "secret", cmd, &target);
-        assert_eq!(out, SocksOutcome::Reply(want, Some("0.0.0.0:0".parse().unwrap())));
+        assert_eq!(
+            out,
+            SocksOutcome::Reply(want, Some("0.0.0.0:0".parse().unwrap()))
+        );
         assert!(closed_by_peer(&mut s));
     }
     // Unknown address type → 0x08.
     let (_, out) = socks5(gw.addr(), "alice", "secret", 1, &Target::Raw(9, &[0; 6]));
     assert!(matches!(out, SocksOutcome::Reply(8, _)), "{out:?}");
     // 455 rows go out as "not allowed by ruleset" after a successful auth step.
-    let (_, out) = socks5(gw.addr(), "alice-ttl-0", "secret", 1, &Target::Addr(refused));
+    let (_, out) = socks5(
+        gw.addr(),
+        "alice-ttl-0",
+        "secret",
+        1,
+        &Target::Addr(refused),
+    );
     assert!(matches!(out, SocksOutcome::Reply(2, _)), "{out:?}");
 }
 
@@ -137,7 +151,8 @@ fn half_close_is_forwarded() {
 
 #[test]
 fn source_ip_is_what_the_origin_sees() {
-    let exit = "[[exit]]\nnetwork = \"residential\"\nkind = \"direct\"\nsource_ip = \"127.0.0.2\"\n";
+    let exit =
+        "[[exit]]\nnetwork = \"residential\"\nkind = \"direct\"\nsource_ip = \"127.0.0.2\"\n";
     let gw = Gateway::start(&config("", exit));
     let o = http_origin();
     let mut s = socks5_tunnel(gw.addr(), &Target::Addr(o.addr));

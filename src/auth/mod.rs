@@ -71,7 +71,8 @@ pub async fn authenticate(
     user: &[u8],
     password: &[u8],
 ) -> Result<Identity, ProxyError> {
-    let user = std::str::from_utf8(user).map_err(|_| ProxyError::AuthFailed("username not UTF-8"))?;
+    let user =
+        std::str::from_utf8(user).map_err(|_| ProxyError::AuthFailed("username not UTF-8"))?;
     let parsed = username::parse(user).map_err(|e| match e {
         username::GrammarError::UnknownKey => ProxyError::AuthFailed("unknown modifier key"),
         username::GrammarError::RepeatedKey => ProxyError::AuthFailed("repeated modifier key"),
@@ -108,7 +109,9 @@ pub async fn authenticate(
     }
     let net = &snap.networks[network];
     if parsed.mods.targets() && !net.targeting {
-        return Err(ProxyError::AuthFailed("targeting on a network without targeting"));
+        return Err(ProxyError::AuthFailed(
+            "targeting on a network without targeting",
+        ));
     }
     let own = |v: Option<&str>| v.map(str::to_owned);
     Ok(Identity {
@@ -170,7 +173,10 @@ mod tests {
         // "alice:pa:ss" — the password may contain ':'.
         let (u, p) = parse_basic(b"Basic YWxpY2U6cGE6c3M=").unwrap();
         assert_eq!((u.as_slice(), p.as_slice()), (&b"alice"[..], &b"pa:ss"[..]));
-        assert_eq!(parse_basic(b"basic  YWxpY2U6cGE6c3M= ").unwrap().0, b"alice");
+        assert_eq!(
+            parse_basic(b"basic  YWxpY2U6cGE6c3M= ").unwrap().0,
+            b"alice"
+        );
         assert!(parse_basic(b"Bearer abc").is_none());
         assert!(parse_basic(b"Basic !!!").is_none());
         assert!(parse_basic(b"Basic YWxpY2U=").is_none()); // no colon

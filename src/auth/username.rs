@@ -58,10 +58,9 @@ fn account_end(username: &str) -> Option<usize> {
     while let Some(off) = b[i..].iter().position(|&c| c == b'-') {
         let at = i + off;
         let rest = &username[at + 1..];
-        if KEYS
-            .iter()
-            .any(|k| rest.len() > k.len() && rest.starts_with(k) && rest.as_bytes()[k.len()] == b'-')
-        {
+        if KEYS.iter().any(|k| {
+            rest.len() > k.len() && rest.starts_with(k) && rest.as_bytes()[k.len()] == b'-'
+        }) {
             return Some(at);
         }
         i = at + 1;
@@ -132,11 +131,21 @@ mod tests {
     fn valid_usernames() {
         let rows: &[(&str, &str, Modifiers)] = &[
             ("alice", "alice", m(None, None, None, None, None)),
-            ("alice-country-us", "alice", m(Some("us"), None, None, None, None)),
+            (
+                "alice-country-us",
+                "alice",
+                m(Some("us"), None, None, None, None),
+            ),
             (
                 "alice-country-us-state-ca-city-losangeles-session-abc-ttl-30",
                 "alice",
-                m(Some("us"), Some("ca"), Some("losangeles"), Some("abc"), Some("30")),
+                m(
+                    Some("us"),
+                    Some("ca"),
+                    Some("losangeles"),
+                    Some("abc"),
+                    Some("30"),
+                ),
             ),
             // Order of pairs is free.
             (
@@ -145,11 +154,23 @@ mod tests {
                 m(None, None, None, Some("x_1"), Some("5")),
             ),
             // Dashes in the account are fine when they do not start a known key.
-            ("my-team-country-DE", "my-team", m(Some("DE"), None, None, None, None)),
-            ("a-countryx-y", "a-countryx-y", m(None, None, None, None, None)),
+            (
+                "my-team-country-DE",
+                "my-team",
+                m(Some("DE"), None, None, None, None),
+            ),
+            (
+                "a-countryx-y",
+                "a-countryx-y",
+                m(None, None, None, None, None),
+            ),
             // A trailing key without "-value" is not a modifier: the account is the whole name
             // (which then fails lookup).
-            ("alice-country", "alice-country", m(None, None, None, None, None)),
+            (
+                "alice-country",
+                "alice-country",
+                m(None, None, None, None, None),
+            ),
             ("", "", m(None, None, None, None, None)),
         ];
         for (input, account, mods) in rows {

@@ -4,7 +4,9 @@
 mod snapshot;
 mod units;
 
-pub use snapshot::{Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Upstream};
+pub use snapshot::{
+    Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Upstream,
+};
 pub use units::{parse_duration, parse_size, Dur, Size};
 
 use serde::Deserialize;

@@ -345,15 +345,18 @@ fn build_exits(f: &File, net_names: &[&str]) -> Result<Vec<Exit>, String> {
                 }
                 let source_ip = match &e.source_ip {
                     None => None,
-                    Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
-                        format!("{at}: source_ip = {s:?}: not an IP address")
-                    })?),
+                    Some(s) => Some(
+                        s.parse::<IpAddr>()
+                            .map_err(|_| format!("{at}: source_ip = {s:?}: not an IP address"))?,
+                    ),
                 };
                 ExitKind::Direct { source_ip }
             }
             "socks5" | "http" => {
                 if e.source_ip.is_some() {
-                    return Err(format!("{at}: source_ip: only direct exits take a source_ip"));
+                    return Err(format!(
+                        "{at}: source_ip: only direct exits take a source_ip"
+                    ));
                 }
                 let url = e
                     .url
@@ -447,10 +450,7 @@ pub fn parse_upstream_url(url: &str, kind: &str) -> Result<Upstream, String> {
                 Some((u, p)) => (u, Some(p)),
                 None => (c, None),
             };
-            (
-                Some(percent_decode(u)?),
-                p.map(percent_decode).transpose()?,
-            )
+            (Some(percent_decode(u)?), p.map(percent_decode).transpose()?)
         }
     };
     if kind == "socks5" {
@@ -483,16 +483,19 @@ fn build_account(
             "{at}: name: must not contain ':', spaces or control characters"
         ));
     }
-    if let Some(key) = KEYS.iter().find(|k| {
-        u.name.contains(&format!("-{k}-")) || u.name.ends_with(&format!("-{k}"))
-    }) {
+    if let Some(key) = KEYS
+        .iter()
+        .find(|k| u.name.contains(&format!("-{k}-")) || u.name.ends_with(&format!("-{k}")))
+    {
         return Err(format!(
             "{at}: name: contains the modifier key \"-{key}\", so it could not be addressed"
         ));
     }
     let password = match (&u.password, &u.password_hash) {
         (Some(_), Some(_)) => {
-            return Err(format!("{at}: set either password or password_hash, not both"))
+            return Err(format!(
+                "{at}: set either password or password_hash, not both"
+            ))
         }
         (None, None) => return Err(format!("{at}: password or password_hash is required")),
         (Some(p), None) => {
@@ -505,7 +508,9 @@ fn build_account(
             let parsed = argon2::PasswordHash::new(h)
                 .map_err(|e| format!("{at}: password_hash: not a PHC hash string ({e})"))?;
             if !parsed.algorithm.as_str().starts_with("argon2") {
-                return Err(format!("{at}: password_hash: only argon2 hashes are supported"));
+                return Err(format!(
+                    "{at}: password_hash: only argon2 hashes are supported"
+                ));
             }
             Password::Argon2(h.clone())
         }

@@ -15,9 +15,9 @@ pub struct Size(pub u64);
 /// Parse a duration such as `10s`, `250ms`, `5m`, `1h`, `2d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration {s:?} has no unit (use ms, s, m, h or d, e.g. \"10s\")"))?;
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("duration {s:?} has no unit (use ms, s, m, h or d, e.g. \"10s\")")
+    })?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -58,8 +58,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "TiB" => 1 << 40,
         other => {
             return Err(format!(
-                "size {s:?} has unknown unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-            ))
+            "size {s:?} has unknown unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+        ))
         }
     };
     if let Ok(n) = num.parse::<u64>() {

@@ -91,7 +91,10 @@ impl DnsCache {
             let mut map = self.map.borrow_mut();
             if map.len() >= self.max {
                 let now = Instant::now();
-                map.retain(|_, s| matches!(s, Slot::Ready { expires, .. } if *expires > now) || matches!(s, Slot::Pending(_)));
+                map.retain(|_, s| {
+                    matches!(s, Slot::Ready { expires, .. } if *expires > now)
+                        || matches!(s, Slot::Pending(_))
+                });
                 if map.len() >= self.max {
                     map.retain(|_, s| matches!(s, Slot::Pending(_)));
                 }

@@ -189,6 +189,8 @@ pub async fn connect_direct(
         .local_addr()
         .map_err(|_| ProxyError::ConnectionRefused)?;
     // A socket that was refused may still look writable; peer_addr tells for sure.
-    stream.peer_addr().map_err(|_| ProxyError::ConnectionRefused)?;
+    stream
+        .peer_addr()
+        .map_err(|_| ProxyError::ConnectionRefused)?;
     Ok((stream, local))
 }

@@ -126,7 +126,9 @@ fn parse_target(method: &str, uri: &str) -> Result<Target, ProxyError> {
         .get(..7)
         .filter(|s| eq(s, "http://"))
         .map(|_| &uri[7..])
-        .ok_or(ProxyError::BadRequest("proxy requests need an absolute http:// URI"))?;
+        .ok_or(ProxyError::BadRequest(
+            "proxy requests need an absolute http:// URI",
+        ))?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..end];
     if authority.contains('@') {
@@ -529,7 +531,11 @@ impl ChunkedDecoder {
                     if c != b'\n' {
                         return Err("malformed trailer line");
                     }
-                    self.state = if self.trailer_line_empty { Done } else { Trailer };
+                    self.state = if self.trailer_line_empty {
+                        Done
+                    } else {
+                        Trailer
+                    };
                     self.line_len = 0;
                     self.trailer_line_empty = true;
                     i += 1;

@@ -215,17 +215,21 @@ async fn attempt(
     loop {
         let resp = match early.take() {
             Some(r) => r,
-            None => match read_head(&mut o.side, max_head, Instant::now() + idle, None, parse).await {
-                Ok((r, n)) => {
-                    o.side.consume(n);
-                    r
+            None => {
+                match read_head(&mut o.side, max_head, Instant::now() + idle, None, parse).await {
+                    Ok((r, n)) => {
+                        o.side.consume(n);
+                        r
+                    }
+                    Err(HeadStop::Gone) if retryable && !got_any && o.side.buf.is_empty() => {
+                        return Attempt::Stale
+                    }
+                    Err(HeadStop::Gone) => return upstream("origin closed before responding"),
+                    Err(HeadStop::Bad(_)) => {
+                        return upstream("malformed response head from origin")
+                    }
                 }
-                Err(HeadStop::Gone) if retryable && !got_any && o.side.buf.is_empty() => {
-                    return Attempt::Stale
-                }
-                Err(HeadStop::Gone) => return upstream("origin closed before responding"),
-                Err(HeadStop::Bad(_)) => return upstream("malformed response head from origin"),
-            },
+            }
         };
         got_any = true;
         if (100..200).contains(&resp.code) && resp.code != 101 {
@@ -276,7 +280,14 @@ async fn respond(
         let early = std::mem::take(&mut o.side.buf);
         if client.send(&early).await.is_ok() {
             let idle = ctx.snap.server.idle_timeout.0;
-            relay(&ctx.w, &mut client.stream, &mut o.side.stream, &client.meter, idle).await;
+            relay(
+                &ctx.w,
+                &mut client.stream,
+                &mut o.side.stream,
+                &client.meter,
+                idle,
+            )
+            .await;
         }
         return Attempt::Done {
             code: 101,
@@ -349,7 +360,11 @@ async fn copy_raw(
     }
     while left > 0 {
         let want = (buf.len() as u64).min(left) as usize;
-        let n = src.stream.read(&mut buf[..want]).await.map_err(|_| BodyErr::Src)?;
+        let n = src
+            .stream
+            .read(&mut buf[..want])
+            .await
+            .map_err(|_| BodyErr::Src)?;
         if n == 0 {
             return match limit {
                 None => Ok(()),
@@ -375,10 +390,14 @@ async fn copy_chunked(src: &mut Side, dst: &mut Side, dechunk: bool) -> Result<(
         let fed = dec.feed(&src.buf).map_err(|_| BodyErr::Malformed)?;
         if dechunk {
             for r in &fed.data {
-                dst.send(&src.buf[r.clone()]).await.map_err(|_| BodyErr::Dst)?;
+                dst.send(&src.buf[r.clone()])
+                    .await
+                    .map_err(|_| BodyErr::Dst)?;
             }
         } else {
-            dst.send(&src.buf[..fed.consumed]).await.map_err(|_| BodyErr::Dst)?;
+            dst.send(&src.buf[..fed.consumed])
+                .await
+                .map_err(|_| BodyErr::Dst)?;
         }
         src.consume(fed.consumed);
         if fed.done {

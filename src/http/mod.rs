@@ -102,7 +102,16 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 Err(HeadStop::Gone) => return,
                 Err(HeadStop::Bad(e)) => {
                     let _ = client.send(&e.http_response(false)).await;
-                    log(ctx, client, None, None, None, started, (up0, down0), Err(&e));
+                    log(
+                        ctx,
+                        client,
+                        None,
+                        None,
+                        None,
+                        started,
+                        (up0, down0),
+                        Err(&e),
+                    );
                     return;
                 }
             };
@@ -117,7 +126,16 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             Err(e) => {
                 let keep = req.keep_alive && req.body == Framing::None && e.http_keeps_connection();
                 let _ = client.send(&e.http_response(keep)).await;
-                log(ctx, client, None, Some(&target_s), None, started, (up0, down0), Err(&e));
+                log(
+                    ctx,
+                    client,
+                    None,
+                    Some(&target_s),
+                    None,
+                    started,
+                    (up0, down0),
+                    Err(&e),
+                );
                 if keep {
                     continue;
                 }
@@ -133,7 +151,16 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                     Err(e) => {
                         let keep = req.keep_alive && e.http_keeps_connection();
                         let _ = client.send(&e.http_response(keep)).await;
-                        log(ctx, client, account, Some(&target_s), None, started, (up0, down0), Err(&e));
+                        log(
+                            ctx,
+                            client,
+                            account,
+                            Some(&target_s),
+                            None,
+                            started,
+                            (up0, down0),
+                            Err(&e),
+                        );
                         if keep {
                             continue;
                         }
@@ -155,16 +182,36 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 {
                     return;
                 }
-                let end = relay(&ctx.w, &mut client.stream, &mut out.stream, &client.meter, idle).await;
+                let end = relay(
+                    &ctx.w,
+                    &mut client.stream,
+                    &mut out.stream,
+                    &client.meter,
+                    idle,
+                )
+                .await;
                 tracing::debug!(?end, target = %target_s, "http tunnel ended");
-                log(ctx, client, account, Some(&target_s), Some(out.exit), started, (up0, down0), Ok(200));
+                log(
+                    ctx,
+                    client,
+                    account,
+                    Some(&target_s),
+                    Some(out.exit),
+                    started,
+                    (up0, down0),
+                    Ok(200),
+                );
                 return;
             }
             Target::Forward { .. } => {
                 let res = forward::exchange(ctx, client, &mut origin, &req).await;
                 let (code, keep, exit) = match &res {
                     Ok(done) => (Ok(done.code), done.client_keep_alive, Some(done.exit)),
-                    Err(forward::Failed { error, exit, replied }) => {
+                    Err(forward::Failed {
+                        error,
+                        exit,
+                        replied,
+                    }) => {
                         let keep = !replied
                             && req.keep_alive
                             && req.body == Framing::None
@@ -175,7 +222,16 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                         (Err(error), keep, *exit)
                     }
                 };
-                log(ctx, client, account, Some(&target_s), exit, started, (up0, down0), code);
+                log(
+                    ctx,
+                    client,
+                    account,
+                    Some(&target_s),
+                    exit,
+                    started,
+                    (up0, down0),
+                    code,
+                );
                 if !keep {
                     return;
                 }

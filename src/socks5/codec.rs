@@ -44,8 +44,11 @@ pub fn parse_greeting(buf: &[u8]) -> Result<Parsed<Vec<Method>>, ProxyError> {
     }
 }
 
+/// RFC 1929 credentials: (username, password).
+pub type Credentials = (Vec<u8>, Vec<u8>);
+
 /// The RFC 1929 sub-negotiation: `VER ULEN UNAME PLEN PASSWD`.
-pub fn parse_password(buf: &[u8]) -> Result<Parsed<(Vec<u8>, Vec<u8>)>, ProxyError> {
+pub fn parse_password(buf: &[u8]) -> Result<Parsed<Credentials>, ProxyError> {
     use handshake::password::{Error as PwError, Request as PwRequest};
     let mut rd = buf;
     match poll_once(PwRequest::read_from(&mut rd)) {
@@ -145,7 +148,10 @@ mod tests {
         assert_eq!(
             parse_request(dom).unwrap(),
             Parsed::Done(
-                (Command::Connect, Address::DomainAddress(b"localhost".to_vec(), 8080)),
+                (
+                    Command::Connect,
+                    Address::DomainAddress(b"localhost".to_vec(), 8080)
+                ),
                 dom.len()
             )
         );
@@ -159,7 +165,11 @@ mod tests {
             Parsed::Done((Command::Connect, Address::SocketAddress(addr6)), 22)
         );
         for cut in 0..dom.len() {
-            assert_eq!(parse_request(&dom[..cut]).unwrap(), Parsed::Incomplete, "{cut}");
+            assert_eq!(
+                parse_request(&dom[..cut]).unwrap(),
+                Parsed::Incomplete,
+                "{cut}"
+            );
         }
         assert_eq!(
             parse_request(b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50").unwrap(),

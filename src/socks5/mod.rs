@@ -42,9 +42,16 @@ async fn next<T>(
             return Ok(v);
         }
         if client.buf.len() >= MAX_HANDSHAKE {
-            return Err(Stop::Reply(ProxyError::BadRequest("socks5 message too long")));
+            return Err(Stop::Reply(ProxyError::BadRequest(
+                "socks5 message too long",
+            )));
         }
-        match until(ctx.handshake_deadline, client.fill(MAX_HANDSHAKE - client.buf.len())).await {
+        match until(
+            ctx.handshake_deadline,
+            client.fill(MAX_HANDSHAKE - client.buf.len()),
+        )
+        .await
+        {
             Some(Ok(n)) if n > 0 => {}
             _ => return Err(Stop::Gone),
         }
@@ -163,7 +170,11 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     }
     // Bytes the client pipelined after its request go first.
     let early = std::mem::take(&mut client.buf);
-    let end = if !early.is_empty() && futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await.is_err() {
+    let end = if !early.is_empty()
+        && futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early)
+            .await
+            .is_err()
+    {
         RelayEnd::Error(std::io::ErrorKind::BrokenPipe.into())
     } else {
         relay(

@@ -291,7 +291,11 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> Resp {
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         let n = s.read(&mut byte).unwrap();
-        assert!(n == 1, "connection closed inside a response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n == 1,
+            "connection closed inside a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.push(byte[0]);
     }
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -302,7 +306,12 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> Resp {
     let headers: Vec<(String, String)> = r
         .headers
         .iter()
-        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     let mut resp = Resp {
         code,

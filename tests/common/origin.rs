@@ -50,7 +50,13 @@ impl Origin {
         format!("http://{}{path}", self.addr)
     }
     pub fn last_head(&self) -> String {
-        self.seen.heads.lock().unwrap().last().cloned().unwrap_or_default()
+        self.seen
+            .heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
     }
     pub fn connections(&self) -> usize {
         self.seen.connections.load(Ordering::SeqCst)
@@ -154,7 +160,11 @@ fn serve(s: TcpStream, seen: Arc<Seen>) {
                     let _ = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
                 let body = read_body(&mut r, &head);
-                respond(&mut w, "200 OK", format!("got {} bytes", body.len()).as_bytes());
+                respond(
+                    &mut w,
+                    "200 OK",
+                    format!("got {} bytes", body.len()).as_bytes(),
+                );
             }
             "/reject" => {
                 // Answers without reading the body, then closes.

@@ -69,11 +69,13 @@ fn bad_requests() {
 
 #[test]
 fn framing_and_expect() {
-    let r = req("POST http://h/ HTTP/1.1\r\nContent-Length: 10\r\nContent-Length: 10\r\n\r\n").unwrap();
+    let r =
+        req("POST http://h/ HTTP/1.1\r\nContent-Length: 10\r\nContent-Length: 10\r\n\r\n").unwrap();
     assert_eq!(r.body, Framing::Length(10));
     let r = req("POST http://h/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
     assert_eq!(r.body, Framing::Chunked);
-    let r = req("POST http://h/ HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-Continue\r\n\r\n").unwrap();
+    let r = req("POST http://h/ HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-Continue\r\n\r\n")
+        .unwrap();
     assert!(r.expect_continue);
     assert_eq!(
         req("GET http://h/ HTTP/1.1\r\nExpect: something-else\r\n\r\n").unwrap_err(),
@@ -99,9 +101,17 @@ fn hop_by_hop_headers_are_stripped() {
 #[test]
 fn keep_alive_rules() {
     assert!(req("GET http://h/ HTTP/1.1\r\n\r\n").unwrap().keep_alive);
-    assert!(!req("GET http://h/ HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().keep_alive);
+    assert!(
+        !req("GET http://h/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .keep_alive
+    );
     assert!(!req("GET http://h/ HTTP/1.0\r\n\r\n").unwrap().keep_alive);
-    assert!(req("GET http://h/ HTTP/1.0\r\nProxy-Connection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
+    assert!(
+        req("GET http://h/ HTTP/1.0\r\nProxy-Connection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .keep_alive
+    );
 }
 
 #[test]
@@ -130,20 +140,52 @@ fn resp(raw: &str, head: bool) -> Response {
 
 #[test]
 fn response_framing() {
-    assert_eq!(resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).body, Framing::Length(5));
-    assert_eq!(resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).body, Framing::None);
-    assert_eq!(resp("HTTP/1.1 204 No Content\r\n\r\n", false).body, Framing::None);
-    assert_eq!(resp("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false).body, Framing::None);
-    assert_eq!(resp("HTTP/1.1 100 Continue\r\n\r\n", false).body, Framing::None);
-    let r = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false);
+    assert_eq!(
+        resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).body,
+        Framing::Length(5)
+    );
+    assert_eq!(
+        resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).body,
+        Framing::None
+    );
+    assert_eq!(
+        resp("HTTP/1.1 204 No Content\r\n\r\n", false).body,
+        Framing::None
+    );
+    assert_eq!(
+        resp(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false
+        )
+        .body,
+        Framing::None
+    );
+    assert_eq!(
+        resp("HTTP/1.1 100 Continue\r\n\r\n", false).body,
+        Framing::None
+    );
+    let r = resp(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+    );
     assert_eq!(r.body, Framing::Chunked);
     assert!(r.reusable);
     let r = resp("HTTP/1.1 200 OK\r\n\r\n", false);
     assert_eq!(r.body, Framing::UntilClose);
     assert!(!r.reusable);
-    assert!(!resp("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false).reusable);
+    assert!(
+        !resp(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false
+        )
+        .reusable
+    );
     assert!(!resp("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).reusable);
-    assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).is_err());
+    assert!(parse_response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        false
+    )
+    .is_err());
     let r = resp("HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nServer: s\r\nContent-Length: 0\r\n\r\n", false);
     let mut out = Vec::new();
     r.encode_downstream(false, true, &mut out);

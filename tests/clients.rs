@@ -1,0 +1,110 @@
+//! Real clients: curl (HTTP proxy, CONNECT tunnel, SOCKS5) and Python requests + PySocks.
+//! `scripts/test.sh` installs them; run alone, a missing client fails with that hint.
+
+mod common;
+use common::origin::http_origin;
+use common::*;
+use std::process::{Command, Output};
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs test clients)")
+    })
+}
+
+fn curl(args: &[&str]) -> Output {
+    run(Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args))
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn curl_through_http_proxy_connect_and_socks5() {
+    let gw = Gateway::start(&config("", DIRECT_EXIT));
+    let o = http_origin();
+    let gwa = gw.addr().to_string();
+    let http_proxy = format!("http://alice:secret@{gwa}");
+    let socks = format!("alice:secret@{gwa}");
+    let url = o.url("/ip");
+
+    let out = curl(&["-x", &http_proxy, &url]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out), "127.0.0.1");
+
+    let out = curl(&["-p", "-x", &http_proxy, &url]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out), "127.0.0.1");
+
+    let local = format!("http://localhost:{}/ip", o.addr.port());
+    let out = curl(&["--socks5-hostname", &socks, &local]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out), "127.0.0.1");
+
+    let out = curl(&[
+        "-x",
+        &format!("http://alice:nope@{gwa}"),
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
+    assert_eq!(text(&out), "407");
+
+    let out = curl(&[
+        "-x",
+        &format!("http://alice-ttl-99999:secret@{gwa}"),
+        &url,
+        "-w",
+        " %{http_code}",
+    ]);
+    assert_eq!(text(&out), "invalid ttl 455");
+
+    // SOCKS5 refusals: curl exits 97 (proxy handshake error) and names the reply code.
+    let out = curl(&[
+        "--socks5-hostname",
+        &format!("alice-ttl-0:secret@{gwa}"),
+        &local,
+    ]);
+    assert_eq!(out.status.code(), Some(97), "{out:?}");
+    let out = curl(&["--socks5-hostname", &format!("alice:nope@{gwa}"), &local]);
+    assert_eq!(out.status.code(), Some(97), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rejected"),
+        "{out:?}"
+    );
+
+    let out = curl(&[
+        "-x",
+        &http_proxy,
+        "--data-binary",
+        "posted body",
+        &o.url("/echo"),
+    ]);
+    assert_eq!(text(&out), "posted body");
+}
+
+#[test]
+fn python_requests_and_pysocks() {
+    let gw = Gateway::start(&config("", DIRECT_EXIT));
+    let o = http_origin();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/requests_check.py"
+    );
+    let out = run(Command::new("python3")
+        .arg(script)
+        .arg(gw.addr().to_string())
+        .arg(o.url("")));
+    let stdout = text(&out);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n(scripts/test.sh installs requests and PySocks)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all python checks passed"), "{stdout}");
+}
