@@ -1,6 +1,8 @@
 //! Parser costs on the handshake path: sniffing, HTTP request heads, SOCKS5 requests and
 //! the username grammar. `cargo bench --bench parsers`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tollgate::{auth::username, http::codec, sniff, socks5::codec as socks};
 

@@ -1,6 +1,8 @@
 //! Real clients: curl (HTTP proxy, CONNECT tunnel, SOCKS5) and Python requests + PySocks.
 //! `scripts/test.sh` installs them; run alone, a missing client fails with that hint.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 use common::origin::http_origin;
 use common::*;

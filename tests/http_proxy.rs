@@ -1,5 +1,7 @@
 //! HTTP proxy through the real gateway: CONNECT, forwarding, framing, errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 use common::origin::{echo_server, http_origin};
 use common::*;

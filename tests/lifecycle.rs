@@ -1,5 +1,7 @@
 //! The gateway as a process: sniffing garbage, timeouts, drain, reload, `check`, workers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 use common::origin::{echo_server, http_origin};
 use common::*;

@@ -1,5 +1,7 @@
 //! SOCKS5 through the real gateway: every reply a client can see.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 use common::origin::{echo_server, http_origin};
 use common::*;
