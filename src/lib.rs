@@ -8,6 +8,7 @@
 //! - [`session`] runs one client connection top to bottom: [`sniff`] the first bytes, then
 //!   the [`socks5`] or [`http`] handler.
 //! - [`auth`] checks credentials and parses the username's modifiers.
+//! - [`route`] picks the exit: targeting, rotation, sticky sessions, benching.
 //! - [`exit`] turns a target into an outbound connection (DNS, policy, source address).
 //! - [`relay`] moves bytes both ways with pooled buffers and counts them.
 //! - [`error`] is the one error type and its reply table; [`config`] the validated snapshot.
@@ -19,6 +20,7 @@ pub mod exit;
 pub mod http;
 pub mod listener;
 pub mod relay;
+pub mod route;
 pub mod runtime;
 pub mod session;
 pub mod sniff;

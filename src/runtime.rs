@@ -2,6 +2,7 @@
 //! each, signals (SIGTERM/SIGINT drain, SIGHUP reload), and the drain itself.
 
 use crate::config::{self, Snapshot};
+use crate::route::sessions::SessionTable;
 use crate::worker::{within, Worker};
 use arc_swap::ArcSwap;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
@@ -98,6 +99,7 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
         "starting"
     );
     let resolver_threads = snap.dns.resolver_threads;
+    let sessions = Arc::new(SessionTable::new(snap.routing.max_sessions));
     let config = Arc::new(ArcSwap::from_pointee(snap));
     spawn_signal_thread(opts.config_path, config.clone())?;
 
@@ -105,12 +107,13 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
     for (id, my_fds) in fds.into_iter().enumerate() {
         let cpu = cpus.get(id % cpus.len().max(1)).copied().unwrap_or(0);
         let config = config.clone();
+        let sessions = sessions.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("tollgate-{id}"))
             // Network I/O does not use the registered io_memory; keep it small.
             .io_memory(64 << 10)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(resolver_threads))
-            .spawn(move || worker_main(id, config, my_fds))
+            .spawn(move || worker_main(id, config, sessions, my_fds))
             .map_err(|e| {
                 format!(
                     "cannot start executor {id} on CPU {cpu}: {e}. tollgate needs io_uring \
@@ -169,8 +172,9 @@ fn spawn_signal_thread(path: PathBuf, config: Arc<ArcSwap<Snapshot>>) -> Result<
 /// and ignored. Listeners are bound at start and keep their addresses.
 fn reload(path: &std::path::Path, config: &ArcSwap<Snapshot>) {
     match config::load(path) {
-        Ok(new) => {
+        Ok(mut new) => {
             let old = config.load();
+            new.inherit_health(&old);
             let same = old.listeners.len() == new.listeners.len()
                 && old
                     .listeners
@@ -187,8 +191,26 @@ fn reload(path: &std::path::Path, config: &ArcSwap<Snapshot>) {
     }
 }
 
-async fn worker_main(id: usize, config: Arc<ArcSwap<Snapshot>>, fds: Vec<(RawFd, usize)>) {
-    let w = Worker::new(id, config);
+/// How often expired sticky sessions are swept (by worker 0).
+const SESSION_SWEEP: Duration = Duration::from_secs(30);
+
+async fn worker_main(
+    id: usize,
+    config: Arc<ArcSwap<Snapshot>>,
+    sessions: Arc<SessionTable>,
+    fds: Vec<(RawFd, usize)>,
+) {
+    let w = Worker::new(id, config, sessions);
+    if id == 0 {
+        let sweeper = w.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(SESSION_SWEEP).await;
+                sweeper.sessions.sweep(std::time::Instant::now());
+            }
+        })
+        .detach();
+    }
     let watcher = w.clone();
     glommio::spawn_local(async move {
         while !DRAINING.load(Ordering::Relaxed) {

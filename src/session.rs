@@ -173,6 +173,7 @@ impl Ctx {
         tracing::info!(
             target: "access",
             proto = a.proto,
+            worker = self.w.id,
             peer = ?self.peer,
             listener = self.listener,
             network,

@@ -4,6 +4,7 @@
 use crate::auth::CredCache;
 use crate::config::Snapshot;
 use crate::exit::dns::DnsCache;
+use crate::route::sessions::SessionTable;
 use arc_swap::ArcSwap;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -26,12 +27,18 @@ pub struct Worker {
     active: Cell<usize>,
     /// Fired whenever `active` drops to zero.
     idle: RefCell<Vec<Waker>>,
-    /// Round-robin position over exits.
-    pub rotation: Cell<usize>,
+    /// Sticky sessions, shared by every core.
+    pub sessions: Arc<SessionTable>,
+    /// Round-robin position per candidate list (list ids from the snapshot's exit index).
+    rotation: RefCell<Vec<usize>>,
 }
 
 impl Worker {
-    pub fn new(id: usize, config: Arc<ArcSwap<Snapshot>>) -> Rc<Worker> {
+    pub fn new(
+        id: usize,
+        config: Arc<ArcSwap<Snapshot>>,
+        sessions: Arc<SessionTable>,
+    ) -> Rc<Worker> {
         let snap = config.load();
         let dns = DnsCache::new(&snap.dns);
         drop(snap);
@@ -44,8 +51,37 @@ impl Worker {
             drain: Latch::default(),
             active: Cell::new(0),
             idle: RefCell::new(Vec::new()),
-            rotation: Cell::new(id),
+            sessions,
+            rotation: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Next exit of candidate list `list` in rotation, skipping those already `tried` and
+    /// those benched at `now`.
+    pub fn pick(
+        &self,
+        snap: &Snapshot,
+        list: usize,
+        tried: &[usize],
+        now: Instant,
+    ) -> Option<usize> {
+        let members = snap.index.members(list);
+        if members.is_empty() {
+            return None;
+        }
+        let start = {
+            let mut rot = self.rotation.borrow_mut();
+            if rot.len() <= list {
+                // Cores start at different offsets so they do not move in lockstep.
+                rot.resize(snap.index.lists().max(list + 1), self.id);
+            }
+            let start = rot[list];
+            rot[list] = start.wrapping_add(1);
+            start
+        };
+        (0..members.len())
+            .map(|k| members[(start + k) % members.len()])
+            .find(|i| !tried.contains(i) && !snap.exits[*i].health.is_benched(now))
     }
 
     pub fn active(&self) -> usize {

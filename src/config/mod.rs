@@ -24,6 +24,8 @@ pub struct File {
     pub log: LogSection,
     #[serde(default)]
     pub dns: DnsSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerSection>,
     #[serde(default, rename = "network")]
@@ -123,6 +125,31 @@ impl Default for DnsSection {
             negative_ttl: Dur(std::time::Duration::from_secs(5)),
             cache_size: 4096,
             resolver_threads: 2,
+        }
+    }
+}
+
+/// `[routing]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// Further exits tried when a rotating connection's exit fails (not its target).
+    pub retries: u32,
+    /// Consecutive exit failures that bench an exit.
+    pub bench_after: u32,
+    /// How long a benched exit is left out.
+    pub bench_for: Dur,
+    /// Sticky sessions kept at most (expired ones are swept first).
+    pub max_sessions: usize,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            bench_after: 3,
+            bench_for: Dur(std::time::Duration::from_secs(30)),
+            max_sessions: 1_000_000,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The validated, immutable view of the configuration that connections read.
 
-use super::{DnsSection, File, LogSection, ServerSection};
+use super::{DnsSection, File, LogSection, RoutingSection, ServerSection};
 use crate::auth::username::KEYS;
+use crate::route::{geo, ExitIndex, Health};
 use ahash::AHashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// Everything a connection needs to know, validated. Published through `ArcSwap`; a
 /// connection loads it once and uses it for its whole life.
@@ -13,9 +15,13 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     pub log: LogSection,
     pub dns: DnsSection,
+    pub routing: RoutingSection,
     pub listeners: Vec<Listener>,
     pub networks: Vec<Network>,
     pub exits: Vec<Exit>,
+    /// Exits by targeting, for routing.
+    pub index: ExitIndex,
+    pub exit_by_name: AHashMap<String, usize>,
     pub plans: Vec<Plan>,
     pub accounts: AHashMap<String, Account>,
 }
@@ -45,6 +51,8 @@ pub struct Exit {
     pub country: Option<String>,
     pub state: Option<String>,
     pub city: Option<String>,
+    /// Failure counting and benching, shared by all cores.
+    pub health: Arc<Health>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +179,15 @@ impl Snapshot {
                 f.log.level
             ));
         }
+        if f.routing.bench_after == 0 {
+            return Err("[routing] bench_after: must be at least 1".into());
+        }
+        if f.routing.retries > 16 {
+            return Err("[routing] retries: at most 16".into());
+        }
+        if f.routing.max_sessions == 0 {
+            return Err("[routing] max_sessions: must be at least 1".into());
+        }
         if f.dns.resolver_threads == 0 || f.dns.resolver_threads > 64 {
             return Err("[dns] resolver_threads: must be between 1 and 64".into());
         }
@@ -213,17 +230,35 @@ impl Snapshot {
             accounts.insert(account.name.clone(), account);
         }
 
+        let index = ExitIndex::build(&exits);
+        let exit_by_name = exits
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
         Ok(Snapshot {
             server: f.server,
             admin,
             log: f.log,
             dns: f.dns,
+            routing: f.routing,
             listeners,
             networks,
             exits,
+            index,
+            exit_by_name,
             plans,
             accounts,
         })
+    }
+
+    /// Keep the health (failure counts, bench) of exits that survive a reload.
+    pub fn inherit_health(&mut self, old: &Snapshot) {
+        for e in &mut self.exits {
+            if let Some(&i) = old.exit_by_name.get(&e.name) {
+                e.health = old.exits[i].health.clone();
+            }
+        }
     }
 
     /// Index of a network by name.
@@ -378,8 +413,27 @@ fn build_exits(f: &File, net_names: &[&str]) -> Result<Vec<Exit>, String> {
         let country = tag(&at, "country", &e.country)?;
         let state = tag(&at, "state", &e.state)?;
         let city = tag(&at, "city", &e.city)?;
-        if state.is_some() && country.is_none() {
-            return Err(format!("{at}: state: needs a country tag too"));
+        if let Some(c) = &country {
+            if !geo::is_country(c) {
+                return Err(format!(
+                    "{at}: country = {c:?}: not an ISO 3166-1 alpha-2 code (e.g. \"us\")"
+                ));
+            }
+        }
+        if let Some(st) = &state {
+            let Some(c) = &country else {
+                return Err(format!("{at}: state: needs a country tag too"));
+            };
+            if !geo::is_state(c, st) {
+                return Err(format!(
+                    "{at}: state = {st:?}: not an ISO 3166-2 subdivision of {c:?} (e.g. \"ca\" for US-CA)"
+                ));
+            }
+        }
+        if city.as_deref() == Some("ran") {
+            return Err(format!(
+                "{at}: city: \"ran\" is reserved (it means a random city)"
+            ));
         }
         if city.is_some() && country.is_none() {
             return Err(format!("{at}: city: needs a country tag too"));
@@ -391,6 +445,7 @@ fn build_exits(f: &File, net_names: &[&str]) -> Result<Vec<Exit>, String> {
             country,
             state,
             city,
+            health: Arc::new(Health::default()),
         });
     }
     Ok(out)
@@ -615,6 +670,18 @@ networks = ["res"]
             (
                 "[[user]]\nname=\"bob-country-x\"\npassword=\"x\"\nplan=\"p\"\nnetworks=[\"res\"]\n",
                 "contains the modifier key",
+            ),
+            (
+                "[[exit]]\nnetwork=\"res\"\nkind=\"direct\"\ncountry=\"zz\"\n",
+                "[[exit]] #2 (exit-2): country = \"zz\": not an ISO 3166-1 alpha-2 code",
+            ),
+            (
+                "[[exit]]\nnetwork=\"res\"\nkind=\"direct\"\ncountry=\"de\"\nstate=\"ca\"\n",
+                "state = \"ca\": not an ISO 3166-2 subdivision of \"de\"",
+            ),
+            (
+                "[routing]\nbench_after=0\n",
+                "[routing] bench_after: must be at least 1",
             ),
             ("[server]\nhandshake_timeout=\"10\"\n", "has no unit"),
             ("[server]\nworkerz=1\n", "unknown field `workerz`"),

@@ -1,12 +1,14 @@
-//! Exits: where traffic leaves. Picks an exit for the connection's network, resolves the
-//! target without blocking the executor, applies the private-range policy and connects
-//! (from the exit's source address when it has one) under `connect_timeout`.
+//! Exits: where traffic leaves. Dials the target through the exit the route picks
+//! (rotation, sticky session, retries on another exit, benching) — directly from this
+//! host (optionally from a source address) or through an upstream SOCKS5/HTTP proxy.
 
 pub mod dns;
 pub mod policy;
+pub mod upstream;
 
 use crate::config::{ExitKind, Snapshot};
 use crate::error::ProxyError;
+use crate::route::Route;
 use crate::worker::{within, Worker};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -14,7 +16,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the client asked to reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,83 +56,220 @@ pub struct Outbound {
     pub stream: TcpStream,
     /// Our side of it: the SOCKS5 reply's BND.ADDR.
     pub local: SocketAddr,
-    pub peer: SocketAddr,
     /// Index into the snapshot's exits.
     pub exit: usize,
+    /// Bytes an upstream proxy sent after its handshake: they belong to the client.
+    pub early: Vec<u8>,
+}
+
+/// Whose fault a failed attempt was: the exit's (try another, count towards benching) or
+/// the target's (report it; another exit would not help).
+pub enum Fail {
+    Exit(ProxyError),
+    Target(ProxyError),
 }
 
 /// At most this many resolved addresses are tried for one target.
 const MAX_ADDRS_TRIED: usize = 3;
 
-/// Pick an exit of `network` and connect to `target` through it.
-pub async fn open(
+/// Connect to `target` along `route`.
+pub async fn dial(
     w: &Worker,
     snap: &Snapshot,
-    network: usize,
+    route: &Route,
     target: &TargetAddr,
 ) -> Result<Outbound, ProxyError> {
-    let exit = pick(w, snap, network)?;
-    let ExitKind::Direct { source_ip } = snap.exits[exit].kind else {
-        return Err(ProxyError::Unavailable("upstream exits are not enabled"));
+    let members = snap.index.members(route.list);
+    let now = Instant::now();
+    let name = |i: usize| snap.exits[i].name.as_str();
+    // A sticky session starts on its bound exit (binding one first if it has none).
+    let mut bound: Option<usize> = None;
+    if let Some(st) = &route.sticky {
+        bound = w
+            .sessions
+            .get(&st.key, now)
+            .and_then(|n| snap.exit_by_name.get(&n).copied())
+            .filter(|i| members.contains(i));
+        if bound.is_none() {
+            if let Some(pick) = w.pick(snap, route.list, &[], now) {
+                let winner = w.sessions.bind(&st.key, name(pick), st.ttl, now);
+                bound = snap
+                    .exit_by_name
+                    .get(&winner)
+                    .copied()
+                    .filter(|i| members.contains(i));
+            }
+        }
+    }
+    let attempts = 1 + snap.routing.retries as usize;
+    let mut tried: Vec<usize> = Vec::with_capacity(attempts);
+    let mut last = None;
+    for _ in 0..attempts {
+        let exit =
+            match bound.filter(|b| tried.is_empty() && !snap.exits[*b].health.is_benched(now)) {
+                Some(b) => b,
+                None => match w.pick(snap, route.list, &tried, now) {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+        tried.push(exit);
+        let health = &snap.exits[exit].health;
+        match within(
+            snap.server.connect_timeout.0,
+            connect_via(w, snap, exit, target),
+        )
+        .await
+        {
+            Some(Ok(out)) => {
+                health.success();
+                if let (Some(st), Some(b)) = (&route.sticky, bound) {
+                    if b != exit {
+                        // The session's exit failed: it moves to this one for the rest of its TTL.
+                        w.sessions
+                            .replace(&st.key, name(b), name(exit), st.ttl, now);
+                        tracing::info!(exit = name(exit), failed = name(b), "sticky session moved");
+                    }
+                }
+                return Ok(out);
+            }
+            Some(Err(Fail::Target(e))) => {
+                health.success();
+                return Err(e);
+            }
+            None if matches!(snap.exits[exit].kind, ExitKind::Direct { .. }) => {
+                return Err(ProxyError::ConnectTimeout);
+            }
+            outcome => {
+                let e = match outcome {
+                    Some(Err(Fail::Exit(e))) => e,
+                    _ => ProxyError::Upstream(format!("exit {} timed out", name(exit))),
+                };
+                tracing::warn!(exit = name(exit), error = %e, "exit failed");
+                if health.failure(snap.routing.bench_after, snap.routing.bench_for.0, now) {
+                    tracing::warn!(
+                        exit = name(exit),
+                        cooldown = ?snap.routing.bench_for.0,
+                        "exit benched after repeated failures"
+                    );
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or(ProxyError::Unavailable("every matching exit is benched")))
+}
+
+/// One attempt through one exit.
+async fn connect_via(
+    w: &Worker,
+    snap: &Snapshot,
+    exit: usize,
+    target: &TargetAddr,
+) -> Result<Outbound, Fail> {
+    let allow_private = snap.server.allow_private_targets;
+    let timeout = snap.server.connect_timeout.0;
+    let (up, is_socks) = match &snap.exits[exit].kind {
+        ExitKind::Direct { source_ip } => {
+            let (stream, local) =
+                connect_target(w, target, *source_ip, allow_private, timeout).await?;
+            return Ok(Outbound {
+                stream,
+                local,
+                exit,
+                early: Vec::new(),
+            });
+        }
+        ExitKind::Socks5(up) => (up, true),
+        ExitKind::Http(up) => (up, false),
     };
+    // The upstream resolves names itself; IP literals are checked here.
+    if let TargetAddr::Ip(a) = target {
+        if !allow_private && policy::is_private(a.ip()) {
+            return Err(Fail::Target(ProxyError::ForbiddenTarget(
+                target.to_string(),
+            )));
+        }
+    }
+    let ip = match up.host.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => *w
+            .dns
+            .resolve(&up.host)
+            .await
+            .map_err(|e| {
+                Fail::Exit(ProxyError::Upstream(format!(
+                    "upstream {}: {}",
+                    up.host, e.0
+                )))
+            })?
+            .first()
+            .ok_or_else(|| {
+                Fail::Exit(ProxyError::Upstream(format!(
+                    "upstream {}: no address",
+                    up.host
+                )))
+            })?,
+    };
+    let addr = SocketAddr::new(ip, up.port);
+    let (mut stream, local) = connect_direct(addr, None, timeout).await.map_err(|e| {
+        Fail::Exit(ProxyError::Upstream(format!(
+            "upstream proxy {addr} unreachable: {e}"
+        )))
+    })?;
+    let early = if is_socks {
+        upstream::socks5(&mut stream, up, target).await?
+    } else {
+        upstream::http_connect(&mut stream, up, target).await?
+    };
+    Ok(Outbound {
+        stream,
+        local,
+        exit,
+        early,
+    })
+}
+
+/// Resolve, apply the private-range policy and connect directly.
+async fn connect_target(
+    w: &Worker,
+    target: &TargetAddr,
+    source_ip: Option<IpAddr>,
+    allow_private: bool,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), Fail> {
     let addrs: Vec<IpAddr> = match target {
         TargetAddr::Ip(a) => vec![a.ip()],
         TargetAddr::Name(host, _) => w
             .dns
             .resolve(host)
             .await
-            .map_err(|_| ProxyError::DnsFailed(host.clone()))?
+            .map_err(|_| Fail::Target(ProxyError::DnsFailed(host.clone())))?
             .to_vec(),
     };
     let allowed: Vec<IpAddr> = addrs
-        .iter()
-        .copied()
-        .filter(|ip| snap.server.allow_private_targets || !policy::is_private(*ip))
+        .into_iter()
+        .filter(|ip| allow_private || !policy::is_private(*ip))
         .collect();
     if allowed.is_empty() {
-        return Err(ProxyError::ForbiddenTarget(target.to_string()));
+        return Err(Fail::Target(ProxyError::ForbiddenTarget(
+            target.to_string(),
+        )));
     }
-    let usable: Vec<IpAddr> = allowed
+    let usable = allowed
         .into_iter()
         .filter(|ip| source_ip.is_none_or(|s| s.is_ipv4() == ip.is_ipv4()))
-        .take(MAX_ADDRS_TRIED)
-        .collect();
+        .take(MAX_ADDRS_TRIED);
     let mut last = ProxyError::NetworkUnreachable;
     for ip in usable {
-        let addr = SocketAddr::new(ip, target.port());
-        match connect_direct(addr, source_ip, snap.server.connect_timeout.0).await {
-            Ok((stream, local)) => {
-                return Ok(Outbound {
-                    stream,
-                    local,
-                    peer: addr,
-                    exit,
-                })
-            }
+        match connect_direct(SocketAddr::new(ip, target.port()), source_ip, timeout).await {
+            Ok(ok) => return Ok(ok),
+            // The source address is not on this host: the exit is broken, not the target.
+            Err(e @ ProxyError::Unavailable(_)) => return Err(Fail::Exit(e)),
             Err(e) => last = e,
         }
     }
-    Err(last)
-}
-
-/// Rotate over the network's direct exits.
-fn pick(w: &Worker, snap: &Snapshot, network: usize) -> Result<usize, ProxyError> {
-    let candidates = || {
-        snap.exits
-            .iter()
-            .enumerate()
-            .filter(move |(_, e)| e.network == network && matches!(e.kind, ExitKind::Direct { .. }))
-            .map(|(i, _)| i)
-    };
-    let n = candidates().count();
-    if n == 0 {
-        return Err(ProxyError::Unavailable("no exit serves this network"));
-    }
-    let turn = w.rotation.get();
-    w.rotation.set(turn.wrapping_add(1));
-    candidates()
-        .nth(turn % n)
-        .ok_or(ProxyError::Internal("exit rotation"))
+    Err(Fail::Target(last))
 }
 
 /// Non-blocking connect from an optional source address, adopted into glommio.
@@ -152,7 +291,7 @@ pub async fn connect_direct(
         // SAFETY: valid fd, option value is a c_int that outlives the call.
         unsafe {
             libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                sock.as_raw_fd(),
                 libc::IPPROTO_IP,
                 libc::IP_BIND_ADDRESS_NO_PORT,
                 &one as *const _ as *const libc::c_void,

@@ -7,6 +7,7 @@ use super::{read_head, Ctx, HeadStop};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::relay::relay;
+use crate::route::Route;
 use crate::session::Side;
 use crate::worker::BufPool;
 use futures_lite::AsyncReadExt;
@@ -55,9 +56,23 @@ pub async fn exchange(
     client: &mut Side,
     slot: &mut Option<Origin>,
     req: &Request,
+    route: &Route,
 ) -> Result<Done, Failed> {
     let (host, port) = req.target.host_port();
-    if let Some(o) = slot.as_mut().filter(|o| o.host == host && o.port == port) {
+    // Reuse only a connection to the same origin through an exit this request may use
+    // (for a sticky session: its bound exit).
+    let members = ctx.snap.index.members(route.list);
+    let usable = |exit: usize| {
+        members.contains(&exit)
+            && route.sticky.as_ref().is_none_or(|st| {
+                ctx.w.sessions.get(&st.key, Instant::now()).as_deref()
+                    == Some(ctx.snap.exits[exit].name.as_str())
+            })
+    };
+    if let Some(o) = slot
+        .as_mut()
+        .filter(|o| o.host == host && o.port == port && usable(o.exit))
+    {
         let exit = o.exit;
         let retryable = req.body == Framing::None;
         match attempt(ctx, client, o, req, retryable).await {
@@ -67,15 +82,17 @@ pub async fn exchange(
     }
     *slot = None;
     let target = TargetAddr::from_host(host, port);
-    let out = exit::open(&ctx.w, &ctx.snap, ctx.network, &target)
+    let out = exit::dial(&ctx.w, &ctx.snap, route, &target)
         .await
         .map_err(|error| Failed {
             error,
             exit: None,
             replied: false,
         })?;
+    let mut side = Side::new(out.stream);
+    side.buf = out.early;
     let mut o = Origin {
-        side: Side::new(out.stream),
+        side,
         host: host.to_owned(),
         port,
         exit: out.exit,

@@ -8,6 +8,7 @@ use crate::auth::{authenticate, Identity};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::relay::relay;
+use crate::route::{self, Route};
 use crate::session::{Access, Ctx, Side};
 use crate::worker::{until, Latch};
 use codec::{Framing, Parsed, Request, Target};
@@ -62,15 +63,15 @@ pub(crate) async fn read_head<T>(
     }
 }
 
-/// Check credentials and the username's modifiers for one request.
-async fn admit(ctx: &Ctx, req: &Request) -> Result<Identity, ProxyError> {
+/// Check credentials, then the username's targeting and session, for one request.
+async fn admit(ctx: &Ctx, req: &Request) -> Result<(Identity, Route), ProxyError> {
     let (user, pass) = req
         .credentials
         .as_ref()
         .ok_or(ProxyError::AuthFailed("no Proxy-Authorization"))?;
     let ident = authenticate(&ctx.snap, &ctx.w.creds, ctx.network, user, pass).await?;
-    ident.ttl_minutes(&ctx.snap)?;
-    Ok(ident)
+    let route = route::resolve(&ctx.snap, &ident)?;
+    Ok((ident, route))
 }
 
 /// Serve an HTTP proxy client whose first bytes are in `client.buf`.
@@ -121,7 +122,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             let (h, p) = req.target.host_port();
             TargetAddr::from_host(h, p).to_string()
         };
-        let ident = match admit(ctx, &req).await {
+        let (ident, route) = match admit(ctx, &req).await {
             Ok(i) => i,
             Err(e) => {
                 let keep = req.keep_alive && req.body == Framing::None && e.http_keeps_connection();
@@ -146,7 +147,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         match &req.target {
             Target::Tunnel { host, port } => {
                 let target = TargetAddr::from_host(host, *port);
-                let mut out = match exit::open(&ctx.w, &ctx.snap, ctx.network, &target).await {
+                let mut out = match exit::dial(&ctx.w, &ctx.snap, &route, &target).await {
                     Ok(o) => o,
                     Err(e) => {
                         let keep = req.keep_alive && e.http_keeps_connection();
@@ -171,6 +172,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                     .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     .await
                     .is_err()
+                    || client.send(&out.early).await.is_err()
                 {
                     return;
                 }
@@ -204,7 +206,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 return;
             }
             Target::Forward { .. } => {
-                let res = forward::exchange(ctx, client, &mut origin, &req).await;
+                let res = forward::exchange(ctx, client, &mut origin, &req, &route).await;
                 let (code, keep, exit) = match &res {
                     Ok(done) => (Ok(done.code), done.client_keep_alive, Some(done.exit)),
                     Err(forward::Failed {

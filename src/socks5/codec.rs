@@ -82,6 +82,57 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<(Command, Address)>, ProxyErro
     }
 }
 
+/// Client side: the server's method selection.
+pub fn parse_method_reply(buf: &[u8]) -> Result<Parsed<Method>, ProxyError> {
+    let mut rd = buf;
+    match poll_once(handshake::Response::read_from(&mut rd)) {
+        None => Err(ProxyError::Internal("socks5 parser pending on a slice")),
+        Some(Ok(r)) => Ok(Parsed::Done(r.method, buf.len() - rd.len())),
+        Some(Err(SocksError::Io(e))) if is_eof(&e) => Ok(Parsed::Incomplete),
+        Some(Err(_)) => Err(ProxyError::Upstream("malformed socks5 method reply".into())),
+    }
+}
+
+/// Client side: the RFC 1929 status (true = accepted).
+pub fn parse_auth_reply(buf: &[u8]) -> Result<Parsed<bool>, ProxyError> {
+    use handshake::password::{Error as PwError, Response as PwResponse};
+    let mut rd = buf;
+    match poll_once(PwResponse::read_from(&mut rd)) {
+        None => Err(ProxyError::Internal("socks5 parser pending on a slice")),
+        Some(Ok(r)) => Ok(Parsed::Done(r.status, buf.len() - rd.len())),
+        Some(Err(PwError::Io(e))) if is_eof(&e) => Ok(Parsed::Incomplete),
+        // Any non-zero status is a failure (RFC 1929 section 2).
+        Some(Err(PwError::SubNegotiationStatus { .. })) => Ok(Parsed::Done(false, 2)),
+        Some(Err(_)) => Err(ProxyError::Upstream("malformed RFC 1929 reply".into())),
+    }
+}
+
+/// Client side: the reply to a request (code, bound address).
+pub fn parse_reply(buf: &[u8]) -> Result<Parsed<u8>, ProxyError> {
+    let mut rd = buf;
+    match poll_once(Response::read_from(&mut rd)) {
+        None => Err(ProxyError::Internal("socks5 parser pending on a slice")),
+        Some(Ok(r)) => Ok(Parsed::Done(u8::from(r.reply), buf.len() - rd.len())),
+        Some(Err(SocksError::Io(e))) if is_eof(&e) => Ok(Parsed::Incomplete),
+        Some(Err(_)) => Err(ProxyError::Upstream("malformed socks5 reply".into())),
+    }
+}
+
+/// Client side: greeting offering `method`.
+pub fn encode_greeting(method: Method, out: &mut Vec<u8>) {
+    handshake::Request::new(vec![method]).write_to_buf(out);
+}
+
+/// Client side: RFC 1929 credentials.
+pub fn encode_password(user: &[u8], pass: &[u8], out: &mut Vec<u8>) {
+    handshake::password::Request::new(user.to_vec(), pass.to_vec()).write_to_buf(out);
+}
+
+/// Client side: a CONNECT request.
+pub fn encode_connect(address: Address, out: &mut Vec<u8>) {
+    Request::new(Command::Connect, address).write_to_buf(out);
+}
+
 /// Method selection reply.
 pub fn encode_method(method: Method, out: &mut Vec<u8>) {
     handshake::Response::new(method).write_to_buf(out);
@@ -187,6 +238,33 @@ mod tests {
             parse_request(b"\x04\x01\x00\x01"),
             Err(ProxyError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn client_side() {
+        assert_eq!(parse_method_reply(b"\x05").unwrap(), Parsed::Incomplete);
+        assert_eq!(
+            parse_method_reply(b"\x05\x02").unwrap(),
+            Parsed::Done(Method::PASSWORD, 2)
+        );
+        assert_eq!(
+            parse_auth_reply(b"\x01\x00").unwrap(),
+            Parsed::Done(true, 2)
+        );
+        assert_eq!(
+            parse_auth_reply(b"\x01\x01").unwrap(),
+            Parsed::Done(false, 2)
+        );
+        assert_eq!(
+            parse_auth_reply(b"\x01\xff").unwrap(),
+            Parsed::Done(false, 2)
+        );
+        let ok = b"\x05\x00\x00\x01\x7f\x00\x00\x01\x1f\x90rest";
+        assert_eq!(parse_reply(ok).unwrap(), Parsed::Done(0, 10));
+        assert_eq!(parse_reply(&ok[..7]).unwrap(), Parsed::Incomplete);
+        let mut out = Vec::new();
+        encode_connect(Address::DomainAddress(b"h".to_vec(), 80), &mut out);
+        assert_eq!(out, b"\x05\x01\x00\x03\x01h\x00\x50");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::auth::{authenticate, Identity};
 use crate::error::{ProxyError, SocksReply};
 use crate::exit::{self, TargetAddr};
 use crate::relay::{relay, RelayEnd};
+use crate::route::{self, Route};
 use crate::session::{Access, Ctx, Side};
 use crate::worker::until;
 use codec::Parsed;
@@ -94,13 +95,17 @@ async fn greet_and_authenticate(ctx: &Ctx, client: &mut Side) -> Result<Identity
 
 /// The request; plan and targeting errors are reported here, after a successful auth
 /// step, so that clients see "not allowed by ruleset" rather than an auth failure.
-async fn request(ctx: &Ctx, client: &mut Side, ident: &Identity) -> Result<TargetAddr, Stop> {
+async fn request(
+    ctx: &Ctx,
+    client: &mut Side,
+    ident: &Identity,
+) -> Result<(TargetAddr, Route), Stop> {
     let (command, address) = next(ctx, client, codec::parse_request).await?;
     if command != Command::Connect {
         return Err(Stop::Reply(ProxyError::CommandNotSupported));
     }
-    ident.ttl_minutes(&ctx.snap)?;
-    Ok(match address {
+    let route = route::resolve(&ctx.snap, ident)?;
+    let target = match address {
         Address::SocketAddress(a) => TargetAddr::Ip(a),
         Address::DomainAddress(name, port) => {
             let host = std::str::from_utf8(&name)
@@ -109,7 +114,8 @@ async fn request(ctx: &Ctx, client: &mut Side, ident: &Identity) -> Result<Targe
                 .ok_or(ProxyError::BadRequest("domain name not UTF-8"))?;
             TargetAddr::from_host(host, port)
         }
-    })
+    };
+    Ok((target, route))
 }
 
 /// Serve a SOCKS5 client whose first bytes are in `client.buf`.
@@ -145,7 +151,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             outcome: Err(e),
         })
     };
-    let target = match request(ctx, client, &ident).await {
+    let (target, route) = match request(ctx, client, &ident).await {
         Ok(t) => t,
         Err(Stop::Gone) => return,
         Err(Stop::Reply(e)) => {
@@ -155,7 +161,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         }
     };
     let target_s = target.to_string();
-    let mut out = match exit::open(&ctx.w, &ctx.snap, ctx.network, &target).await {
+    let mut out = match exit::dial(&ctx.w, &ctx.snap, &route, &target).await {
         Ok(o) => o,
         Err(e) => {
             refuse(client, &e).await;
@@ -165,7 +171,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     };
     let mut reply = Vec::with_capacity(32);
     codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
-    if client.send(&reply).await.is_err() {
+    if client.send(&reply).await.is_err() || client.send(&out.early).await.is_err() {
         return;
     }
     // Bytes the client pipelined after its request go first.

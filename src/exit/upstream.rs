@@ -1,0 +1,177 @@
+//! Chaining: the client side of SOCKS5 (RFC 1928/1929) and HTTP CONNECT towards an
+//! upstream proxy. An upstream's own refusal (bad credentials, unsupported) is the exit's
+//! failure; its report about the target (refused, unreachable) is the target's.
+
+use super::{Fail, TargetAddr};
+use crate::config::Upstream;
+use crate::error::ProxyError;
+use crate::socks5::codec::{self, Parsed};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use socks5_proto::{handshake::Method, Address};
+
+/// Largest upstream handshake reply we buffer.
+const MAX_REPLY: usize = 16 * 1024;
+
+fn exit_err(msg: String) -> Fail {
+    Fail::Exit(ProxyError::Upstream(msg))
+}
+
+async fn write(s: &mut TcpStream, bytes: &[u8]) -> Result<(), Fail> {
+    s.write_all(bytes)
+        .await
+        .map_err(|e| exit_err(format!("upstream write failed: {e}")))
+}
+
+/// Read until `parse` completes a message at the front of `buf`.
+async fn read_msg<T>(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    parse: impl Fn(&[u8]) -> Result<Parsed<T>, ProxyError>,
+) -> Result<T, Fail> {
+    loop {
+        match parse(buf).map_err(Fail::Exit)? {
+            Parsed::Done(v, n) => {
+                buf.drain(..n);
+                return Ok(v);
+            }
+            Parsed::Incomplete if buf.len() >= MAX_REPLY => {
+                return Err(exit_err("upstream reply too long".into()))
+            }
+            Parsed::Incomplete => {}
+        }
+        let mut chunk = [0u8; 2048];
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| exit_err(format!("upstream read failed: {e}")))?;
+        if n == 0 {
+            return Err(exit_err("upstream closed during handshake".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// SOCKS5 CONNECT through `up`. Returns bytes the upstream sent after its reply.
+pub async fn socks5(
+    s: &mut TcpStream,
+    up: &Upstream,
+    target: &TargetAddr,
+) -> Result<Vec<u8>, Fail> {
+    let mut out = Vec::with_capacity(64);
+    let offered = if up.username.is_some() {
+        Method::PASSWORD
+    } else {
+        Method::NONE
+    };
+    codec::encode_greeting(offered, &mut out);
+    write(s, &out).await?;
+    let mut buf = Vec::new();
+    let method = read_msg(s, &mut buf, codec::parse_method_reply).await?;
+    if method != offered {
+        return Err(exit_err(format!(
+            "upstream socks5 refused our method (answered {:#04x})",
+            method.0
+        )));
+    }
+    if offered == Method::PASSWORD {
+        out.clear();
+        let user = up.username.as_deref().unwrap_or_default();
+        let pass = up.password.as_deref().unwrap_or_default();
+        codec::encode_password(user.as_bytes(), pass.as_bytes(), &mut out);
+        write(s, &out).await?;
+        if !read_msg(s, &mut buf, codec::parse_auth_reply).await? {
+            return Err(exit_err("upstream socks5 rejected our credentials".into()));
+        }
+    }
+    out.clear();
+    let address = match target {
+        TargetAddr::Ip(a) => Address::SocketAddress(*a),
+        TargetAddr::Name(h, p) => Address::DomainAddress(h.as_bytes().to_vec(), *p),
+    };
+    codec::encode_connect(address, &mut out);
+    write(s, &out).await?;
+    let code = read_msg(s, &mut buf, codec::parse_reply).await?;
+    let upstream = |m: &str| Fail::Target(ProxyError::Upstream(format!("upstream socks5: {m}")));
+    match code {
+        0x00 => Ok(buf),
+        0x01 => Err(upstream("general failure")),
+        0x02 => Err(upstream("not allowed by its ruleset")),
+        0x03 => Err(Fail::Target(ProxyError::NetworkUnreachable)),
+        0x04 => Err(Fail::Target(ProxyError::HostUnreachable)),
+        0x05 => Err(Fail::Target(ProxyError::ConnectionRefused)),
+        0x06 => Err(Fail::Target(ProxyError::ConnectTimeout)),
+        c => Err(exit_err(format!(
+            "upstream socks5 cannot CONNECT (reply {c:#04x})"
+        ))),
+    }
+}
+
+/// The RFC 9209 `error=` of an upstream's `Proxy-Status`, mapped onto our table.
+fn from_proxy_status(value: &[u8], target: &TargetAddr) -> Option<ProxyError> {
+    let v = std::str::from_utf8(value).ok()?;
+    let err = v
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("error="))?
+        .trim();
+    Some(match err {
+        "dns_error" | "dns_timeout" | "destination_not_found" => {
+            ProxyError::DnsFailed(target.to_string())
+        }
+        "connection_refused" => ProxyError::ConnectionRefused,
+        "connection_timeout" => ProxyError::ConnectTimeout,
+        "destination_ip_unroutable" => ProxyError::NetworkUnreachable,
+        "destination_unavailable" => ProxyError::HostUnreachable,
+        _ => return None,
+    })
+}
+
+/// HTTP CONNECT through `up` (Basic credentials from its URL). Returns bytes the upstream
+/// sent after its 2xx head.
+pub async fn http_connect(
+    s: &mut TcpStream,
+    up: &Upstream,
+    target: &TargetAddr,
+) -> Result<Vec<u8>, Fail> {
+    let authority = target.to_string();
+    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(user) = &up.username {
+        use base64::Engine;
+        let raw = format!("{user}:{}", up.password.as_deref().unwrap_or(""));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        req.push_str(&format!("Proxy-Authorization: Basic {b64}\r\n"));
+    }
+    req.push_str("\r\n");
+    write(s, req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let (code, mapped) = read_msg(s, &mut buf, |b| {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(b) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mapped = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("proxy-status"))
+                    .and_then(|h| from_proxy_status(h.value, target));
+                Ok(Parsed::Done((resp.code.unwrap_or(0), mapped), n))
+            }
+            Ok(httparse::Status::Partial) => Ok(Parsed::Incomplete),
+            Err(_) => Err(ProxyError::Upstream("malformed upstream http reply".into())),
+        }
+    })
+    .await?;
+    match code {
+        200..=299 => Ok(buf),
+        407 => Err(exit_err(
+            "upstream http proxy answered 407: it rejected our credentials".into(),
+        )),
+        502 | 504 => Err(Fail::Target(mapped.unwrap_or_else(|| {
+            ProxyError::Upstream(format!("upstream http proxy answered {code}"))
+        }))),
+        400..=499 => Err(Fail::Target(ProxyError::Upstream(format!(
+            "upstream http proxy answered {code}"
+        )))),
+        _ => Err(exit_err(format!("upstream http proxy answered {code}"))),
+    }
+}
