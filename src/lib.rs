@@ -8,6 +8,8 @@
 //! - [`session`] runs one client connection top to bottom: [`sniff`] the first bytes, then
 //!   the [`socks5`] or [`http`] handler.
 //! - [`auth`] checks credentials and parses the username's modifiers.
+//! - [`plan`] admits (thread slots) and meters (bandwidth leases) each account's traffic,
+//!   and keeps usage durable.
 //! - [`route`] picks the exit: targeting, rotation, sticky sessions, benching.
 //! - [`exit`] turns a target into an outbound connection (DNS, policy, source address).
 //! - [`relay`] moves bytes both ways with pooled buffers and counts them.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod exit;
 pub mod http;
 pub mod listener;
+pub mod plan;
 pub mod relay;
 pub mod route;
 pub mod runtime;

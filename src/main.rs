@@ -22,6 +22,21 @@ enum Command {
     Run,
     /// Validate the configuration file and exit: non-zero with the reason when invalid.
     Check,
+    /// Read or adjust stored usage (works while the gateway runs).
+    Usage {
+        #[command(subcommand)]
+        action: Option<UsageAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsageAction {
+    /// Print every account's plan, usage, credit and remaining bytes (the default).
+    Show,
+    /// Forget an account's usage and credit.
+    Reset { account: String },
+    /// Give an account extra bandwidth on top of its plan, e.g. `top-up alice 5GiB`.
+    TopUp { account: String, size: String },
 }
 
 fn init_logging(level: &str, format: &str) {
@@ -62,6 +77,13 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Usage { action } => match usage(&snap, action.unwrap_or(UsageAction::Show)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate usage: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run => {
             init_logging(&snap.log.level, &snap.log.format);
             let opts = tollgate::runtime::Options {
@@ -77,4 +99,50 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn usage(snap: &tollgate::config::Snapshot, action: UsageAction) -> Result<(), String> {
+    use tollgate::plan::ledger::Adjustment;
+    use tollgate::plan::store::{SqliteStore, UsageBackend};
+    let mut store = SqliteStore::open(&snap.server.state_dir)?;
+    match action {
+        UsageAction::Reset { account } => {
+            store.queue(&account, Adjustment::Reset)?;
+            println!("queued: reset {account} (applied by the running gateway within one usage_flush, or at its next start)");
+        }
+        UsageAction::TopUp { account, size } => {
+            let bytes = tollgate::config::parse_size(&size)?;
+            store.queue(&account, Adjustment::TopUp(bytes))?;
+            println!("queued: top up {account} by {bytes} bytes (applied within one usage_flush, or at the next start)");
+        }
+        UsageAction::Show => {
+            let rows = store.load()?;
+            let pending = store.queued()?;
+            let mut names: Vec<&String> = snap.accounts.keys().collect();
+            names.sort();
+            println!(
+                "{:<24} {:<12} {:>16} {:>16} {:>16} {:>16} {:>7} {:>8}",
+                "account", "plan", "used", "credit", "limit", "remaining", "active", "pending"
+            );
+            for name in names {
+                let acc = &snap.accounts[name];
+                let plan = &snap.plans[acc.plan];
+                let row = rows.get(name).copied().unwrap_or_default();
+                let limit = plan.bandwidth.saturating_add(row.credit);
+                let queued = pending.iter().filter(|(a, _)| a == name).count();
+                println!(
+                    "{:<24} {:<12} {:>16} {:>16} {:>16} {:>16} {:>7} {:>8}",
+                    name,
+                    plan.name,
+                    row.used,
+                    row.credit,
+                    limit,
+                    limit.saturating_sub(row.used),
+                    row.active,
+                    queued
+                );
+            }
+        }
+    }
+    Ok(())
 }

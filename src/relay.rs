@@ -3,31 +3,78 @@
 //! forwarded, the executor gets the CPU back when it asks, and bytes are counted per
 //! direction in one place ([`Meter`]).
 
-use crate::worker::{BufPool, Worker};
+use crate::plan::shard::Charge;
+use crate::worker::{BufPool, Latch, Worker};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Bytes of one client connection, as seen at the client side of the gateway:
-/// `up` = received from the client, `down` = sent to the client.
-#[derive(Debug, Default)]
+/// `up` = received from the client, `down` = sent to the client. The one place traffic is
+/// counted; once an account is bound, the same calls charge its plan.
+#[derive(Default)]
 pub struct Meter {
     up: Cell<u64>,
     down: Cell<u64>,
+    charge: RefCell<Option<Charge>>,
+    /// Bytes seen before an account was bound (greeting, first request head): billed at bind.
+    unbilled_up: Cell<u64>,
+    unbilled_down: Cell<u64>,
 }
 
 impl Meter {
+    /// Bytes received from the client.
     pub fn add_up(&self, n: usize) {
         self.up.set(self.up.get() + n as u64);
+        match &*self.charge.borrow() {
+            Some(c) => c.up(n as u64),
+            None => self.unbilled_up.set(self.unbilled_up.get() + n as u64),
+        }
     }
+
+    /// Bytes sent to the client.
     pub fn add_down(&self, n: usize) {
         self.down.set(self.down.get() + n as u64);
+        match &*self.charge.borrow() {
+            Some(c) => c.down(n as u64),
+            None => self.unbilled_down.set(self.unbilled_down.get() + n as u64),
+        }
     }
+
+    /// Bytes read from the upstream on the client's behalf (within [`Meter::allow`]).
+    pub fn read_for_client(&self, n: usize) {
+        if let Some(c) = &*self.charge.borrow() {
+            c.read_for_client(n as u64);
+        }
+    }
+
+    /// How many of `want` bytes may be read now for this client; 0 = its plan's bandwidth is
+    /// used up. Unbound meters (no account yet) are not limited.
+    pub fn allow(&self, want: usize) -> usize {
+        match &*self.charge.borrow() {
+            Some(c) => c.local().allowance(want),
+            None => want,
+        }
+    }
+
+    /// Charge this connection's traffic to an account from now on (and what came before).
+    pub fn bind(&self, charge: Charge) {
+        charge.up(self.unbilled_up.replace(0));
+        charge.down(self.unbilled_down.replace(0));
+        *self.charge.borrow_mut() = Some(charge);
+    }
+
+    /// Fires when the bound account runs out of bandwidth.
+    pub fn cut(&self) -> Option<Rc<Latch>> {
+        self.charge.borrow().as_ref().map(|c| c.local().cut())
+    }
+
     pub fn up(&self) -> u64 {
         self.up.get()
     }
@@ -43,6 +90,8 @@ pub enum RelayEnd {
     Closed,
     /// No byte either way for `idle_timeout`.
     Idle,
+    /// The account's bandwidth ran out.
+    Quota,
     /// A read or write failed (reset, broken pipe).
     Error(io::Error),
 }
@@ -72,6 +121,7 @@ struct Pump<'a> {
     upstream: &'a mut TcpStream,
     meter: &'a Meter,
     last: &'a Cell<Instant>,
+    quota_hit: &'a Cell<bool>,
     up: Half,
     down: Half,
 }
@@ -123,7 +173,14 @@ impl Pump<'_> {
                 }
             }
             let mut buf = half.buf.take().unwrap_or_else(|| self.pool.take());
-            match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+            // Reads are capped at the plan's local lease: the quota is never overshot.
+            let cap = self.meter.allow(buf.len());
+            if cap == 0 {
+                self.pool.give(buf);
+                self.quota_hit.set(true);
+                return Poll::Ready(Err(io::Error::other("bandwidth used up")));
+            }
+            match Pin::new(&mut *src).poll_read(cx, &mut buf[..cap]) {
                 Poll::Ready(Ok(0)) => {
                     self.pool.give(buf);
                     half.eof = true;
@@ -132,8 +189,9 @@ impl Pump<'_> {
                     half.buf = Some(buf);
                     half.len = n;
                     half.pos = 0;
-                    if dir == Dir::Up {
-                        self.meter.add_up(n);
+                    match dir {
+                        Dir::Up => self.meter.add_up(n),
+                        Dir::Down => self.meter.read_for_client(n),
                     }
                     self.last.set(Instant::now());
                 }
@@ -193,12 +251,15 @@ pub async fn relay(
     idle: Duration,
 ) -> RelayEnd {
     let last = Cell::new(Instant::now());
+    let quota_hit = Cell::new(false);
+    let cut = meter.cut();
     let pump = Pump {
         pool: &w.buffers,
         client,
         upstream,
         meter,
         last: &last,
+        quota_hit: &quota_hit,
         up: Half::default(),
         down: Half::default(),
     };
@@ -212,14 +273,22 @@ pub async fn relay(
             glommio::timer::sleep(deadline - now).await;
         }
     };
+    let cut_watch = async {
+        match &cut {
+            Some(l) => l.wait().await,
+            None => std::future::pending().await,
+        }
+        RelayEnd::Quota
+    };
     futures_lite::future::or(
         async {
             match pump.await {
                 Ok(()) => RelayEnd::Closed,
+                Err(_) if quota_hit.get() => RelayEnd::Quota,
                 Err(e) => RelayEnd::Error(e),
             }
         },
-        watch,
+        futures_lite::future::or(watch, cut_watch),
     )
     .await
 }

@@ -2,6 +2,8 @@
 //! each, signals (SIGTERM/SIGINT drain, SIGHUP reload), and the drain itself.
 
 use crate::config::{self, Snapshot};
+use crate::plan::store::SqliteStore;
+use crate::plan::Ledger;
 use crate::route::sessions::SessionTable;
 use crate::worker::{within, Worker};
 use arc_swap::ArcSwap;
@@ -52,7 +54,7 @@ pub struct Options {
 }
 
 /// Run the gateway until SIGTERM/SIGINT and the drain that follows.
-pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
+pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     let cpus = allowed_cpus();
     let workers = match snap.server.workers {
         0 => cpus.len().max(1),
@@ -98,10 +100,15 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
         accounts = snap.accounts.len(),
         "starting"
     );
+    let store = SqliteStore::open(&snap.server.state_dir)?;
+    let ledger = Ledger::open(Box::new(store))?;
+    ledger.attach(&mut snap);
+    let flush_every = snap.server.usage_flush.0;
     let resolver_threads = snap.dns.resolver_threads;
     let sessions = Arc::new(SessionTable::new(snap.routing.max_sessions));
     let config = Arc::new(ArcSwap::from_pointee(snap));
-    spawn_signal_thread(opts.config_path, config.clone())?;
+    spawn_signal_thread(opts.config_path, config.clone(), ledger.clone())?;
+    let (stop_flusher, flusher) = spawn_flusher(ledger.clone(), flush_every)?;
 
     let mut handles = Vec::with_capacity(workers);
     for (id, my_fds) in fds.into_iter().enumerate() {
@@ -113,7 +120,7 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
             // Network I/O does not use the registered io_memory; keep it small.
             .io_memory(64 << 10)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(resolver_threads))
-            .spawn(move || worker_main(id, config, sessions, my_fds))
+            .spawn(move || worker_main(id, workers, config, sessions, my_fds))
             .map_err(|e| {
                 format!(
                     "cannot start executor {id} on CPU {cpu}: {e}. tollgate needs io_uring \
@@ -137,6 +144,12 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
             failed = true;
         }
     }
+    // Executors settled their shards on the way out: write the final usage.
+    drop(stop_flusher);
+    let _ = flusher.join();
+    if let Err(e) = ledger.flush() {
+        tracing::error!(error = %e, "final usage write failed");
+    }
     if failed {
         return Err("an executor stopped abnormally".into());
     }
@@ -144,7 +157,30 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
     Ok(())
 }
 
-fn spawn_signal_thread(path: PathBuf, config: Arc<ArcSwap<Snapshot>>) -> Result<(), String> {
+/// Writes usage every `every` until the sender is dropped.
+fn spawn_flusher(
+    ledger: Arc<Ledger>,
+    every: Duration,
+) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), String> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("tollgate-usage".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                if let Err(e) = ledger.flush() {
+                    tracing::error!(error = %e, "usage write failed; will retry");
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start usage writer: {e}"))?;
+    Ok((tx, handle))
+}
+
+fn spawn_signal_thread(
+    path: PathBuf,
+    config: Arc<ArcSwap<Snapshot>>,
+    ledger: Arc<Ledger>,
+) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -153,7 +189,7 @@ fn spawn_signal_thread(path: PathBuf, config: Arc<ArcSwap<Snapshot>>) -> Result<
         .spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => reload(&path, &config),
+                    SIGHUP => reload(&path, &config, &ledger),
                     _ => {
                         if DRAINING.swap(true, Ordering::SeqCst) {
                             tracing::warn!("second stop signal: exiting without waiting");
@@ -170,11 +206,12 @@ fn spawn_signal_thread(path: PathBuf, config: Arc<ArcSwap<Snapshot>>) -> Result<
 
 /// SIGHUP: re-read the file; a valid one replaces the snapshot, an invalid one is logged
 /// and ignored. Listeners are bound at start and keep their addresses.
-fn reload(path: &std::path::Path, config: &ArcSwap<Snapshot>) {
+fn reload(path: &std::path::Path, config: &ArcSwap<Snapshot>, ledger: &Ledger) {
     match config::load(path) {
         Ok(mut new) => {
             let old = config.load();
             new.inherit_health(&old);
+            ledger.attach(&mut new);
             let same = old.listeners.len() == new.listeners.len()
                 && old
                     .listeners
@@ -194,13 +231,25 @@ fn reload(path: &std::path::Path, config: &ArcSwap<Snapshot>) {
 /// How often expired sticky sessions are swept (by worker 0).
 const SESSION_SWEEP: Duration = Duration::from_secs(30);
 
+/// How often each core settles spent bytes and returns idle leases.
+const QUOTA_TICK: Duration = Duration::from_secs(1);
+
 async fn worker_main(
     id: usize,
+    workers: usize,
     config: Arc<ArcSwap<Snapshot>>,
     sessions: Arc<SessionTable>,
     fds: Vec<(RawFd, usize)>,
 ) {
-    let w = Worker::new(id, config, sessions);
+    let w = Worker::new(id, workers, config, sessions);
+    let ticker = w.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(QUOTA_TICK).await;
+            ticker.quota.tick();
+        }
+    })
+    .detach();
     if id == 0 {
         let sweeper = w.clone();
         glommio::spawn_local(async move {

@@ -4,6 +4,7 @@
 use crate::auth::CredCache;
 use crate::config::Snapshot;
 use crate::exit::dns::DnsCache;
+use crate::plan::shard::Shard;
 use crate::route::sessions::SessionTable;
 use arc_swap::ArcSwap;
 use std::cell::{Cell, RefCell};
@@ -21,6 +22,8 @@ pub struct Worker {
     pub creds: CredCache,
     pub dns: DnsCache,
     pub buffers: BufPool,
+    /// This core's quota shard (bandwidth leases per account).
+    pub quota: Shard,
     /// Fired once when the gateway starts draining.
     pub drain: Latch,
     /// Live client connections on this core.
@@ -36,6 +39,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         id: usize,
+        workers: usize,
         config: Arc<ArcSwap<Snapshot>>,
         sessions: Arc<SessionTable>,
     ) -> Rc<Worker> {
@@ -48,6 +52,7 @@ impl Worker {
             creds: CredCache::default(),
             dns,
             buffers: BufPool::new(RELAY_BUF, 256),
+            quota: Shard::new(workers),
             drain: Latch::default(),
             active: Cell::new(0),
             idle: RefCell::new(Vec::new()),
@@ -163,6 +168,19 @@ impl Future for LatchWait<'_> {
             Poll::Pending
         }
     }
+}
+
+/// Resolves when any of `latches` has fired.
+pub async fn any_fired(latches: &[&Latch]) {
+    std::future::poll_fn(|cx| {
+        for l in latches {
+            if Pin::new(&mut l.wait()).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Relay buffer size: RUNTIME-NOTES measured 64 KiB as the knee of the curve.

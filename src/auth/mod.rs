@@ -6,8 +6,10 @@ pub mod username;
 
 use crate::config::{Password, Snapshot};
 use crate::error::ProxyError;
+use crate::plan::ledger::AccountState;
 use ahash::AHashMap;
 use std::cell::RefCell;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// An authenticated client: its account and the modifiers it asked for (owned, so the
@@ -15,6 +17,8 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub account: String,
+    /// The account's live counters (slots, bandwidth).
+    pub counters: Arc<AccountState>,
     /// Index into the snapshot's networks: the listener's network.
     pub network: usize,
     pub country: Option<String>,
@@ -116,6 +120,7 @@ pub async fn authenticate(
     let own = |v: Option<&str>| v.map(str::to_owned);
     Ok(Identity {
         account: account.name.clone(),
+        counters: account.state.clone(),
         network,
         country: own(parsed.mods.country),
         state: own(parsed.mods.state),

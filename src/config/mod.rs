@@ -56,6 +56,8 @@ pub struct ServerSection {
     pub allow_private_targets: bool,
     /// Where the embedded usage store lives.
     pub state_dir: PathBuf,
+    /// How often usage is written to the store (a `kill -9` loses at most this much).
+    pub usage_flush: Dur,
     /// Largest HTTP request or response head accepted.
     pub max_header_size: Size,
     /// Concurrent client connections per executor; the overflow is closed at accept.
@@ -72,6 +74,7 @@ impl Default for ServerSection {
             drain_timeout: Dur(std::time::Duration::from_secs(30)),
             allow_private_targets: false,
             state_dir: PathBuf::from("./state"),
+            usage_flush: Dur(std::time::Duration::from_secs(5)),
             max_header_size: Size(16 * 1024),
             max_connections_per_worker: 65_536,
         }

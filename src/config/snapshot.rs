@@ -2,6 +2,7 @@
 
 use super::{DnsSection, File, LogSection, RoutingSection, ServerSection};
 use crate::auth::username::KEYS;
+use crate::plan::ledger::AccountState;
 use crate::route::{geo, ExitIndex, Health};
 use ahash::AHashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -112,6 +113,9 @@ pub struct Account {
     pub plan: usize,
     /// Indexes into [`Snapshot::networks`].
     pub networks: Vec<usize>,
+    /// Live counters (slots, bytes). Fresh from [`Snapshot::build`]; the plan ledger
+    /// replaces it with the account's persistent state before the snapshot serves.
+    pub state: Arc<AccountState>,
 }
 
 impl Account {
@@ -144,6 +148,7 @@ impl Snapshot {
             ));
         }
         for (key, d) in [
+            ("usage_flush", s.usage_flush),
             ("handshake_timeout", s.handshake_timeout),
             ("connect_timeout", s.connect_timeout),
             ("idle_timeout", s.idle_timeout),
@@ -597,6 +602,7 @@ fn build_account(
         password,
         plan,
         networks,
+        state: Arc::new(AccountState::default()),
     })
 }
 

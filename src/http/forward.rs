@@ -180,7 +180,7 @@ async fn attempt(
         let mut peek = [0u8; 1];
         let raced = futures_lite::future::or(
             async {
-                Some(read_head(&mut o.side, max_head, Instant::now() + idle, None, parse).await)
+                Some(read_head(&mut o.side, max_head, Instant::now() + idle, &[], parse).await)
             },
             async {
                 let _ = client.stream.peek(&mut peek).await;
@@ -224,6 +224,10 @@ async fn attempt(
                     replied: false,
                 },
                 BodyErr::Dst => upstream("origin stopped reading the request body"),
+                BodyErr::Quota => Attempt::Failed {
+                    error: ProxyError::BandwidthExceeded,
+                    replied: true,
+                },
             };
         }
         body_sent = true;
@@ -233,7 +237,7 @@ async fn attempt(
         let resp = match early.take() {
             Some(r) => r,
             None => {
-                match read_head(&mut o.side, max_head, Instant::now() + idle, None, parse).await {
+                match read_head(&mut o.side, max_head, Instant::now() + idle, &[], parse).await {
                     Ok((r, n)) => {
                         o.side.consume(n);
                         r
@@ -318,8 +322,11 @@ async fn respond(
             client_keep_alive,
             origin_reusable: resp.reusable && body_sent,
         },
-        Err(_) => Attempt::Failed {
-            error: ProxyError::Upstream("response body cut short".into()),
+        Err(e) => Attempt::Failed {
+            error: match e {
+                BodyErr::Quota => ProxyError::BandwidthExceeded,
+                _ => ProxyError::Upstream("response body cut short".into()),
+            },
             replied: true,
         },
     }
@@ -333,6 +340,8 @@ enum BodyErr {
     Dst,
     /// The chunked framing is broken.
     Malformed,
+    /// The client's plan ran out of bandwidth mid-body.
+    Quota,
 }
 
 /// Copy one message body from `src` (buffered bytes first) to `dst`.
@@ -376,7 +385,7 @@ async fn copy_raw(
         left -= k as u64;
     }
     while left > 0 {
-        let want = (buf.len() as u64).min(left) as usize;
+        let want = allowance(src, dst, (buf.len() as u64).min(left) as usize)?;
         let n = src
             .stream
             .read(&mut buf[..want])
@@ -388,21 +397,38 @@ async fn copy_raw(
                 Some(_) => Err(BodyErr::Src),
             };
         }
-        src.meter.add_up(n);
+        read_for(src, dst, n);
         dst.send(&buf[..n]).await.map_err(|_| BodyErr::Dst)?;
         left -= n as u64;
     }
     Ok(())
 }
 
+/// Bytes that may be read from `src` for `dst` now: the client's plan caps reads on
+/// whichever side it is.
+fn allowance(src: &Side, dst: &Side, want: usize) -> Result<usize, BodyErr> {
+    match src.meter.allow(want).min(dst.meter.allow(want)) {
+        0 => Err(BodyErr::Quota),
+        n => Ok(n),
+    }
+}
+
+/// Count `n` bytes read from `src` on `dst`'s behalf.
+fn read_for(src: &Side, dst: &Side, n: usize) {
+    src.meter.add_up(n);
+    dst.meter.read_for_client(n);
+}
+
 async fn copy_chunked(src: &mut Side, dst: &mut Side, dechunk: bool) -> Result<(), BodyErr> {
     let mut dec = ChunkedDecoder::default();
     loop {
         if src.buf.is_empty() {
-            let n = src.fill(64 * 1024).await.map_err(|_| BodyErr::Src)?;
+            let want = allowance(src, dst, 64 * 1024)?;
+            let n = src.fill(want).await.map_err(|_| BodyErr::Src)?;
             if n == 0 {
                 return Err(BodyErr::Src);
             }
+            dst.meter.read_for_client(n);
         }
         let fed = dec.feed(&src.buf).map_err(|_| BodyErr::Malformed)?;
         if dechunk {

@@ -7,10 +7,11 @@ mod forward;
 use crate::auth::{authenticate, Identity};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
+use crate::plan::{self, Admission};
 use crate::relay::relay;
 use crate::route::{self, Route};
 use crate::session::{Access, Ctx, Side};
-use crate::worker::{until, Latch};
+use crate::worker::{any_fired, until, Latch};
 use codec::{Framing, Parsed, Request, Target};
 use std::time::Instant;
 
@@ -23,12 +24,12 @@ pub(crate) enum HeadStop {
 }
 
 /// Read until `parse` finds a complete head in `side.buf`, bounded by `max` bytes and
-/// `deadline`; `drain` (when given) ends the wait early.
+/// `deadline`; any of `stops` firing ends a wait that has no byte of the head yet.
 pub(crate) async fn read_head<T>(
     side: &mut Side,
     max: usize,
     deadline: Instant,
-    drain: Option<&Latch>,
+    stops: &[&Latch],
     parse: impl Fn(&[u8]) -> Result<Parsed<T>, ProxyError>,
 ) -> Result<(T, usize), HeadStop> {
     loop {
@@ -44,15 +45,14 @@ pub(crate) async fn read_head<T>(
         }
         let room = max - side.buf.len();
         let read = until(deadline, async {
-            match drain {
-                Some(l) if side.buf.is_empty() => {
-                    futures_lite::future::or(side.fill(room), async {
-                        l.wait().await;
-                        Ok(0)
-                    })
-                    .await
-                }
-                _ => side.fill(room).await,
+            if side.buf.is_empty() && !stops.is_empty() {
+                futures_lite::future::or(side.fill(room), async {
+                    any_fired(stops).await;
+                    Ok(0)
+                })
+                .await
+            } else {
+                side.fill(room).await
             }
         })
         .await;
@@ -63,15 +63,25 @@ pub(crate) async fn read_head<T>(
     }
 }
 
-/// Check credentials, then the username's targeting and session, for one request.
-async fn admit(ctx: &Ctx, req: &Request) -> Result<(Identity, Route), ProxyError> {
+/// Check credentials, the username's targeting and session, then the plan, for one
+/// request. The account is returned even when a later check fails (for the log).
+async fn admit(
+    ctx: &Ctx,
+    req: &Request,
+) -> Result<(Identity, Route, Admission), (Option<String>, ProxyError)> {
     let (user, pass) = req
         .credentials
         .as_ref()
-        .ok_or(ProxyError::AuthFailed("no Proxy-Authorization"))?;
-    let ident = authenticate(&ctx.snap, &ctx.w.creds, ctx.network, user, pass).await?;
-    let route = route::resolve(&ctx.snap, &ident)?;
-    Ok((ident, route))
+        .ok_or((None, ProxyError::AuthFailed("no Proxy-Authorization")))?;
+    let ident = authenticate(&ctx.snap, &ctx.w.creds, ctx.network, user, pass)
+        .await
+        .map_err(|e| (None, e))?;
+    let checks = route::resolve(&ctx.snap, &ident)
+        .and_then(|route| Ok((route, plan::admit(&ctx.w, &ident.counters)?)));
+    match checks {
+        Ok((route, adm)) => Ok((ident, route, adm)),
+        Err(e) => Err((Some(ident.account), e)),
+    }
 }
 
 /// Serve an HTTP proxy client whose first bytes are in `client.buf`.
@@ -89,16 +99,22 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         } else {
             Instant::now() + idle
         };
-        let drain = (!first).then_some(&ctx.w.drain);
         if !first && ctx.w.drain.is_fired() {
             return;
+        }
+        // Between requests, a drain or the bound account running out ends the wait.
+        let cut = client.meter.cut();
+        let mut stops: Vec<&Latch> = Vec::with_capacity(2);
+        if !first {
+            stops.push(&ctx.w.drain);
+            stops.extend(cut.as_deref());
         }
         let started = Instant::now();
         if !first {
             (up0, down0) = (client.meter.up(), client.meter.down());
         }
         let (req, head_len) =
-            match read_head(client, max_head, deadline, drain, codec::parse_request).await {
+            match read_head(client, max_head, deadline, &stops, codec::parse_request).await {
                 Ok(v) => v,
                 Err(HeadStop::Gone) => return,
                 Err(HeadStop::Bad(e)) => {
@@ -122,15 +138,15 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             let (h, p) = req.target.host_port();
             TargetAddr::from_host(h, p).to_string()
         };
-        let (ident, route) = match admit(ctx, &req).await {
+        let (ident, route, admission) = match admit(ctx, &req).await {
             Ok(i) => i,
-            Err(e) => {
+            Err((account, e)) => {
                 let keep = req.keep_alive && req.body == Framing::None && e.http_keeps_connection();
                 let _ = client.send(&e.http_response(keep)).await;
                 log(
                     ctx,
                     client,
-                    None,
+                    account.as_deref(),
                     Some(&target_s),
                     None,
                     started,
@@ -144,6 +160,10 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             }
         };
         let account = Some(ident.account.as_str());
+        // Traffic from here on is this account's; its slot is held for this request (or
+        // for the tunnel's life).
+        client.meter.bind(admission.charge);
+        let _slot = admission.slot;
         match &req.target {
             Target::Tunnel { host, port } => {
                 let target = TargetAddr::from_host(host, *port);

@@ -249,6 +249,7 @@ networks = ["res", "dc"]
     fn ident(country: Option<&str>, state: Option<&str>, city: Option<&str>) -> Identity {
         Identity {
             account: "alice".into(),
+            counters: Default::default(),
             network: 0,
             country: country.map(Into::into),
             state: state.map(Into::into),

@@ -8,6 +8,7 @@ pub mod codec;
 use crate::auth::{authenticate, Identity};
 use crate::error::{ProxyError, SocksReply};
 use crate::exit::{self, TargetAddr};
+use crate::plan;
 use crate::relay::{relay, RelayEnd};
 use crate::route::{self, Route};
 use crate::session::{Access, Ctx, Side};
@@ -161,6 +162,18 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         }
     };
     let target_s = target.to_string();
+    // Plan: 452/453 on the CONNECT reply. The slot is held until the tunnel closes.
+    let _slot = match plan::admit(&ctx.w, &ident.counters) {
+        Ok(adm) => {
+            client.meter.bind(adm.charge);
+            adm.slot
+        }
+        Err(e) => {
+            refuse(client, &e).await;
+            fail(client, Some(&target_s), &e);
+            return;
+        }
+    };
     let mut out = match exit::dial(&ctx.w, &ctx.snap, &route, &target).await {
         Ok(o) => o,
         Err(e) => {

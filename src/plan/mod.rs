@@ -1,0 +1,139 @@
+//! Plans: concurrent-connection slots and bandwidth quotas, metered to the byte.
+//!
+//! - [`ledger`]: global per-account counters (a CAS per admission, a CAS per lease).
+//! - [`shard`]: per-core leases and the per-connection [`shard::Charge`]; reads are capped at
+//!   the lease, so the plan's bandwidth is never exceeded.
+//! - [`store`]: durable usage (SQLite under `state_dir`) behind [`store::UsageBackend`].
+//! - [`Ledger`]: the registry tying them together: resumes usage at start, applies operators'
+//!   adjustments and writes usage on an interval and at shutdown.
+
+pub mod ledger;
+pub mod shard;
+pub mod store;
+
+use crate::config::Snapshot;
+use crate::error::ProxyError;
+use crate::worker::Worker;
+use ahash::AHashMap;
+use ledger::{AccountState, Adjustment, ThreadSlot};
+use parking_lot::Mutex;
+use shard::Charge;
+use std::collections::HashMap;
+use std::sync::Arc;
+use store::{Stored, UsageBackend};
+
+/// What admission hands a connection: its concurrency slot and its quota charge.
+pub struct Admission {
+    pub slot: ThreadSlot,
+    pub charge: Charge,
+}
+
+/// Admit one proxied connection (or HTTP request) of `state`'s account on this core:
+/// 452 when the bandwidth is used up, 453 when every thread is taken.
+pub fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, ProxyError> {
+    let local = w.quota.local(state);
+    if local.exhausted() {
+        return Err(ProxyError::BandwidthExceeded);
+    }
+    let slot = state.try_acquire().ok_or(ProxyError::ThreadsExceeded)?;
+    Ok(Admission {
+        slot,
+        charge: Charge::new(local),
+    })
+}
+
+/// Every account's global state, by name, and the durable store behind it.
+pub struct Ledger {
+    accounts: Mutex<AHashMap<String, Arc<AccountState>>>,
+    /// Values at start for accounts not yet attached (from the store).
+    stored: Mutex<HashMap<String, Stored>>,
+    /// Active counts as last written, to skip unchanged rows.
+    written_active: Mutex<AHashMap<String, u32>>,
+    backend: Mutex<Box<dyn UsageBackend>>,
+}
+
+impl Ledger {
+    /// Open the store and resume from it (applying adjustments queued while stopped).
+    pub fn open(mut backend: Box<dyn UsageBackend>) -> Result<Arc<Ledger>, String> {
+        let mut stored = backend.load()?;
+        for (account, adj) in backend.take_queued()? {
+            let row = stored.entry(account).or_default();
+            match adj {
+                Adjustment::Reset => {
+                    row.used = 0;
+                    row.credit = 0;
+                }
+                Adjustment::TopUp(n) => row.credit = row.credit.saturating_add(n),
+            }
+        }
+        let rows: Vec<(String, Stored)> = stored.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        backend.save(&rows)?;
+        Ok(Arc::new(Ledger {
+            accounts: Mutex::new(AHashMap::new()),
+            stored: Mutex::new(stored),
+            written_active: Mutex::new(AHashMap::new()),
+            backend: Mutex::new(backend),
+        }))
+    }
+
+    /// Give every account of `snap` its persistent state: the same one it had before a
+    /// reload (counters and slots carry over), or a new one resumed from the store; plan
+    /// limits are (re)applied.
+    pub fn attach(&self, snap: &mut Snapshot) {
+        let mut accounts = self.accounts.lock();
+        let stored = self.stored.lock();
+        for acc in snap.accounts.values_mut() {
+            let plan = &snap.plans[acc.plan];
+            let state = accounts
+                .entry(acc.name.clone())
+                .or_insert_with(|| {
+                    let s = stored.get(&acc.name).copied().unwrap_or_default();
+                    AccountState::new(&acc.name, plan.bandwidth, plan.threads, s.used, s.credit)
+                })
+                .clone();
+            state.set_plan(plan.bandwidth, plan.threads);
+            acc.state = state;
+        }
+    }
+
+    /// Apply queued adjustments, then write every account whose usage or live count changed.
+    pub fn flush(&self) -> Result<(), String> {
+        let mut backend = self.backend.lock();
+        let queued = backend.take_queued()?;
+        let accounts = self.accounts.lock();
+        let mut rows = Vec::new();
+        for (name, adj) in queued {
+            match accounts.get(&name) {
+                Some(state) => state.adjust(adj),
+                None => {
+                    // Not configured now: adjust the stored row directly.
+                    let mut stored = self.stored.lock();
+                    let row = stored.entry(name.clone()).or_default();
+                    match adj {
+                        Adjustment::Reset => *row = Stored::default(),
+                        Adjustment::TopUp(n) => row.credit = row.credit.saturating_add(n),
+                    }
+                    rows.push((name, *row));
+                }
+            }
+        }
+        let mut written = self.written_active.lock();
+        for (name, state) in accounts.iter() {
+            let active = state.active();
+            let dirty = state.take_dirty();
+            if dirty || written.get(name) != Some(&active) {
+                written.insert(name.clone(), active);
+                rows.push((
+                    name.clone(),
+                    Stored {
+                        used: state.used(),
+                        credit: state.credit(),
+                        active,
+                        updated: 0,
+                    },
+                ));
+            }
+        }
+        backend.save(&rows)
+    }
+}

@@ -1,0 +1,242 @@
+//! Per-core quota shards and the per-connection charge. Everything here is core-local
+//! (`Rc`, `Cell`): a read costs a few `Cell` updates; the global ledger is touched only
+//! to refill or return a lease.
+
+use super::ledger::AccountState;
+use crate::worker::Latch;
+use ahash::AHashMap;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// One account on one core.
+pub struct Local {
+    state: Arc<AccountState>,
+    cores: usize,
+    lease: Cell<u64>,
+    /// Bytes spent since the last settle.
+    spent: Cell<u64>,
+    /// Of those, bytes spent beyond the lease.
+    unleased: Cell<u64>,
+    conns: Cell<u32>,
+    /// Fired when the account runs out: its live connections on this core close.
+    cut: RefCell<Rc<Latch>>,
+    refills: Cell<u64>,
+}
+
+impl Local {
+    /// Bytes that may be read now (refilling the lease when empty); 0 = used up.
+    pub fn allowance(&self, want: usize) -> usize {
+        if self.lease.get() == 0 {
+            let got = self.state.lease(self.cores);
+            self.refills.set(self.refills.get() + 1);
+            if got == 0 {
+                self.cut.borrow().fire();
+                return 0;
+            }
+            self.lease.set(got);
+        }
+        (self.lease.get().min(want as u64)) as usize
+    }
+
+    /// Spend `n` bytes of the lease (beyond it when the lease is short).
+    fn take(&self, n: u64) {
+        let lease = self.lease.get();
+        if n <= lease {
+            self.lease.set(lease - n);
+        } else {
+            self.lease.set(0);
+            self.unleased.set(self.unleased.get() + (n - lease));
+        }
+    }
+
+    fn refund(&self, n: u64) {
+        self.lease.set(self.lease.get() + n);
+    }
+
+    fn bill(&self, n: u64) {
+        self.spent.set(self.spent.get() + n);
+    }
+
+    /// Publish spent bytes to the global ledger.
+    fn settle(&self) {
+        self.state
+            .settle(self.spent.replace(0), self.unleased.replace(0));
+    }
+
+    pub fn exhausted(&self) -> bool {
+        self.lease.get() == 0 && self.state.remaining() == 0
+    }
+
+    pub fn cut(&self) -> Rc<Latch> {
+        self.cut.borrow().clone()
+    }
+}
+
+/// A core's quota shard: its accounts' leases.
+pub struct Shard {
+    cores: usize,
+    locals: RefCell<AHashMap<String, Rc<Local>>>,
+}
+
+impl Shard {
+    pub fn new(cores: usize) -> Shard {
+        Shard {
+            cores: cores.max(1),
+            locals: RefCell::new(AHashMap::new()),
+        }
+    }
+
+    /// This core's view of an account (created on first use).
+    pub fn local(&self, state: &Arc<AccountState>) -> Rc<Local> {
+        let mut map = self.locals.borrow_mut();
+        if let Some(l) = map.get(&state.name) {
+            if Arc::ptr_eq(&l.state, state) {
+                if l.cut.borrow().is_fired() && !state.is_exhausted() {
+                    // Topped up since the cut: new connections get a fresh latch.
+                    *l.cut.borrow_mut() = Rc::new(Latch::default());
+                }
+                return l.clone();
+            }
+        }
+        let l = Rc::new(Local {
+            state: state.clone(),
+            cores: self.cores,
+            lease: Cell::new(0),
+            spent: Cell::new(0),
+            unleased: Cell::new(0),
+            conns: Cell::new(0),
+            cut: RefCell::new(Rc::new(Latch::default())),
+            refills: Cell::new(0),
+        });
+        if let Some(old) = map.insert(state.name.clone(), l.clone()) {
+            old.settle();
+            old.state.give_back(old.lease.replace(0));
+        }
+        l
+    }
+
+    /// Periodic: settle spent bytes, return leases of accounts idle on this core, and
+    /// cut connections of accounts that ran out elsewhere.
+    pub fn tick(&self) {
+        self.locals.borrow_mut().retain(|_, l| {
+            l.settle();
+            if l.state.is_exhausted() && l.lease.get() == 0 {
+                l.cut.borrow().fire();
+            }
+            if l.conns.get() == 0 {
+                l.state.give_back(l.lease.replace(0));
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Settle and return everything (shutdown).
+    pub fn release_all(&self) {
+        for (_, l) in self.locals.borrow_mut().drain() {
+            l.settle();
+            l.state.give_back(l.lease.replace(0));
+        }
+    }
+
+    /// Lease refills taken on this core (for metrics).
+    pub fn refills(&self) -> u64 {
+        self.locals.borrow().values().map(|l| l.refills.get()).sum()
+    }
+}
+
+/// A connection's tie to an account's shard: counts it as live on the core and refunds
+/// bytes it read for the client but could not deliver.
+pub struct Charge {
+    local: Rc<Local>,
+    /// Read from the upstream for the client, not yet written to it.
+    pending_down: Cell<u64>,
+}
+
+impl Charge {
+    pub fn new(local: Rc<Local>) -> Charge {
+        local.conns.set(local.conns.get() + 1);
+        Charge {
+            local,
+            pending_down: Cell::new(0),
+        }
+    }
+
+    pub fn local(&self) -> &Local {
+        &self.local
+    }
+
+    /// Bytes received from the client.
+    pub fn up(&self, n: u64) {
+        self.local.take(n);
+        self.local.bill(n);
+    }
+
+    /// Bytes read from the upstream on the client's behalf (already within the allowance).
+    pub fn read_for_client(&self, n: u64) {
+        self.local.take(n);
+        self.pending_down.set(self.pending_down.get() + n);
+    }
+
+    /// Bytes written to the client.
+    pub fn down(&self, n: u64) {
+        let pending = self.pending_down.get();
+        let covered = pending.min(n);
+        self.pending_down.set(pending - covered);
+        self.local.take(n - covered);
+        self.local.bill(n);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.local.refund(self.pending_down.get());
+        self.local.conns.set(self.local.conns.get() - 1);
+        if self.local.conns.get() == 0 {
+            // Bill promptly when the account's last connection on this core closes.
+            self.local.settle();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_capped_and_billing_is_exact() {
+        let st = AccountState::new("a", 100_000, 10, 0, 0);
+        let shard = Shard::new(2);
+        let c = Charge::new(shard.local(&st));
+        let mut billed = 0u64;
+        loop {
+            let n = c.local().allowance(40_000) as u64;
+            if n == 0 {
+                break;
+            }
+            c.up(n / 2);
+            c.read_for_client(n - n / 2);
+            c.down(n - n / 2);
+            billed += n;
+        }
+        drop(c);
+        assert_eq!(billed, 100_000);
+        assert_eq!(st.used(), 100_000);
+        assert!(shard.local(&st).exhausted());
+    }
+
+    #[test]
+    fn undelivered_bytes_are_refunded() {
+        let st = AccountState::new("a", 1 << 20, 10, 0, 0);
+        let shard = Shard::new(1);
+        let c = Charge::new(shard.local(&st));
+        assert!(c.local().allowance(1000) > 0);
+        c.read_for_client(1000);
+        c.down(400);
+        drop(c);
+        shard.tick();
+        assert_eq!(st.used(), 400);
+        assert_eq!(st.remaining(), (1 << 20) - 400);
+    }
+}

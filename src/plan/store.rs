@@ -1,0 +1,225 @@
+//! Durable usage: an embedded SQLite database under `state_dir` (WAL mode, so operators'
+//! `tollgate usage …` commands can work on it while the gateway runs).
+//!
+//! [`UsageBackend`] is the seam for a shared store (Redis) serving several gateway nodes:
+//! the ledger and the handlers only see this trait.
+
+use super::ledger::Adjustment;
+use rusqlite::{params, Connection};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// An account's stored usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub used: u64,
+    pub credit: u64,
+    /// Concurrent connections at the last write.
+    pub active: u32,
+    /// Unix seconds of the last write.
+    pub updated: i64,
+}
+
+/// Where usage lives between restarts.
+pub trait UsageBackend: Send {
+    fn load(&mut self) -> Result<HashMap<String, Stored>, String>;
+    /// Write these accounts' current values.
+    fn save(&mut self, rows: &[(String, Stored)]) -> Result<(), String>;
+    /// Queue an operator's adjustment for the running (or next) gateway.
+    fn queue(&mut self, account: &str, adj: Adjustment) -> Result<(), String>;
+    /// Take the queued adjustments, oldest first.
+    fn take_queued(&mut self) -> Result<Vec<(String, Adjustment)>, String>;
+    /// Look at the queued adjustments without taking them.
+    fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String>;
+}
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+fn db_err(e: rusqlite::Error) -> String {
+    format!("usage store: {e}")
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) `<state_dir>/usage.sqlite3`.
+    pub fn open(state_dir: &Path) -> Result<SqliteStore, String> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| format!("state_dir {}: {e}", state_dir.display()))?;
+        let path = state_dir.join("usage.sqlite3");
+        let conn = Connection::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS usage (
+                 account    TEXT PRIMARY KEY,
+                 used       INTEGER NOT NULL,
+                 credit     INTEGER NOT NULL DEFAULT 0,
+                 active     INTEGER NOT NULL DEFAULT 0,
+                 updated_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS adjustments (
+                 id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                 account    TEXT NOT NULL,
+                 kind       TEXT NOT NULL,
+                 amount     INTEGER NOT NULL,
+                 created_at INTEGER NOT NULL
+             );",
+        )
+        .map_err(db_err)?;
+        Ok(SqliteStore { conn })
+    }
+
+    fn read_queue(&mut self) -> Result<Vec<(i64, String, Adjustment)>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, account, kind, amount FROM adjustments ORDER BY id")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, account, kind, amount) = row.map_err(db_err)?;
+            let adj = match kind.as_str() {
+                "reset" => Adjustment::Reset,
+                _ => Adjustment::TopUp(amount.max(0) as u64),
+            };
+            out.push((id, account, adj));
+        }
+        Ok(out)
+    }
+}
+
+impl UsageBackend for SqliteStore {
+    fn load(&mut self) -> Result<HashMap<String, Stored>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT account, used, credit, active, updated_at FROM usage")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Stored {
+                        used: r.get::<_, i64>(1)?.max(0) as u64,
+                        credit: r.get::<_, i64>(2)?.max(0) as u64,
+                        active: r.get::<_, i64>(3)?.max(0) as u32,
+                        updated: r.get::<_, i64>(4)?,
+                    },
+                ))
+            })
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err)).collect()
+    }
+
+    fn save(&mut self, rows: &[(String, Stored)]) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO usage (account, used, credit, active, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(account) DO UPDATE SET used = ?2, credit = ?3,
+                         active = ?4, updated_at = ?5",
+                )
+                .map_err(db_err)?;
+            let now = now_unix();
+            for (account, s) in rows {
+                stmt.execute(params![
+                    account,
+                    s.used.min(i64::MAX as u64) as i64,
+                    s.credit.min(i64::MAX as u64) as i64,
+                    s.active,
+                    now
+                ])
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn queue(&mut self, account: &str, adj: Adjustment) -> Result<(), String> {
+        let (kind, amount) = match adj {
+            Adjustment::Reset => ("reset", 0i64),
+            Adjustment::TopUp(n) => ("top-up", n.min(i64::MAX as u64) as i64),
+        };
+        self.conn
+            .execute(
+                "INSERT INTO adjustments (account, kind, amount, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![account, kind, amount, now_unix()],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn take_queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
+        let queued = self.read_queue()?;
+        if let Some((last, _, _)) = queued.last() {
+            self.conn
+                .execute("DELETE FROM adjustments WHERE id <= ?1", params![last])
+                .map_err(db_err)?;
+        }
+        Ok(queued.into_iter().map(|(_, a, adj)| (a, adj)).collect())
+    }
+
+    fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
+        Ok(self
+            .read_queue()?
+            .into_iter()
+            .map(|(_, a, adj)| (a, adj))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
+        assert!(s.load().unwrap().is_empty());
+        let row = Stored {
+            used: 12_345_678_901,
+            credit: 7,
+            active: 3,
+            updated: 0,
+        };
+        s.save(&[("alice".into(), row)]).unwrap();
+        s.queue("alice", Adjustment::TopUp(1 << 30)).unwrap();
+        s.queue("bob", Adjustment::Reset).unwrap();
+        drop(s);
+        let mut s = SqliteStore::open(dir.path()).unwrap();
+        let got = s.load().unwrap()["alice"];
+        assert_eq!((got.used, got.credit, got.active), (12_345_678_901, 7, 3));
+        assert_eq!(s.queued().unwrap().len(), 2);
+        assert_eq!(
+            s.take_queued().unwrap(),
+            vec![
+                ("alice".to_string(), Adjustment::TopUp(1 << 30)),
+                ("bob".to_string(), Adjustment::Reset)
+            ]
+        );
+        assert!(s.take_queued().unwrap().is_empty());
+    }
+}
