@@ -125,7 +125,12 @@ impl AccountState {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return chunk,
+                Ok(_) => {
+                    if self.exhausted.load(Ordering::Relaxed) {
+                        self.exhausted.store(false, Ordering::Release);
+                    }
+                    return chunk;
+                }
                 Err(now) => cur = now,
             }
         }

@@ -117,11 +117,14 @@ impl Shard {
     }
 
     /// Periodic: settle spent bytes, return leases of accounts idle on this core, and
-    /// cut connections of accounts that ran out elsewhere.
+    /// cut connections of accounts that ran out (on any core).
     pub fn tick(&self) {
         self.locals.borrow_mut().retain(|_, l| {
             l.settle();
-            if l.state.is_exhausted() && l.lease.get() == 0 {
+            if l.state.is_exhausted() {
+                // Another core found the account used up: hand back what this core holds
+                // (someone may still use it) and close the account's connections here.
+                l.state.give_back(l.lease.replace(0));
                 l.cut.borrow().fire();
             }
             if l.conns.get() == 0 {

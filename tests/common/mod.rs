@@ -67,7 +67,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(config: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
+        Gateway::start_in(tempfile::tempdir().unwrap(), config)
+    }
+
+    /// Start in `dir` (the working directory, so `./state` lives there): a restart on the
+    /// same directory finds the previous run's usage store.
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
         let path = dir.path().join("tollgate.toml");
         std::fs::write(&path, config).unwrap();
         let err = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
@@ -109,6 +114,47 @@ impl Gateway {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("tollgate.toml")
+    }
+
+    /// Stop this process and hand over its directory (for a restart).
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// `tollgate usage ARGS…` on this gateway's config and store.
+    pub fn usage_cmd(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(BIN)
+            .arg("usage")
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Stored (used, credit, active) of `account`, from `tollgate usage show`.
+    pub fn stored_usage(&self, account: &str) -> (u64, u64, u32) {
+        let out = self.usage_cmd(&["show"]);
+        let row = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(account))
+            .unwrap_or_else(|| panic!("{account} not in:\n{out}"));
+        let f: Vec<&str> = row.split_whitespace().collect();
+        (
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+            f[6].parse().unwrap(),
+        )
     }
 
     pub fn stderr(&self) -> String {
@@ -386,6 +432,22 @@ pub fn http_get(proxy: SocketAddr, url: &str) -> Resp {
         basic("alice", "secret")
     );
     http_raw(proxy, raw.as_bytes()).1
+}
+
+/// Poll `f` until it returns `Some`, for at most `WAIT`: waits on an observable condition,
+/// never a fixed sleep.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 /// True once the peer has closed the connection (EOF or reset) within `WAIT`.
