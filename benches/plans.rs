@@ -23,7 +23,7 @@ fn plans(c: &mut Criterion) {
         })
     });
 
-    let shard = Shard::new(16);
+    let shard = Shard::new(16, Default::default());
     let meter = Meter::default();
     meter.bind(Charge::new(shard.local(&state)));
     c.bench_function("per_read_charge_16KiB", |b| {

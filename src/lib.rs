@@ -13,14 +13,17 @@
 //! - [`route`] picks the exit: targeting, rotation, sticky sessions, benching.
 //! - [`exit`] turns a target into an outbound connection (DNS, policy, source address).
 //! - [`relay`] moves bytes both ways with pooled buffers and counts them.
+//! - [`metrics`] and [`admin`]: per-core counters, `/metrics` and `/healthz`.
 //! - [`error`] is the one error type and its reply table; [`config`] the validated snapshot.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod exit;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod plan;
 pub mod relay;
 pub mod route;

@@ -1,7 +1,9 @@
 //! Start-up and shut-down: one executor per worker pinned to a CPU, listeners bound for
 //! each, signals (SIGTERM/SIGINT drain, SIGHUP reload), and the drain itself.
 
+use crate::admin;
 use crate::config::{self, Snapshot};
+use crate::metrics::{CoreMetrics, Metrics};
 use crate::plan::store::SqliteStore;
 use crate::plan::Ledger;
 use crate::route::sessions::SessionTable;
@@ -100,6 +102,28 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
         accounts = snap.accounts.len(),
         "starting"
     );
+    for n in &snap.networks {
+        tracing::info!(network = %n.name, targeting = n.targeting, ttl_min = n.ttl_min, ttl_max = n.ttl_max, "network");
+    }
+    for e in &snap.exits {
+        let kind = match &e.kind {
+            config::ExitKind::Direct {
+                source_ip: Some(ip),
+            } => format!("direct from {ip}"),
+            config::ExitKind::Direct { source_ip: None } => "direct".into(),
+            config::ExitKind::Socks5(u) => format!("socks5 via {}:{}", u.host, u.port),
+            config::ExitKind::Http(u) => format!("http via {}:{}", u.host, u.port),
+        };
+        tracing::info!(
+            exit = %e.name,
+            network = %snap.networks[e.network].name,
+            kind,
+            country = e.country.as_deref(),
+            state = e.state.as_deref(),
+            city = e.city.as_deref(),
+            "exit"
+        );
+    }
     let store = SqliteStore::open(&snap.server.state_dir)?;
     let ledger = Ledger::open(Box::new(store))?;
     ledger.attach(&mut snap);
@@ -109,18 +133,39 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     let config = Arc::new(ArcSwap::from_pointee(snap));
     spawn_signal_thread(opts.config_path, config.clone(), ledger.clone())?;
     let (stop_flusher, flusher) = spawn_flusher(ledger.clone(), flush_every)?;
+    let core_metrics: Vec<Arc<CoreMetrics>> = (0..workers)
+        .map(|_| Arc::new(CoreMetrics::default()))
+        .collect();
+    let snap_now = config.load();
+    let admin_addr = match snap_now.admin {
+        Some(addr) => {
+            let metrics = Arc::new(Metrics {
+                cores: core_metrics.clone(),
+                ledger: ledger.clone(),
+                listeners: bound.iter().map(|(a, _, _)| a.to_string()).collect(),
+                per_account: snap_now.per_account_metrics,
+            });
+            let health = Arc::new(ExecutorHealth {
+                cores: core_metrics.clone(),
+            });
+            Some(admin::start(addr, metrics, health)?)
+        }
+        None => None,
+    };
+    drop(snap_now);
 
     let mut handles = Vec::with_capacity(workers);
     for (id, my_fds) in fds.into_iter().enumerate() {
         let cpu = cpus.get(id % cpus.len().max(1)).copied().unwrap_or(0);
         let config = config.clone();
         let sessions = sessions.clone();
+        let metrics = core_metrics[id].clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("tollgate-{id}"))
             // Network I/O does not use the registered io_memory; keep it small.
             .io_memory(64 << 10)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(resolver_threads))
-            .spawn(move || worker_main(id, workers, config, sessions, my_fds))
+            .spawn(move || worker_main(id, workers, config, sessions, metrics, my_fds))
             .map_err(|e| {
                 format!(
                     "cannot start executor {id} on CPU {cpu}: {e}. tollgate needs io_uring \
@@ -133,6 +178,10 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     for (addr, i, network) in &bound {
         tracing::info!(listener = i, %addr, network = %network, "listening");
         println!("listening {addr} listener={i} network={network}");
+    }
+    if let Some(a) = admin_addr {
+        tracing::info!(%a, "admin listening (/metrics, /healthz)");
+        println!("admin {a}");
     }
     println!("ready workers={workers}");
     use std::io::Write;
@@ -231,6 +280,42 @@ fn reload(path: &std::path::Path, config: &ArcSwap<Snapshot>, ledger: &Ledger) {
 /// How often expired sticky sessions are swept (by worker 0).
 const SESSION_SWEEP: Duration = Duration::from_secs(30);
 
+fn epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+fn heartbeat(m: &CoreMetrics) {
+    m.heartbeat_ms.store(epoch_ms().max(1), Ordering::Relaxed);
+}
+
+/// `/healthz`: every executor ticked recently and the gateway is not draining.
+struct ExecutorHealth {
+    cores: Vec<Arc<CoreMetrics>>,
+}
+
+/// An executor that has not ticked for this long is reported as stalled.
+const STALL_AFTER_MS: u64 = 5_000;
+
+impl admin::Health for ExecutorHealth {
+    fn check(&self) -> Result<(), String> {
+        if DRAINING.load(Ordering::Relaxed) {
+            return Err("draining".into());
+        }
+        let now = epoch_ms();
+        for (i, c) in self.cores.iter().enumerate() {
+            let beat = c.heartbeat_ms.load(Ordering::Relaxed);
+            if beat == 0 || now.saturating_sub(beat) > STALL_AFTER_MS {
+                return Err(format!("executor {i} is not serving"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How often each core settles spent bytes and returns idle leases.
 const QUOTA_TICK: Duration = Duration::from_secs(1);
 
@@ -239,12 +324,14 @@ async fn worker_main(
     workers: usize,
     config: Arc<ArcSwap<Snapshot>>,
     sessions: Arc<SessionTable>,
+    metrics: Arc<CoreMetrics>,
     fds: Vec<(RawFd, usize)>,
 ) {
-    let w = Worker::new(id, workers, config, sessions);
+    let w = Worker::new(id, workers, config, sessions, metrics);
     let ticker = w.clone();
     glommio::spawn_local(async move {
         loop {
+            heartbeat(&ticker.metrics);
             glommio::timer::sleep(QUOTA_TICK).await;
             ticker.quota.tick();
         }

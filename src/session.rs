@@ -133,6 +133,17 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
             _ => return,
         }
     };
+    let name = match proto {
+        Protocol::Socks5 => "socks5",
+        Protocol::Http => "http",
+        Protocol::Unknown => "unknown",
+    };
+    *ctx.w
+        .metrics
+        .accepted
+        .lock()
+        .entry((listener, name))
+        .or_default() += 1;
     match proto {
         Protocol::Socks5 => crate::socks5::serve(&ctx, &mut client).await,
         Protocol::Http => crate::http::serve(&ctx, &mut client).await,
@@ -170,6 +181,14 @@ impl Ctx {
             Ok(code) => (code, None),
             Err(e) => (e.code(), Some(e.to_string())),
         };
+        self.w.metrics.finished(
+            code,
+            network,
+            a.account,
+            a.up,
+            a.down,
+            self.snap.per_account_metrics,
+        );
         tracing::info!(
             target: "access",
             proto = a.proto,

@@ -4,6 +4,7 @@
 use crate::auth::CredCache;
 use crate::config::Snapshot;
 use crate::exit::dns::DnsCache;
+use crate::metrics::CoreMetrics;
 use crate::plan::shard::Shard;
 use crate::route::sessions::SessionTable;
 use arc_swap::ArcSwap;
@@ -24,6 +25,8 @@ pub struct Worker {
     pub buffers: BufPool,
     /// This core's quota shard (bandwidth leases per account).
     pub quota: Shard,
+    /// This core's counters, summed by the admin endpoint at scrape time.
+    pub metrics: Arc<CoreMetrics>,
     /// Fired once when the gateway starts draining.
     pub drain: Latch,
     /// Live client connections on this core.
@@ -42,9 +45,10 @@ impl Worker {
         workers: usize,
         config: Arc<ArcSwap<Snapshot>>,
         sessions: Arc<SessionTable>,
+        metrics: Arc<CoreMetrics>,
     ) -> Rc<Worker> {
         let snap = config.load();
-        let dns = DnsCache::new(&snap.dns);
+        let dns = DnsCache::new(&snap.dns, metrics.clone());
         drop(snap);
         Rc::new(Worker {
             id,
@@ -52,7 +56,8 @@ impl Worker {
             creds: CredCache::default(),
             dns,
             buffers: BufPool::new(RELAY_BUF, 256),
-            quota: Shard::new(workers),
+            quota: Shard::new(workers, metrics.clone()),
+            metrics,
             drain: Latch::default(),
             active: Cell::new(0),
             idle: RefCell::new(Vec::new()),
@@ -96,6 +101,10 @@ impl Worker {
     /// Count a connection as live until the guard drops.
     pub fn track(self: &Rc<Self>) -> ConnGuard {
         self.active.set(self.active.get() + 1);
+        self.metrics.active.store(
+            self.active.get() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         ConnGuard(self.clone())
     }
 
@@ -120,6 +129,10 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let n = self.0.active.get() - 1;
         self.0.active.set(n);
+        self.0
+            .metrics
+            .active
+            .store(n as i64, std::sync::atomic::Ordering::Relaxed);
         if n == 0 {
             for w in self.0.idle.borrow_mut().drain(..) {
                 w.wake();

@@ -88,6 +88,31 @@ pub async fn authenticate(
         .accounts
         .get(parsed.account)
         .ok_or(ProxyError::AuthFailed("unknown account"))?;
+    verify(account, cache, password).await?;
+    identity(snap, account, network, &parsed.mods)
+}
+
+/// A client without credentials whose address is allow-listed (`allow_ips`) for an account:
+/// `None` when it is not; the identity (or why it may not use this network) otherwise.
+pub fn by_address(
+    snap: &Snapshot,
+    network: usize,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Result<Identity, ProxyError>> {
+    let account = snap.account_for_ip(peer?.ip())?;
+    Some(identity(
+        snap,
+        account,
+        network,
+        &username::Modifiers::default(),
+    ))
+}
+
+async fn verify(
+    account: &crate::config::Account,
+    cache: &CredCache,
+    password: &[u8],
+) -> Result<(), ProxyError> {
     let ok = match &account.password {
         Password::Plain(p) => bool::from(p.as_slice().ct_eq(password)),
         Password::Argon2(phc) => {
@@ -108,11 +133,20 @@ pub async fn authenticate(
     if !ok {
         return Err(ProxyError::AuthFailed("wrong password"));
     }
+    Ok(())
+}
+
+fn identity(
+    snap: &Snapshot,
+    account: &crate::config::Account,
+    network: usize,
+    mods: &username::Modifiers<'_>,
+) -> Result<Identity, ProxyError> {
     if !account.may_use(network) {
         return Err(ProxyError::AuthFailed("account may not use this network"));
     }
     let net = &snap.networks[network];
-    if parsed.mods.targets() && !net.targeting {
+    if mods.targets() && !net.targeting {
         return Err(ProxyError::AuthFailed(
             "targeting on a network without targeting",
         ));
@@ -122,11 +156,11 @@ pub async fn authenticate(
         account: account.name.clone(),
         counters: account.state.clone(),
         network,
-        country: own(parsed.mods.country),
-        state: own(parsed.mods.state),
-        city: own(parsed.mods.city),
-        session: own(parsed.mods.session),
-        ttl: own(parsed.mods.ttl),
+        country: own(mods.country),
+        state: own(mods.state),
+        city: own(mods.city),
+        session: own(mods.session),
+        ttl: own(mods.ttl),
     })
 }
 

@@ -86,6 +86,13 @@ impl Default for ServerSection {
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub listen: String,
+    /// Export per-account bytes and threads (turn off with very many accounts).
+    #[serde(default = "yes")]
+    pub per_account_metrics: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[log]`
@@ -223,6 +230,9 @@ pub struct UserSection {
     pub password_hash: Option<String>,
     pub plan: String,
     pub networks: Vec<String>,
+    /// Client addresses (CIDR) that may connect without credentials as this account.
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
 }
 
 /// A configuration problem, worded for the operator: file, key and reason.

@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub struct Snapshot {
     pub server: ServerSection,
     pub admin: Option<SocketAddr>,
+    /// `[admin] per_account_metrics`.
+    pub per_account_metrics: bool,
     pub log: LogSection,
     pub dns: DnsSection,
     pub routing: RoutingSection,
@@ -25,6 +27,8 @@ pub struct Snapshot {
     pub exit_by_name: AHashMap<String, usize>,
     pub plans: Vec<Plan>,
     pub accounts: AHashMap<String, Account>,
+    /// `allow_ips` of every account: client network → account name.
+    pub ip_rules: Vec<(ipnet::IpNet, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,7 +227,26 @@ impl Snapshot {
         let plan_names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
 
         let mut accounts = AHashMap::with_capacity(f.users.len());
+        let mut ip_rules: Vec<(ipnet::IpNet, String)> = Vec::new();
         for (i, u) in f.users.iter().enumerate() {
+            for cidr in &u.allow_ips {
+                let at = format!("[[user]] #{} (name = {:?}): allow_ips", i + 1, u.name);
+                let net: ipnet::IpNet = match cidr.parse::<ipnet::IpNet>() {
+                    Ok(n) => n.trunc(),
+                    Err(_) => match cidr.parse::<IpAddr>() {
+                        Ok(ip) => ipnet::IpNet::from(ip),
+                        Err(_) => {
+                            return Err(format!(
+                                "{at}: {cidr:?} is not an address or CIDR (e.g. \"203.0.113.0/24\")"
+                            ))
+                        }
+                    },
+                };
+                if let Some((_, other)) = ip_rules.iter().find(|(n, _)| *n == net) {
+                    return Err(format!("{at}: {net} is already allowed for {other:?}"));
+                }
+                ip_rules.push((net, u.name.clone()));
+            }
             let account = build_account(i, u, &plan_names, &net_names)?;
             if accounts.contains_key(&account.name) {
                 return Err(format!(
@@ -242,6 +265,7 @@ impl Snapshot {
             .map(|(i, e)| (e.name.clone(), i))
             .collect();
         Ok(Snapshot {
+            per_account_metrics: f.admin.as_ref().is_none_or(|a| a.per_account_metrics),
             server: f.server,
             admin,
             log: f.log,
@@ -254,7 +278,17 @@ impl Snapshot {
             exit_by_name,
             plans,
             accounts,
+            ip_rules,
         })
+    }
+
+    /// The account a client address is allow-listed for (most specific network wins).
+    pub fn account_for_ip(&self, ip: IpAddr) -> Option<&Account> {
+        self.ip_rules
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .and_then(|(_, name)| self.accounts.get(name))
     }
 
     /// Keep the health (failure counts, bench) of exits that survive a reload.

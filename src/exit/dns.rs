@@ -5,10 +5,12 @@
 //! failures for `[dns] negative_ttl`.
 
 use crate::config::DnsSection;
+use crate::metrics::CoreMetrics;
 use ahash::AHashMap;
 use std::cell::RefCell;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -33,25 +35,18 @@ pub struct DnsCache {
     ttl: Duration,
     negative_ttl: Duration,
     max: usize,
-    hits: std::cell::Cell<u64>,
-    misses: std::cell::Cell<u64>,
+    metrics: Arc<CoreMetrics>,
 }
 
 impl DnsCache {
-    pub fn new(cfg: &DnsSection) -> Self {
+    pub fn new(cfg: &DnsSection, metrics: Arc<CoreMetrics>) -> Self {
         Self {
             map: RefCell::new(AHashMap::new()),
             ttl: cfg.cache_ttl.0,
             negative_ttl: cfg.negative_ttl.0,
             max: cfg.cache_size.max(1),
-            hits: Default::default(),
-            misses: Default::default(),
+            metrics,
         }
-    }
-
-    /// (hits, misses) on this core.
-    pub fn stats(&self) -> (u64, u64) {
-        (self.hits.get(), self.misses.get())
     }
 
     /// Resolve `host` (a name; IP literals never get here) to its addresses.
@@ -62,11 +57,11 @@ impl DnsCache {
             let map = self.map.borrow();
             match map.get(&key) {
                 Some(Slot::Ready { answer, expires }) if *expires > now => {
-                    self.hits.set(self.hits.get() + 1);
+                    self.metrics.dns_hits.inc();
                     return answer.clone();
                 }
                 Some(Slot::Pending(p)) => {
-                    self.hits.set(self.hits.get() + 1);
+                    self.metrics.dns_hits.inc();
                     Some(p.clone())
                 }
                 _ => None,
@@ -82,7 +77,7 @@ impl DnsCache {
             })
             .await;
         }
-        self.misses.set(self.misses.get() + 1);
+        self.metrics.dns_misses.inc();
         let flight = Rc::new(Inflight {
             answer: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),

@@ -115,13 +115,17 @@ pub async fn dial(
             };
         tried.push(exit);
         let health = &snap.exits[exit].health;
-        match within(
+        let t0 = Instant::now();
+        let res = within(
             snap.server.connect_timeout.0,
             connect_via(w, snap, exit, target),
         )
-        .await
-        {
+        .await;
+        w.metrics
+            .exit_attempt(name(exit), !matches!(res, Some(Ok(_))));
+        match res {
             Some(Ok(out)) => {
+                w.metrics.observe_connect(t0.elapsed());
                 health.success();
                 if let (Some(st), Some(b)) = (&route.sticky, bound) {
                     if b != exit {

@@ -4,7 +4,7 @@
 pub mod codec;
 mod forward;
 
-use crate::auth::{authenticate, Identity};
+use crate::auth::{self, authenticate, Identity};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::plan::{self, Admission};
@@ -69,13 +69,13 @@ async fn admit(
     ctx: &Ctx,
     req: &Request,
 ) -> Result<(Identity, Route, Admission), (Option<String>, ProxyError)> {
-    let (user, pass) = req
-        .credentials
-        .as_ref()
-        .ok_or((None, ProxyError::AuthFailed("no Proxy-Authorization")))?;
-    let ident = authenticate(&ctx.snap, &ctx.w.creds, ctx.network, user, pass)
-        .await
-        .map_err(|e| (None, e))?;
+    let ident = match &req.credentials {
+        Some((user, pass)) => authenticate(&ctx.snap, &ctx.w.creds, ctx.network, user, pass).await,
+        // No credentials: an allow-listed client address stands for its account.
+        None => auth::by_address(&ctx.snap, ctx.network, ctx.peer)
+            .unwrap_or(Err(ProxyError::AuthFailed("no Proxy-Authorization"))),
+    }
+    .map_err(|e| (None, e))?;
     let checks = route::resolve(&ctx.snap, &ident)
         .and_then(|route| Ok((route, plan::admit(&ctx.w, &ident.counters)?)));
     match checks {

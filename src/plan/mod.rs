@@ -43,6 +43,7 @@ pub fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, ProxyEr
 }
 
 /// Every account's global state, by name, and the durable store behind it.
+#[derive(Debug)]
 pub struct Ledger {
     accounts: Mutex<AHashMap<String, Arc<AccountState>>>,
     /// Values at start for accounts not yet attached (from the store).
@@ -94,6 +95,15 @@ impl Ledger {
             state.set_plan(plan.bandwidth, plan.threads);
             acc.state = state;
         }
+    }
+
+    /// (account, concurrent connections) for every account known to the ledger.
+    pub fn active_by_account(&self) -> Vec<(String, u32)> {
+        self.accounts
+            .lock()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.active()))
+            .collect()
     }
 
     /// Apply queued adjustments, then write every account whose usage or live count changed.

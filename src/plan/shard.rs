@@ -3,6 +3,7 @@
 //! to refill or return a lease.
 
 use super::ledger::AccountState;
+use crate::metrics::CoreMetrics;
 use crate::worker::Latch;
 use ahash::AHashMap;
 use std::cell::{Cell, RefCell};
@@ -21,7 +22,7 @@ pub struct Local {
     conns: Cell<u32>,
     /// Fired when the account runs out: its live connections on this core close.
     cut: RefCell<Rc<Latch>>,
-    refills: Cell<u64>,
+    metrics: Arc<CoreMetrics>,
 }
 
 impl Local {
@@ -29,7 +30,7 @@ impl Local {
     pub fn allowance(&self, want: usize) -> usize {
         if self.lease.get() == 0 {
             let got = self.state.lease(self.cores);
-            self.refills.set(self.refills.get() + 1);
+            self.metrics.lease_refills.inc();
             if got == 0 {
                 self.cut.borrow().fire();
                 return 0;
@@ -77,13 +78,15 @@ impl Local {
 pub struct Shard {
     cores: usize,
     locals: RefCell<AHashMap<String, Rc<Local>>>,
+    metrics: Arc<CoreMetrics>,
 }
 
 impl Shard {
-    pub fn new(cores: usize) -> Shard {
+    pub fn new(cores: usize, metrics: Arc<CoreMetrics>) -> Shard {
         Shard {
             cores: cores.max(1),
             locals: RefCell::new(AHashMap::new()),
+            metrics,
         }
     }
 
@@ -107,7 +110,7 @@ impl Shard {
             unleased: Cell::new(0),
             conns: Cell::new(0),
             cut: RefCell::new(Rc::new(Latch::default())),
-            refills: Cell::new(0),
+            metrics: self.metrics.clone(),
         });
         if let Some(old) = map.insert(state.name.clone(), l.clone()) {
             old.settle();
@@ -141,11 +144,6 @@ impl Shard {
             l.settle();
             l.state.give_back(l.lease.replace(0));
         }
-    }
-
-    /// Lease refills taken on this core (for metrics).
-    pub fn refills(&self) -> u64 {
-        self.locals.borrow().values().map(|l| l.refills.get()).sum()
     }
 }
 
@@ -210,7 +208,7 @@ mod tests {
     #[test]
     fn reads_are_capped_and_billing_is_exact() {
         let st = AccountState::new("a", 100_000, 10, 0, 0);
-        let shard = Shard::new(2);
+        let shard = Shard::new(2, Default::default());
         let c = Charge::new(shard.local(&st));
         let mut billed = 0u64;
         loop {
@@ -232,7 +230,7 @@ mod tests {
     #[test]
     fn undelivered_bytes_are_refunded() {
         let st = AccountState::new("a", 1 << 20, 10, 0, 0);
-        let shard = Shard::new(1);
+        let shard = Shard::new(1, Default::default());
         let c = Charge::new(shard.local(&st));
         assert!(c.local().allowance(1000) > 0);
         c.read_for_client(1000);

@@ -22,7 +22,7 @@ pub struct Stored {
 }
 
 /// Where usage lives between restarts.
-pub trait UsageBackend: Send {
+pub trait UsageBackend: Send + std::fmt::Debug {
     fn load(&mut self) -> Result<HashMap<String, Stored>, String>;
     /// Write these accounts' current values.
     fn save(&mut self, rows: &[(String, Stored)]) -> Result<(), String>;
@@ -34,6 +34,7 @@ pub trait UsageBackend: Send {
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String>;
 }
 
+#[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
 }

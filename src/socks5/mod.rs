@@ -5,7 +5,7 @@
 
 pub mod codec;
 
-use crate::auth::{authenticate, Identity};
+use crate::auth::{self, authenticate, Identity};
 use crate::error::{ProxyError, SocksReply};
 use crate::exit::{self, TargetAddr};
 use crate::plan;
@@ -80,10 +80,20 @@ async fn greet_and_authenticate(ctx: &Ctx, client: &mut Side) -> Result<Identity
         Err(Stop::Reply(_)) => return Err(Stop::Gone),
         other => other?,
     };
+    let mut out = Vec::with_capacity(2);
     if !methods.contains(&Method::PASSWORD) {
+        // Clients that cannot send credentials (browsers): an allow-listed address may
+        // use "no authentication" and is its account.
+        if methods.contains(&Method::NONE) {
+            if let Some(ident) = auth::by_address(&ctx.snap, ctx.network, ctx.peer) {
+                let ident = ident.map_err(|_| Stop::Reply(ProxyError::NoAcceptableMethod))?;
+                codec::encode_method(Method::NONE, &mut out);
+                client.send(&out).await.map_err(|_| Stop::Gone)?;
+                return Ok(ident);
+            }
+        }
         return Err(Stop::Reply(ProxyError::NoAcceptableMethod));
     }
-    let mut out = Vec::with_capacity(2);
     codec::encode_method(Method::PASSWORD, &mut out);
     client.send(&out).await.map_err(|_| Stop::Gone)?;
     let (user, pass) = next(ctx, client, codec::parse_password).await?;

@@ -61,6 +61,8 @@ pub const DIRECT_EXIT: &str = "[[exit]]\nnetwork = \"residential\"\nkind = \"dir
 pub struct Gateway {
     pub child: Child,
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener, when the config has one.
+    pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     stdout: BufReader<std::process::ChildStdout>,
 }
@@ -87,6 +89,7 @@ impl Gateway {
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut addrs = Vec::new();
+        let mut admin = None;
         loop {
             let mut line = String::new();
             if stdout.read_line(&mut line).unwrap() == 0 {
@@ -96,6 +99,9 @@ impl Gateway {
             if let Some(rest) = line.strip_prefix("listening ") {
                 addrs.push(rest.split_whitespace().next().unwrap().parse().unwrap());
             }
+            if let Some(rest) = line.strip_prefix("admin ") {
+                admin = Some(rest.trim().parse().unwrap());
+            }
             if line.starts_with("ready") {
                 break;
             }
@@ -103,6 +109,7 @@ impl Gateway {
         Gateway {
             child,
             addrs,
+            admin,
             dir,
             stdout,
         }
@@ -110,6 +117,24 @@ impl Gateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// GET a path on the admin listener: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut s = connect(self.admin.expect("no admin listener"));
+        write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+        let r = read_response(&mut s, false);
+        (r.code, r.text())
+    }
+
+    /// One sample of the exposition: the value of the line starting with `series` (the
+    /// metric name with its labels, exactly as exposed).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -1,0 +1,365 @@
+//! Metrics: counters live per core (written only by their core: a plain load + store, no
+//! locked instruction, no shared cache line) and are summed at scrape time into Prometheus /
+//! OpenMetrics text by prometheus-client's encoder. Labelled counters that change once per
+//! connection sit behind an uncontended per-core mutex.
+
+use crate::plan::Ledger;
+use ahash::AHashMap;
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A counter written by one core only.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        // Single writer: no read-modify-write instruction needed.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the connect-latency histogram.
+pub const CONNECT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// One core's metrics.
+#[derive(Debug, Default)]
+pub struct CoreMetrics {
+    /// (listener index, protocol) → connections.
+    pub accepted: Mutex<AHashMap<(usize, &'static str), u64>>,
+    pub active: AtomicI64,
+    /// Status code → connections/requests that ended with it (0..600).
+    pub outcomes: Mutex<AHashMap<u16, u64>>,
+    /// Network → (up, down) bytes.
+    pub network_bytes: Mutex<AHashMap<String, (u64, u64)>>,
+    /// Account → (up, down) bytes (when per-account metrics are on).
+    pub account_bytes: Mutex<AHashMap<String, (u64, u64)>>,
+    /// Exit → (attempts, failures).
+    pub exit_connects: Mutex<AHashMap<String, (u64, u64)>>,
+    pub connect_buckets: [Counter; CONNECT_BUCKETS.len()],
+    /// Slower than the last bucket.
+    pub connect_overflow: Counter,
+    pub connect_count: Counter,
+    /// Microseconds.
+    pub connect_sum_us: Counter,
+    pub dns_hits: Counter,
+    pub dns_misses: Counter,
+    pub lease_refills: Counter,
+    pub panics: Counter,
+    /// Milliseconds since the process epoch at this core's last tick.
+    pub heartbeat_ms: AtomicU64,
+}
+
+impl CoreMetrics {
+    pub fn observe_connect(&self, d: Duration) {
+        // Per-bucket counts; the encoder makes them cumulative.
+        let s = d.as_secs_f64();
+        match CONNECT_BUCKETS.iter().position(|b| s <= *b) {
+            Some(i) => self.connect_buckets[i].inc(),
+            None => self.connect_overflow.inc(),
+        }
+        self.connect_count.inc();
+        self.connect_sum_us.add(d.as_micros() as u64);
+    }
+
+    pub fn exit_attempt(&self, exit: &str, failed: bool) {
+        let mut m = self.exit_connects.lock();
+        let e = m.entry(exit.to_owned()).or_default();
+        e.0 += 1;
+        if failed {
+            e.1 += 1;
+        }
+    }
+
+    /// One finished connection or request.
+    pub fn finished(
+        &self,
+        code: u16,
+        network: Option<&str>,
+        account: Option<&str>,
+        up: u64,
+        down: u64,
+        per_account: bool,
+    ) {
+        *self.outcomes.lock().entry(code).or_default() += 1;
+        if let Some(n) = network {
+            let mut m = self.network_bytes.lock();
+            let e = m.entry(n.to_owned()).or_default();
+            e.0 += up;
+            e.1 += down;
+        }
+        if let (true, Some(a)) = (per_account, account) {
+            let mut m = self.account_bytes.lock();
+            let e = m.entry(a.to_owned()).or_default();
+            e.0 += up;
+            e.1 += down;
+        }
+    }
+}
+
+/// Everything a scrape reads.
+#[derive(Debug)]
+pub struct Metrics {
+    pub cores: Vec<Arc<CoreMetrics>>,
+    pub ledger: Arc<Ledger>,
+    /// Listener index → address, for labels.
+    pub listeners: Vec<String>,
+    pub per_account: bool,
+}
+
+fn sum_map<K: Clone + Eq + std::hash::Hash, V: Copy + Default>(
+    cores: &[Arc<CoreMetrics>],
+    pick: impl Fn(&CoreMetrics) -> Vec<(K, V)>,
+    add: impl Fn(&mut V, V),
+) -> Vec<(K, V)> {
+    let mut out: AHashMap<K, V> = AHashMap::new();
+    for c in cores {
+        for (k, v) in pick(c) {
+            add(out.entry(k).or_default(), v);
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(m)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cores = &self.cores;
+        let sum = |f: fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
+
+        let accepted = sum_map(
+            cores,
+            |c| c.accepted.lock().iter().map(|(k, v)| (*k, *v)).collect(),
+            |a, b| *a += b,
+        );
+        let mut m = enc.encode_descriptor(
+            "tollgate_connections_accepted",
+            "Client connections accepted, by listener and sniffed protocol",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((l, proto), v) in accepted {
+            let listener = self.listeners.get(l).cloned().unwrap_or_default();
+            let labels = [("listener", listener), ("protocol", proto.to_string())];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+
+        let active: i64 = cores.iter().map(|c| c.active.load(Ordering::Relaxed)).sum();
+        let m = enc.encode_descriptor(
+            "tollgate_connections_active",
+            "Client connections open now",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(active).encode(m)?;
+
+        let outcomes = sum_map(
+            cores,
+            |c| c.outcomes.lock().iter().map(|(k, v)| (*k, *v)).collect(),
+            |a, b| *a += b,
+        );
+        let mut m = enc.encode_descriptor(
+            "tollgate_outcomes",
+            "Proxied connections and forwarded requests, by status code (200 = tunnel served)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (code, v) in outcomes {
+            ConstCounter::new(v).encode(m.encode_family(&[("code", code.to_string())])?)?;
+        }
+
+        let net = sum_map(
+            cores,
+            |c| {
+                c.network_bytes
+                    .lock()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            },
+            |a, b| {
+                a.0 += b.0;
+                a.1 += b.1
+            },
+        );
+        let mut m = enc.encode_descriptor(
+            "tollgate_network_bytes",
+            "Bytes at the client side, by network and direction (up = from clients)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (n, (up, down)) in net {
+            ConstCounter::new(up)
+                .encode(m.encode_family(&[("network", n.clone()), ("direction", "up".into())])?)?;
+            ConstCounter::new(down)
+                .encode(m.encode_family(&[("network", n), ("direction", "down".into())])?)?;
+        }
+
+        if self.per_account {
+            let acc = sum_map(
+                cores,
+                |c| {
+                    c.account_bytes
+                        .lock()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect()
+                },
+                |a, b| {
+                    a.0 += b.0;
+                    a.1 += b.1
+                },
+            );
+            let mut m = enc.encode_descriptor(
+                "tollgate_account_bytes",
+                "Bytes at the client side, by account and direction",
+                None,
+                MetricType::Counter,
+            )?;
+            for (a, (up, down)) in acc {
+                ConstCounter::new(up).encode(
+                    m.encode_family(&[("account", a.clone()), ("direction", "up".into())])?,
+                )?;
+                ConstCounter::new(down)
+                    .encode(m.encode_family(&[("account", a), ("direction", "down".into())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "tollgate_account_threads_active",
+                "Concurrent proxied connections held, by account",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, active) in self.ledger.active_by_account() {
+                ConstGauge::new(i64::from(active))
+                    .encode(m.encode_family(&[("account", name)])?)?;
+            }
+        }
+
+        let exits = sum_map(
+            cores,
+            |c| {
+                c.exit_connects
+                    .lock()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            },
+            |a, b| {
+                a.0 += b.0;
+                a.1 += b.1
+            },
+        );
+        let mut m = enc.encode_descriptor(
+            "tollgate_exit_connect_attempts",
+            "Outbound connect attempts, by exit",
+            None,
+            MetricType::Counter,
+        )?;
+        for (e, (attempts, _)) in &exits {
+            ConstCounter::new(*attempts).encode(m.encode_family(&[("exit", e.clone())])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "tollgate_exit_connect_failures",
+            "Outbound connect attempts that failed, by exit",
+            None,
+            MetricType::Counter,
+        )?;
+        for (e, (_, failures)) in &exits {
+            ConstCounter::new(*failures).encode(m.encode_family(&[("exit", e.clone())])?)?;
+        }
+
+        let m = enc.encode_descriptor(
+            "tollgate_exit_connect_seconds",
+            "Time to establish an outbound connection (through the exit, handshakes included)",
+            None,
+            MetricType::Histogram,
+        )?;
+        let buckets: Vec<(f64, u64)> = CONNECT_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b, cores.iter().map(|c| c.connect_buckets[i].get()).sum()))
+            .chain(std::iter::once((
+                f64::MAX,
+                sum(|c| c.connect_overflow.get()),
+            )))
+            .collect();
+        let mut m = m;
+        m.encode_histogram::<()>(
+            sum(|c| c.connect_sum_us.get()) as f64 / 1e6,
+            sum(|c| c.connect_count.get()),
+            &buckets,
+            None,
+        )?;
+
+        counter(
+            &mut enc,
+            "tollgate_dns_cache_hits",
+            "DNS lookups answered by a core's cache",
+            sum(|c| c.dns_hits.get()),
+        )?;
+        counter(
+            &mut enc,
+            "tollgate_dns_cache_misses",
+            "DNS lookups that queried the resolver",
+            sum(|c| c.dns_misses.get()),
+        )?;
+        counter(
+            &mut enc,
+            "tollgate_quota_lease_refills",
+            "Bandwidth leases taken from the global ledger",
+            sum(|c| c.lease_refills.get()),
+        )?;
+        counter(
+            &mut enc,
+            "tollgate_panics",
+            "Panics caught at a connection boundary",
+            sum(|c| c.panics.get()),
+        )?;
+        Ok(())
+    }
+}
+
+/// Render the full exposition.
+pub fn render(metrics: Arc<Metrics>) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Shared(metrics)));
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+#[derive(Debug)]
+struct Shared(Arc<Metrics>);
+
+impl Collector for Shared {
+    fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(enc)
+    }
+}
