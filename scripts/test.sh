@@ -31,11 +31,11 @@ done
 
 echo "== cargo fmt --check"
 cargo fmt --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
-echo "== cargo test"
+echo "== cargo clippy --all-targets --features fault-injection -- -D warnings"
+cargo clippy --all-targets --features fault-injection --quiet -- -D warnings
+echo "== cargo test --features fault-injection (test-only hooks: see Cargo.toml)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --lib --bins --tests 2>&1 | tee "$log"
+cargo test --features fault-injection --lib --bins --tests 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

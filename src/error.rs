@@ -284,7 +284,10 @@ impl ProxyError {
     pub fn from_connect_io(err: &std::io::Error) -> ProxyError {
         use std::io::ErrorKind as K;
         match err.raw_os_error() {
-            Some(libc::ECONNREFUSED) => return ProxyError::ConnectionRefused,
+            // A reset while connecting is a refusal (the target's stack said no).
+            Some(libc::ECONNREFUSED) | Some(libc::ECONNRESET) => {
+                return ProxyError::ConnectionRefused
+            }
             Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => return ProxyError::HostUnreachable,
             Some(libc::ENETUNREACH) | Some(libc::ENETDOWN) => {
                 return ProxyError::NetworkUnreachable

@@ -48,7 +48,7 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
                     drop(stream);
                     continue;
                 }
-                glommio::spawn_local(crate::session::serve(w.clone(), stream, index)).detach();
+                glommio::spawn_local(serve_isolated(w.clone(), stream, index)).detach();
             }
             Some(Err(e)) => {
                 // EMFILE/ENFILE and friends: back off briefly instead of spinning.
@@ -56,5 +56,27 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+/// One connection's task, with a panic caught at its boundary: the connection is dropped
+/// (its guards release slots and leases), the panic is counted and logged, and the executor
+/// and its other connections carry on.
+async fn serve_isolated(w: Rc<Worker>, stream: glommio::net::TcpStream, index: usize) {
+    use futures_lite::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    let metrics = w.metrics.clone();
+    let id = w.id;
+    if let Err(panic) = AssertUnwindSafe(crate::session::serve(w, stream, index))
+        .catch_unwind()
+        .await
+    {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into());
+        metrics.panics.inc();
+        tracing::error!(worker = id, panic = %what, "connection task panicked; connection dropped");
     }
 }

@@ -256,8 +256,19 @@ impl Collector for Metrics {
                 None,
                 MetricType::Gauge,
             )?;
-            for (name, active) in self.ledger.active_by_account() {
-                ConstGauge::new(i64::from(active))
+            let live = self.ledger.live_by_account();
+            for (name, active, _) in &live {
+                ConstGauge::new(i64::from(*active))
+                    .encode(m.encode_family(&[("account", name.clone())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "tollgate_account_lease_outstanding_bytes",
+                "Bandwidth leased to cores and not yet spent, by account",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, _, outstanding) in live {
+                ConstGauge::new(outstanding as i64)
                     .encode(m.encode_family(&[("account", name)])?)?;
             }
         }

@@ -34,15 +34,17 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Raise RLIMIT_MEMLOCK's soft limit to its hard limit: io_uring rings need locked memory.
-fn raise_memlock() -> u64 {
+/// Raise a resource's soft limit to its hard limit; returns the soft limit in force.
+/// RLIMIT_MEMLOCK: io_uring rings need locked memory. RLIMIT_NOFILE: one fd per client and
+/// per outbound connection.
+fn raise_limit(resource: libc::__rlimit_resource_t) -> u64 {
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) == 0 {
+        if libc::getrlimit(resource, &mut r) == 0 {
             if r.rlim_cur < r.rlim_max {
                 r.rlim_cur = r.rlim_max;
-                libc::setrlimit(libc::RLIMIT_MEMLOCK, &r);
+                libc::setrlimit(resource, &r);
             }
             return r.rlim_cur;
         }
@@ -62,7 +64,14 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
         0 => cpus.len().max(1),
         n => n,
     };
-    let memlock = raise_memlock();
+    let memlock = raise_limit(libc::RLIMIT_MEMLOCK);
+    let nofile = raise_limit(libc::RLIMIT_NOFILE);
+    if nofile < 65_536 {
+        tracing::warn!(
+            nofile,
+            "RLIMIT_NOFILE is low for a proxy: raise it (LimitNOFILE=1048576 in the unit)"
+        );
+    }
     if memlock < 512 * 1024 {
         return Err(format!(
             "RLIMIT_MEMLOCK is {memlock} bytes; io_uring needs at least 512 KiB per process. \
@@ -130,6 +139,7 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     let flush_every = snap.server.usage_flush.0;
     let resolver_threads = snap.dns.resolver_threads;
     let sessions = Arc::new(SessionTable::new(snap.routing.max_sessions));
+    let guard = Arc::new(crate::auth::guard::AuthGuard::default());
     let config = Arc::new(ArcSwap::from_pointee(snap));
     spawn_signal_thread(opts.config_path, config.clone(), ledger.clone())?;
     let (stop_flusher, flusher) = spawn_flusher(ledger.clone(), flush_every)?;
@@ -159,13 +169,14 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
         let cpu = cpus.get(id % cpus.len().max(1)).copied().unwrap_or(0);
         let config = config.clone();
         let sessions = sessions.clone();
+        let guard = guard.clone();
         let metrics = core_metrics[id].clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("tollgate-{id}"))
             // Network I/O does not use the registered io_memory; keep it small.
             .io_memory(64 << 10)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(resolver_threads))
-            .spawn(move || worker_main(id, workers, config, sessions, metrics, my_fds))
+            .spawn(move || worker_main(id, workers, config, sessions, guard, metrics, my_fds))
             .map_err(|e| {
                 format!(
                     "cannot start executor {id} on CPU {cpu}: {e}. tollgate needs io_uring \
@@ -324,10 +335,11 @@ async fn worker_main(
     workers: usize,
     config: Arc<ArcSwap<Snapshot>>,
     sessions: Arc<SessionTable>,
+    guard: Arc<crate::auth::guard::AuthGuard>,
     metrics: Arc<CoreMetrics>,
     fds: Vec<(RawFd, usize)>,
 ) {
-    let w = Worker::new(id, workers, config, sessions, metrics);
+    let w = Worker::new(id, workers, config, sessions, guard, metrics);
     let ticker = w.clone();
     glommio::spawn_local(async move {
         loop {

@@ -1,6 +1,7 @@
 //! One core's context: everything a connection on this executor shares with its neighbours
 //! without locks (`Rc`, `Cell`, `RefCell`), plus the handle to the shared snapshot.
 
+use crate::auth::guard::AuthGuard;
 use crate::auth::CredCache;
 use crate::config::Snapshot;
 use crate::exit::dns::DnsCache;
@@ -35,6 +36,8 @@ pub struct Worker {
     idle: RefCell<Vec<Waker>>,
     /// Sticky sessions, shared by every core.
     pub sessions: Arc<SessionTable>,
+    /// Failed-login tracking per source address, shared by every core.
+    pub guard: Arc<AuthGuard>,
     /// Round-robin position per candidate list (list ids from the snapshot's exit index).
     rotation: RefCell<Vec<usize>>,
 }
@@ -45,6 +48,7 @@ impl Worker {
         workers: usize,
         config: Arc<ArcSwap<Snapshot>>,
         sessions: Arc<SessionTable>,
+        guard: Arc<AuthGuard>,
         metrics: Arc<CoreMetrics>,
     ) -> Rc<Worker> {
         let snap = config.load();
@@ -62,6 +66,7 @@ impl Worker {
             active: Cell::new(0),
             idle: RefCell::new(Vec::new()),
             sessions,
+            guard,
             rotation: RefCell::new(Vec::new()),
         })
     }

@@ -2,6 +2,7 @@
 //! parsed, the network checked. Password checks are constant-time; argon2 hashes are
 //! verified off the executor thread once and then cached per core.
 
+pub mod guard;
 pub mod username;
 
 use crate::config::{Password, Snapshot};
@@ -90,6 +91,42 @@ pub async fn authenticate(
         .ok_or(ProxyError::AuthFailed("unknown account"))?;
     verify(account, cache, password).await?;
     identity(snap, account, network, &parsed.mods)
+}
+
+/// Authenticate with the password-guessing guard around it: a blocked address is refused
+/// (late, without checking the password); failures count towards a block.
+#[allow(clippy::too_many_arguments)]
+pub async fn login(
+    snap: &Snapshot,
+    cache: &CredCache,
+    guard: &guard::AuthGuard,
+    network: usize,
+    peer: Option<std::net::SocketAddr>,
+    user: &[u8],
+    password: &[u8],
+) -> Result<Identity, ProxyError> {
+    let sec = &snap.security;
+    let now = std::time::Instant::now();
+    if let Some(ip) = peer.map(|p| p.ip()) {
+        if guard.is_blocked(ip, now) {
+            glommio::timer::sleep(sec.auth_delay.0).await;
+            return Err(ProxyError::AuthFailed(
+                "address blocked after repeated failures",
+            ));
+        }
+    }
+    let res = authenticate(snap, cache, network, user, password).await;
+    if let (Err(ProxyError::AuthFailed(_)), Some(peer)) = (&res, peer) {
+        let policy = guard::Policy {
+            failures: sec.auth_failures,
+            window: sec.auth_window.0,
+            block: sec.auth_block.0,
+        };
+        if guard.failure(peer.ip(), &policy, now) {
+            tracing::warn!(peer = %peer.ip(), block = ?sec.auth_block.0, "repeated authentication failures: address blocked");
+        }
+    }
+    res
 }
 
 /// A client without credentials whose address is allow-listed (`allow_ips`) for an account:

@@ -26,6 +26,8 @@ pub struct File {
     pub dns: DnsSection,
     #[serde(default)]
     pub routing: RoutingSection,
+    #[serde(default)]
+    pub security: SecuritySection,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerSection>,
     #[serde(default, rename = "network")]
@@ -160,6 +162,30 @@ impl Default for RoutingSection {
             bench_after: 3,
             bench_for: Dur(std::time::Duration::from_secs(30)),
             max_sessions: 1_000_000,
+        }
+    }
+}
+
+/// `[security]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// Failed logins from one address within `auth_window` that block it...
+    pub auth_failures: u32,
+    pub auth_window: Dur,
+    /// ...for this long.
+    pub auth_block: Dur,
+    /// How long the answer to a blocked address's attempt is held back.
+    pub auth_delay: Dur,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            auth_failures: 10,
+            auth_window: Dur(std::time::Duration::from_secs(60)),
+            auth_block: Dur(std::time::Duration::from_secs(300)),
+            auth_delay: Dur(std::time::Duration::from_secs(1)),
         }
     }
 }

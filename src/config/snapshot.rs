@@ -1,6 +1,6 @@
 //! The validated, immutable view of the configuration that connections read.
 
-use super::{DnsSection, File, LogSection, RoutingSection, ServerSection};
+use super::{DnsSection, File, LogSection, RoutingSection, SecuritySection, ServerSection};
 use crate::auth::username::KEYS;
 use crate::plan::ledger::AccountState;
 use crate::route::{geo, ExitIndex, Health};
@@ -19,6 +19,7 @@ pub struct Snapshot {
     pub log: LogSection,
     pub dns: DnsSection,
     pub routing: RoutingSection,
+    pub security: SecuritySection,
     pub listeners: Vec<Listener>,
     pub networks: Vec<Network>,
     pub exits: Vec<Exit>,
@@ -188,6 +189,9 @@ impl Snapshot {
                 f.log.level
             ));
         }
+        if f.security.auth_failures == 0 {
+            return Err("[security] auth_failures: must be at least 1".into());
+        }
         if f.routing.bench_after == 0 {
             return Err("[routing] bench_after: must be at least 1".into());
         }
@@ -271,6 +275,7 @@ impl Snapshot {
             log: f.log,
             dns: f.dns,
             routing: f.routing,
+            security: f.security,
             listeners,
             networks,
             exits,

@@ -171,6 +171,13 @@ async fn connect_via(
     exit: usize,
     target: &TargetAddr,
 ) -> Result<Outbound, Fail> {
+    #[cfg(feature = "fault-injection")]
+    if matches!(target, TargetAddr::Name(h, _) if h == "panic.fault-injection.invalid") {
+        #[allow(clippy::panic)]
+        {
+            panic!("fault injection: panic requested by the target name");
+        }
+    }
     let allow_private = snap.server.allow_private_targets;
     let timeout = snap.server.connect_timeout.0;
     let (up, is_socks) = match &snap.exits[exit].kind {

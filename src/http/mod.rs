@@ -4,7 +4,7 @@
 pub mod codec;
 mod forward;
 
-use crate::auth::{self, authenticate, Identity};
+use crate::auth::{self, Identity};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::plan::{self, Admission};
@@ -70,7 +70,18 @@ async fn admit(
     req: &Request,
 ) -> Result<(Identity, Route, Admission), (Option<String>, ProxyError)> {
     let ident = match &req.credentials {
-        Some((user, pass)) => authenticate(&ctx.snap, &ctx.w.creds, ctx.network, user, pass).await,
+        Some((user, pass)) => {
+            auth::login(
+                &ctx.snap,
+                &ctx.w.creds,
+                &ctx.w.guard,
+                ctx.network,
+                ctx.peer,
+                user,
+                pass,
+            )
+            .await
+        }
         // No credentials: an allow-listed client address stands for its account.
         None => auth::by_address(&ctx.snap, ctx.network, ctx.peer)
             .unwrap_or(Err(ProxyError::AuthFailed("no Proxy-Authorization"))),

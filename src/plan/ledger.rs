@@ -191,6 +191,13 @@ impl AccountState {
         self.credit.load(Ordering::Acquire)
     }
 
+    /// Bytes leased to cores and not yet spent.
+    pub fn outstanding(&self) -> u64 {
+        self.reserved
+            .load(Ordering::Acquire)
+            .saturating_sub(self.used.load(Ordering::Acquire))
+    }
+
     pub fn active(&self) -> u32 {
         self.active.0.load(Ordering::Acquire)
     }

@@ -97,12 +97,13 @@ impl Ledger {
         }
     }
 
-    /// (account, concurrent connections) for every account known to the ledger.
-    pub fn active_by_account(&self) -> Vec<(String, u32)> {
+    /// (account, concurrent connections, bytes leased to cores and unspent) for every
+    /// account known to the ledger.
+    pub fn live_by_account(&self) -> Vec<(String, u32, u64)> {
         self.accounts
             .lock()
             .iter()
-            .map(|(n, s)| (n.clone(), s.active()))
+            .map(|(n, s)| (n.clone(), s.active(), s.outstanding()))
             .collect()
     }
 

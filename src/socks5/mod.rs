@@ -5,7 +5,7 @@
 
 pub mod codec;
 
-use crate::auth::{self, authenticate, Identity};
+use crate::auth::{self, Identity};
 use crate::error::{ProxyError, SocksReply};
 use crate::exit::{self, TargetAddr};
 use crate::plan;
@@ -97,7 +97,16 @@ async fn greet_and_authenticate(ctx: &Ctx, client: &mut Side) -> Result<Identity
     codec::encode_method(Method::PASSWORD, &mut out);
     client.send(&out).await.map_err(|_| Stop::Gone)?;
     let (user, pass) = next(ctx, client, codec::parse_password).await?;
-    let ident = authenticate(&ctx.snap, &ctx.w.creds, ctx.network, &user, &pass).await?;
+    let ident = auth::login(
+        &ctx.snap,
+        &ctx.w.creds,
+        &ctx.w.guard,
+        ctx.network,
+        ctx.peer,
+        &user,
+        &pass,
+    )
+    .await?;
     out.clear();
     codec::encode_auth_status(0, &mut out);
     client.send(&out).await.map_err(|_| Stop::Gone)?;
