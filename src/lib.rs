@@ -21,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod exit;
+pub mod fuzzing;
 pub mod http;
 pub mod listener;
 pub mod metrics;
