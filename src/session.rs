@@ -60,6 +60,14 @@ impl Side {
     /// First read of a fresh connection: one direct non-blocking `recv`, which saves the
     /// reactor round trip a new glommio stream's first read costs; falls back to `fill`.
     pub async fn fill_first(&mut self) -> std::io::Result<usize> {
+        match self.recv_now() {
+            Some(res) => res,
+            None => self.fill(READ_CHUNK).await,
+        }
+    }
+
+    /// A non-blocking `recv`; `None` when nothing has arrived yet.
+    fn recv_now(&mut self) -> Option<std::io::Result<usize>> {
         let mut tmp = [0u8; 1024];
         // SAFETY: valid fd, buffer and length.
         let n = unsafe {
@@ -70,20 +78,14 @@ impl Side {
                 libc::MSG_DONTWAIT,
             )
         };
-        if n > 0 {
+        if n >= 0 {
             let n = n as usize;
             self.buf.extend_from_slice(&tmp[..n]);
             self.meter.add_up(n);
-            return Ok(n);
-        }
-        if n == 0 {
-            return Ok(0);
+            return Some(Ok(n));
         }
         let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::WouldBlock {
-            return Err(err);
-        }
-        self.fill(READ_CHUNK).await
+        (err.kind() != std::io::ErrorKind::WouldBlock).then_some(Err(err))
     }
 
     /// Write all of `data`, counted as sent on this side's meter.
@@ -144,9 +146,11 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
         .lock()
         .entry((listener, name))
         .or_default() += 1;
+    // Each handler is boxed at its own size: a task's allocation lasts as long as the
+    // connection, so it must not be sized for the largest protocol's state.
     match proto {
-        Protocol::Socks5 => crate::socks5::serve(&ctx, &mut client).await,
-        Protocol::Http => crate::http::serve(&ctx, &mut client).await,
+        Protocol::Socks5 => Box::pin(crate::socks5::serve(&ctx, &mut client)).await,
+        Protocol::Http => Box::pin(crate::http::serve(&ctx, &mut client)).await,
         Protocol::Unknown => {
             tracing::debug!(peer = ?ctx.peer, first = client.buf.first(), "closed: not SOCKS5 or HTTP");
         }

@@ -149,7 +149,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             let (h, p) = req.target.host_port();
             TargetAddr::from_host(h, p).to_string()
         };
-        let (ident, route, admission) = match admit(ctx, &req).await {
+        let (ident, route, admission) = match Box::pin(admit(ctx, &req)).await {
             Ok(i) => i,
             Err((account, e)) => {
                 let keep = req.keep_alive && req.body == Framing::None && e.http_keeps_connection();
@@ -178,7 +178,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         match &req.target {
             Target::Tunnel { host, port } => {
                 let target = TargetAddr::from_host(host, *port);
-                let mut out = match exit::dial(&ctx.w, &ctx.snap, &route, &target).await {
+                let mut out = match Box::pin(exit::dial(&ctx.w, &ctx.snap, &route, &target)).await {
                     Ok(o) => o,
                     Err(e) => {
                         let keep = req.keep_alive && e.http_keeps_connection();
@@ -207,6 +207,8 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 {
                     return;
                 }
+                // Bytes after the CONNECT head go first; the head buffer is freed before the
+                // relay (an idle tunnel holds no buffer).
                 let early = std::mem::take(&mut client.buf);
                 if !early.is_empty()
                     && futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early)
@@ -215,6 +217,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 {
                     return;
                 }
+                drop(early);
                 let end = relay(
                     &ctx.w,
                     &mut client.stream,
@@ -237,7 +240,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 return;
             }
             Target::Forward { .. } => {
-                let res = forward::exchange(ctx, client, &mut origin, &req, &route).await;
+                let res = Box::pin(forward::exchange(ctx, client, &mut origin, &req, &route)).await;
                 let (code, keep, exit) = match &res {
                     Ok(done) => (Ok(done.code), done.client_keep_alive, Some(done.exit)),
                     Err(forward::Failed {

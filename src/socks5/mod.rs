@@ -141,7 +141,8 @@ async fn request(
 /// Serve a SOCKS5 client whose first bytes are in `client.buf`.
 pub async fn serve(ctx: &Ctx, client: &mut Side) {
     let started = Instant::now();
-    let ident = match greet_and_authenticate(ctx, client).await {
+    // The handshake and the dial are boxed: their state is freed before the (long) relay.
+    let ident = match Box::pin(greet_and_authenticate(ctx, client)).await {
         Ok(i) => i,
         Err(Stop::Gone) => return,
         Err(Stop::Reply(e)) => {
@@ -171,7 +172,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             outcome: Err(e),
         })
     };
-    let (target, route) = match request(ctx, client, &ident).await {
+    let (target, route) = match Box::pin(request(ctx, client, &ident)).await {
         Ok(t) => t,
         Err(Stop::Gone) => return,
         Err(Stop::Reply(e)) => {
@@ -193,7 +194,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             return;
         }
     };
-    let mut out = match exit::dial(&ctx.w, &ctx.snap, &route, &target).await {
+    let mut out = match Box::pin(exit::dial(&ctx.w, &ctx.snap, &route, &target)).await {
         Ok(o) => o,
         Err(e) => {
             refuse(client, &e).await;
@@ -206,13 +207,15 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     if client.send(&reply).await.is_err() || client.send(&out.early).await.is_err() {
         return;
     }
-    // Bytes the client pipelined after its request go first.
+    // Bytes the client pipelined after its request go first; the handshake buffer is freed
+    // before the relay (an idle tunnel holds no buffer).
     let early = std::mem::take(&mut client.buf);
-    let end = if !early.is_empty()
-        && futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early)
+    let sent = early.is_empty()
+        || futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early)
             .await
-            .is_err()
-    {
+            .is_ok();
+    drop(early);
+    let end = if !sent {
         RelayEnd::Error(std::io::ErrorKind::BrokenPipe.into())
     } else {
         relay(

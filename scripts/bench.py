@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy benchmark on loopback: tollgate and its peers in one run.
+
+usage: bench.py TOLLGATE_BIN LOADGEN_BIN   (env: BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=all)
+
+Every figure is also divided by the proxy's own CPU time (utime+stime of its whole process
+group, from /proc/PID/stat), because load generator, proxy and targets share the machine.
+Repetitions are interleaved across proxies; min and median are reported.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TOLLGATE, LOADGEN = sys.argv[1], sys.argv[2]
+SECS = float(os.environ.get("BENCH_SECS", "5"))
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+IDLE = int(os.environ.get("BENCH_IDLE", "1000"))
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+USER, PASS = "bench", "benchpw"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+def group_stats(pgid):
+    """(cpu seconds, rss bytes) summed over every process in the group."""
+    cpu, rss = 0, 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        if int(f[2]) == pgid:
+            cpu += int(f[11]) + int(f[12])
+            rss += int(f[21]) * PAGE
+    return cpu / TICK, rss
+
+
+class Proxy:
+    def __init__(self, name, argv, port, modes, cwd, auth=True):
+        self.name, self.port, self.modes, self.auth = name, port, modes, auth
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_port(port, self.proc, name)
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+TUNNELS = ["tunnels-socks5", "tunnels-connect"]
+THROUGHPUT = ["down-socks5", "up-socks5", "down-connect", "up-connect"]
+SOCKS_MODES = ["tunnels-socks5", "down-socks5", "up-socks5"]
+HTTP_MODES = ["tunnels-connect", "down-connect", "up-connect", "forward"]
+
+
+def start_tollgate(work, workers=2, name="tollgate"):
+    port = free_port()
+    cfg = f"""
+[server]
+workers = {workers}
+allow_private_targets = true
+state_dir = "{work}/state-{name}"
+[log]
+level = "error"
+[[listener]]
+listen = "127.0.0.1:{port}"
+network = "n"
+[[network]]
+name = "n"
+[[exit]]
+network = "n"
+kind = "direct"
+[[plan]]
+name = "p"
+bandwidth = "1000TiB"
+threads = 100000
+[[user]]
+name = "{USER}"
+password = "{PASS}"
+plan = "p"
+networks = ["n"]
+"""
+    path = os.path.join(work, f"{name}.toml")
+    open(path, "w").write(cfg)
+    return Proxy(name, [TOLLGATE, "--config", path], port, SOCKS_MODES + HTTP_MODES, work)
+
+
+def start_peers(work, wanted):
+    peers = []
+    if "microsocks" in wanted and shutil.which("microsocks"):
+        port = free_port()
+        peers.append(Proxy("microsocks", ["microsocks", "-i", "127.0.0.1", "-p", str(port), "-u", USER, "-P", PASS],
+                           port, SOCKS_MODES, work))
+    if "dante" in wanted and shutil.which("danted"):
+        port = free_port()
+        conf = os.path.join(work, "danted.conf")
+        open(conf, "w").write(f"""logoutput: /dev/null
+internal: 127.0.0.1 port = {port}
+external: lo
+clientmethod: none
+socksmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
+socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
+""")
+        peers.append(Proxy("dante", ["danted", "-f", conf, "-p", os.path.join(work, "danted.pid")], port,
+                           SOCKS_MODES, work, auth=False))
+    if "squid" in wanted and shutil.which("squid"):
+        port = free_port()
+        conf = os.path.join(work, "squid.conf")
+        open(conf, "w").write(f"""http_port 127.0.0.1:{port}
+http_access allow all
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_log /dev/null
+pid_filename {work}/squid.pid
+coredump_dir {work}
+shutdown_lifetime 0 seconds
+workers 1
+""")
+        peers.append(Proxy("squid", ["squid", "-N", "-f", conf], port, HTTP_MODES, work, auth=False))
+    if "tinyproxy" in wanted and shutil.which("tinyproxy"):
+        port = free_port()
+        conf = os.path.join(work, "tinyproxy.conf")
+        open(conf, "w").write(f"""Port {port}
+Listen 127.0.0.1
+Timeout 60
+MaxClients 1000
+Allow 127.0.0.1
+BasicAuth {USER} {PASS}
+LogLevel Critical
+""")
+        peers.append(Proxy("tinyproxy", ["tinyproxy", "-d", "-c", conf], port, HTTP_MODES, work))
+    if "proxy-chain" in wanted and shutil.which("node") and os.path.isdir(os.path.join(work, "../node_modules/proxy-chain")):
+        pass
+    return peers
+
+
+def loadgen(mode, p, conc):
+    argv = [LOADGEN, mode, f"127.0.0.1:{p.port}", "--conc", str(conc), "--secs", str(SECS)]
+    if p.auth:
+        argv += ["--user", USER, "--pass", PASS]
+    cpu0, _ = group_stats(p.proc.pid)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=SECS + 60).stdout
+    cpu1, _ = group_stats(p.proc.pid)
+    res = json.loads(out.strip().splitlines()[-1])
+    res["cpu"] = cpu1 - cpu0
+    return res
+
+
+def idle_rss(p):
+    argv = [LOADGEN, "idle-socks5", f"127.0.0.1:{p.port}", "--idle", str(IDLE)]
+    if p.auth:
+        argv += ["--user", USER, "--pass", PASS]
+    time.sleep(0.5)
+    _, before = group_stats(p.proc.pid)
+    lg = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    opened = json.loads(lg.stdout.readline())["idle_open"]
+    time.sleep(1.0)
+    _, after = group_stats(p.proc.pid)
+    lg.stdin.close()
+    lg.wait(timeout=60)
+    return opened, (after - before) / max(opened, 1)
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="tollgate-bench-")
+    wanted = os.environ.get("BENCH_PEERS", "microsocks,dante,squid,tinyproxy").split(",")
+    proxies = [start_tollgate(work)] + start_peers(work, wanted)
+    modes = [("tunnels-socks5", 32), ("tunnels-connect", 32), ("down-socks5", 4), ("up-socks5", 4),
+             ("down-connect", 4), ("up-connect", 4), ("forward", 32)]
+    results = {}
+    try:
+        for rep in range(REPS):
+            for mode, conc in modes:
+                for p in proxies:
+                    if mode not in p.modes:
+                        continue
+                    r = loadgen(mode, p, conc)
+                    results.setdefault((p.name, mode), []).append(r)
+                    print(f"rep {rep + 1} {mode:16} {p.name:12} ops {r['ops']:>9} bytes {r['bytes']:>13} "
+                          f"cpu {r['cpu']:.2f}s", file=sys.stderr)
+    finally:
+        for p in proxies:
+            p.stop()
+    # Idle memory on fresh processes: earlier runs leave freed memory in allocators' pools.
+    idle = {}
+    fresh = [start_tollgate(work, 2, "tollgate-idle")] + start_peers(work, wanted)
+    try:
+        for p in fresh:
+            if "tunnels-socks5" in p.modes:
+                idle[p.name.replace("-idle", "")] = idle_rss(p)
+    finally:
+        for p in fresh:
+            p.stop()
+
+    # Scaling: tollgate with 1 executor vs 2 on the same load.
+    scaling = {}
+    for workers in (1, 2):
+        p = start_tollgate(work, workers, f"tollgate-w{workers}")
+        try:
+            rs = [loadgen("tunnels-connect", p, 32) for _ in range(REPS)]
+        finally:
+            p.stop()
+        scaling[workers] = statistics.median(r["ops"] / r["secs"] for r in rs)
+
+    def per(mode, r):
+        if mode.startswith(("up", "down")):
+            return r["bytes"] * 8 / 1e9 / r["secs"], r["bytes"] * 8 / 1e9 / max(r["cpu"], 1e-9)
+        return r["ops"] / r["secs"], r["ops"] / max(r["cpu"], 1e-9)
+
+    print("\n| mode | proxy | rate (median) | per proxy CPU-second (min / median) |")
+    print("|---|---|---|---|")
+    summary = {}
+    for mode, _ in modes:
+        unit = "Gbit/s" if mode.startswith(("up", "down")) else "/s"
+        for p in proxies:
+            rs = results.get((p.name, mode))
+            if not rs:
+                continue
+            rates = [per(mode, r)[0] for r in rs]
+            cpus = [per(mode, r)[1] for r in rs]
+            summary[f"{mode}/{p.name}"] = {"rate": statistics.median(rates), "per_cpu_min": min(cpus),
+                                          "per_cpu_median": statistics.median(cpus)}
+            cu = "Gbit" if unit == "Gbit/s" else ""
+            print(f"| {mode} | {p.name}{'' if p.auth else ' (no auth)'} | {statistics.median(rates):,.2f} {unit} | "
+                  f"{min(cpus):,.1f} / {statistics.median(cpus):,.1f} {cu} |")
+    print("\n| idle tunnels | proxy | RSS per idle tunnel |")
+    print("|---|---|---|")
+    for name, (n, per_tunnel) in idle.items():
+        print(f"| {n} | {name} | {per_tunnel / 1024:,.2f} KiB |")
+        summary[f"idle/{name}"] = per_tunnel
+    print(f"\nscaling (tunnels-connect, concurrency 32): 1 executor {scaling[1]:,.0f}/s, "
+          f"2 executors {scaling[2]:,.0f}/s")
+    summary["scaling"] = scaling
+    os.makedirs("target/bench", exist_ok=True)
+    json.dump(summary, open("target/bench/results.json", "w"), indent=2)
+
+
+if __name__ == "__main__":
+    main()

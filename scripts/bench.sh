@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of tollgate and peer proxies on loopback (see scripts/bench.py).
+#   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=microsocks,dante,squid,tinyproxy
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+missing=()
+command -v microsocks >/dev/null 2>&1 || missing+=(microsocks)
+command -v danted >/dev/null 2>&1 || missing+=(dante-server)
+command -v squid >/dev/null 2>&1 || missing+=(squid)
+command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+if ((${#missing[@]})); then
+  $SUDO apt-get update -qq
+  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  # Debian starts packaged daemons; the benchmark runs its own instances.
+  $SUDO systemctl stop squid tinyproxy danted 2>/dev/null || true
+fi
+cargo build --release --quiet
+loadgen=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="loadgen" and m.get("executable"): print(m["executable"])')
+exec python3 scripts/bench.py "$PWD/target/release/tollgate" "$loadgen"
