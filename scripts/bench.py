@@ -240,9 +240,11 @@ def main():
         scaling[workers] = statistics.median(r["ops"] / r["secs"] for r in rs)
 
     def per(mode, r):
+        # Under one clock tick of CPU the division means nothing: report 0 (n/a).
+        cpu = r["cpu"] if r["cpu"] >= 0.05 else float("inf")
         if mode.startswith(("up", "down")):
-            return r["bytes"] * 8 / 1e9 / r["secs"], r["bytes"] * 8 / 1e9 / max(r["cpu"], 1e-9)
-        return r["ops"] / r["secs"], r["ops"] / max(r["cpu"], 1e-9)
+            return r["bytes"] * 8 / 1e9 / r["secs"], r["bytes"] * 8 / 1e9 / cpu
+        return r["ops"] / r["secs"], r["ops"] / cpu
 
     print("\n| mode | proxy | rate (median) | per proxy CPU-second (min / median) |")
     print("|---|---|---|---|")
