@@ -11,6 +11,22 @@ use std::time::Duration;
 /// Accept backlog asked of the kernel (it is capped by `net.core.somaxconn`).
 pub const BACKLOG: i32 = 8192;
 
+/// Fail when another process already listens on `addr`. SO_REUSEPORT would otherwise let a
+/// second gateway (or anything else of the same user) silently take a share of the traffic.
+/// A probe bind without SO_REUSEPORT conflicts with any socket listening there.
+pub fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR: connections of a previous run in TIME_WAIT do not count, a listener does.
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())
+}
+
 /// A listening socket for one executor: SO_REUSEPORT so every core has its own accept
 /// queue, TCP_NODELAY inherited by accepted sockets, IPv6 sockets v6-only.
 pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {

@@ -84,6 +84,14 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     let mut fds: Vec<Vec<(RawFd, usize)>> = vec![Vec::new(); workers];
     let mut bound = Vec::new();
     for (i, l) in snap.listeners.iter().enumerate() {
+        crate::listener::ensure_free(l.listen).map_err(|e| {
+            format!(
+                "[[listener]] #{} (listen = \"{}\"): {e} (is another tollgate or another service \
+                 already listening there?)",
+                i + 1,
+                l.listen
+            )
+        })?;
         let mut addr = l.listen;
         for per_worker in fds.iter_mut() {
             let sock = crate::listener::bind(addr).map_err(|e| {

@@ -219,3 +219,30 @@ fn example_config_starts_and_serves() {
     let (_, r) = http_raw(gw.addr(), raw.as_bytes());
     assert_eq!((r.code, r.text().as_str()), (403, "forbidden target"));
 }
+
+#[test]
+fn a_second_gateway_on_the_same_port_refuses_to_start() {
+    let first = Gateway::start(&config("", DIRECT_EXIT));
+    let port = first.addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("second.toml");
+    std::fs::write(
+        &path,
+        config("", DIRECT_EXIT).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already listening there"), "{err}");
+    // The first one still serves every connection.
+    let o = http_origin();
+    for _ in 0..10 {
+        assert_eq!(http_get(first.addr(), &o.url("/")).code, 200);
+    }
+}
