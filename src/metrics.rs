@@ -49,11 +49,11 @@ pub struct CoreMetrics {
     /// Status code → connections/requests that ended with it (0..600).
     pub outcomes: Mutex<AHashMap<u16, u64>>,
     /// Network → (up, down) bytes.
-    pub network_bytes: Mutex<AHashMap<String, (u64, u64)>>,
+    pub network_bytes: Pairs,
     /// Account → (up, down) bytes (when per-account metrics are on).
-    pub account_bytes: Mutex<AHashMap<String, (u64, u64)>>,
+    pub account_bytes: Pairs,
     /// Exit → (attempts, failures).
-    pub exit_connects: Mutex<AHashMap<String, (u64, u64)>>,
+    pub exit_connects: Pairs,
     pub connect_buckets: [Counter; CONNECT_BUCKETS.len()],
     /// Slower than the last bucket.
     pub connect_overflow: Counter,
@@ -139,6 +139,48 @@ fn sum_map<K: Clone + Eq + std::hash::Hash, V: Copy + Default>(
     out.into_iter().collect()
 }
 
+/// Per-core labelled pairs of counters: name → (up, down) or (attempts, failures).
+type Pairs = Mutex<AHashMap<String, (u64, u64)>>;
+
+/// Per-core `name → (a, b)` maps summed over cores.
+fn sum_pairs(
+    cores: &[Arc<CoreMetrics>],
+    field: fn(&CoreMetrics) -> &Pairs,
+) -> Vec<(String, (u64, u64))> {
+    sum_map(
+        cores,
+        |c| {
+            field(c)
+                .lock()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        },
+        |a, b| {
+            a.0 += b.0;
+            a.1 += b.1
+        },
+    )
+}
+
+/// A counter family split by `direction` (up/down), keyed by `label`.
+fn directional(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    rows: Vec<(String, (u64, u64))>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (key, (up, down)) in rows {
+        for (dir, v) in [("up", up), ("down", down)] {
+            let labels = [(label, key.clone()), ("direction", dir.to_string())];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
 fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -195,61 +237,22 @@ impl Collector for Metrics {
             ConstCounter::new(v).encode(m.encode_family(&[("code", code.to_string())])?)?;
         }
 
-        let net = sum_map(
-            cores,
-            |c| {
-                c.network_bytes
-                    .lock()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect()
-            },
-            |a, b| {
-                a.0 += b.0;
-                a.1 += b.1
-            },
-        );
-        let mut m = enc.encode_descriptor(
+        directional(
+            &mut enc,
             "tollgate_network_bytes",
             "Bytes at the client side, by network and direction (up = from clients)",
-            None,
-            MetricType::Counter,
+            "network",
+            sum_pairs(cores, |c| &c.network_bytes),
         )?;
-        for (n, (up, down)) in net {
-            ConstCounter::new(up)
-                .encode(m.encode_family(&[("network", n.clone()), ("direction", "up".into())])?)?;
-            ConstCounter::new(down)
-                .encode(m.encode_family(&[("network", n), ("direction", "down".into())])?)?;
-        }
 
         if self.per_account {
-            let acc = sum_map(
-                cores,
-                |c| {
-                    c.account_bytes
-                        .lock()
-                        .iter()
-                        .map(|(k, v)| (k.clone(), *v))
-                        .collect()
-                },
-                |a, b| {
-                    a.0 += b.0;
-                    a.1 += b.1
-                },
-            );
-            let mut m = enc.encode_descriptor(
+            directional(
+                &mut enc,
                 "tollgate_account_bytes",
                 "Bytes at the client side, by account and direction",
-                None,
-                MetricType::Counter,
+                "account",
+                sum_pairs(cores, |c| &c.account_bytes),
             )?;
-            for (a, (up, down)) in acc {
-                ConstCounter::new(up).encode(
-                    m.encode_family(&[("account", a.clone()), ("direction", "up".into())])?,
-                )?;
-                ConstCounter::new(down)
-                    .encode(m.encode_family(&[("account", a), ("direction", "down".into())])?)?;
-            }
             let mut m = enc.encode_descriptor(
                 "tollgate_account_threads_active",
                 "Concurrent proxied connections held, by account",
@@ -273,20 +276,7 @@ impl Collector for Metrics {
             }
         }
 
-        let exits = sum_map(
-            cores,
-            |c| {
-                c.exit_connects
-                    .lock()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect()
-            },
-            |a, b| {
-                a.0 += b.0;
-                a.1 += b.1
-            },
-        );
+        let exits = sum_pairs(cores, |c| &c.exit_connects);
         let mut m = enc.encode_descriptor(
             "tollgate_exit_connect_attempts",
             "Outbound connect attempts, by exit",

@@ -72,16 +72,6 @@ fn steady_fds(gw: &Gateway) -> usize {
     })
 }
 
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&to.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s
-}
-
 #[test]
 fn slowloris_crowd_does_not_stop_a_good_client() {
     let gw = Gateway::start(&hardened("handshake_timeout = \"2s\"", DIRECT_EXIT));

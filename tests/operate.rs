@@ -7,7 +7,6 @@ mod common;
 use common::origin::{echo_server, http_origin};
 use common::*;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 
 fn with_admin(server: &str, rest: &str) -> String {
     config(server, rest).replace("[log]", "[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]")
@@ -191,17 +190,6 @@ fn access_line_in_json_has_every_field() {
         !gw.stderr().contains("secret"),
         "password leaked into the log"
     );
-}
-
-/// Connect from a chosen loopback source address.
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&to.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s
 }
 
 const BROWSER_USER: &str = "\n[[user]]\nname = \"browser\"\npassword = \"unused\"\nplan = \"basic\"\nnetworks = [\"residential\"]\nallow_ips = [\"127.0.0.1/32\"]\n";
