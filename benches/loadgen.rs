@@ -175,7 +175,8 @@ fn tunnel(o: &Opts, socks: bool, target: SocketAddr) -> Option<TcpStream> {
         )
         .ok()?;
         let head = read_head(&mut s)?;
-        head.starts_with(b"HTTP/1.1 200").then_some(s)
+        // Some proxies (tinyproxy) answer CONNECT as HTTP/1.0.
+        (head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200")).then_some(s)
     }
 }
 
