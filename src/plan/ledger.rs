@@ -206,6 +206,11 @@ impl AccountState {
     pub fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::AcqRel)
     }
+
+    /// Flag for the next durable write (after a failed one).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
 }
 
 #[cfg(test)]

@@ -129,11 +129,13 @@ impl Ledger {
             }
         }
         let mut written = self.written_active.lock();
+        let mut flushed = Vec::new();
         for (name, state) in accounts.iter() {
             let active = state.active();
             let dirty = state.take_dirty();
             if dirty || written.get(name) != Some(&active) {
                 written.insert(name.clone(), active);
+                flushed.push(state);
                 rows.push((
                     name.clone(),
                     Stored {
@@ -145,6 +147,73 @@ impl Ledger {
                 ));
             }
         }
-        backend.save(&rows)
+        let res = backend.save(&rows);
+        if res.is_err() {
+            // Not written: write these again next time, and the live counts with them.
+            for state in flushed {
+                state.mark_dirty();
+            }
+            written.clear();
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A store whose writes can be made to fail.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        fail: Arc<AtomicBool>,
+        rows: Arc<Mutex<HashMap<String, Stored>>>,
+    }
+
+    impl UsageBackend for Flaky {
+        fn load(&mut self) -> Result<HashMap<String, Stored>, String> {
+            Ok(HashMap::new())
+        }
+        fn save(&mut self, rows: &[(String, Stored)]) -> Result<(), String> {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err("disk full".into());
+            }
+            let mut r = self.rows.lock();
+            for (k, v) in rows {
+                r.insert(k.clone(), *v);
+            }
+            Ok(())
+        }
+        fn queue(&mut self, _: &str, _: Adjustment) -> Result<(), String> {
+            Ok(())
+        }
+        fn take_queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
+            Ok(Vec::new())
+        }
+        fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_on_the_next_flush() {
+        let store = Flaky::default();
+        let (fail, rows) = (store.fail.clone(), store.rows.clone());
+        let ledger = Ledger::open(Box::new(store)).unwrap();
+        let mut snap = crate::config::parse(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nnetwork = \"n\"\n[[network]]\nname = \"n\"\n\
+             [[plan]]\nname = \"p\"\nbandwidth = \"1GiB\"\nthreads = 1\n\
+             [[user]]\nname = \"a\"\npassword = \"x\"\nplan = \"p\"\nnetworks = [\"n\"]\n",
+        )
+        .unwrap();
+        ledger.attach(&mut snap);
+        let state = snap.accounts["a"].state.clone();
+        state.settle(1234, 0);
+        fail.store(true, Ordering::Relaxed);
+        assert!(ledger.flush().is_err());
+        fail.store(false, Ordering::Relaxed);
+        ledger.flush().unwrap();
+        assert_eq!(rows.lock()["a"].used, 1234);
     }
 }
