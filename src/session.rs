@@ -119,21 +119,10 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
         peer,
         handshake_deadline,
     };
-    let mut first = true;
-    let proto = loop {
-        if let Some(p) = sniff(&client.buf) {
-            break p;
-        }
-        let read = if first {
-            first = false;
-            until(handshake_deadline, client.fill_first()).await
-        } else {
-            until(handshake_deadline, client.fill(READ_CHUNK)).await
-        };
-        match read {
-            Some(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
+    // Boxed: the sniff phase's timer and read state are freed before the connection's long
+    // life, which the task allocation lasts for.
+    let Some(proto) = Box::pin(sniff_first_bytes(&mut client, handshake_deadline)).await else {
+        return;
     };
     let name = match proto {
         Protocol::Socks5 => "socks5",
@@ -153,6 +142,26 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
         Protocol::Http => Box::pin(crate::http::serve(&ctx, &mut client)).await,
         Protocol::Unknown => {
             tracing::debug!(peer = ?ctx.peer, first = client.buf.first(), "closed: not SOCKS5 or HTTP");
+        }
+    }
+}
+
+/// Read until the first bytes tell the protocol; `None` when the client left or stalled.
+async fn sniff_first_bytes(client: &mut Side, deadline: Instant) -> Option<Protocol> {
+    let mut first = true;
+    loop {
+        if let Some(p) = sniff(&client.buf) {
+            return Some(p);
+        }
+        let read = if first {
+            first = false;
+            until(deadline, client.fill_first()).await
+        } else {
+            until(deadline, client.fill(READ_CHUNK)).await
+        };
+        match read {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return None,
         }
     }
 }
