@@ -4,7 +4,7 @@
 //! direction in one place ([`Meter`]).
 
 use crate::plan::shard::Charge;
-use crate::worker::{BufPool, Latch, Worker};
+use crate::worker::{BufPool, Latch, Worker, RELAY_BUF, RELAY_BUF_BULK};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -106,6 +106,8 @@ struct Half {
     len: usize,
     eof: bool,
     done: bool,
+    /// Reads keep filling the buffer: use the bulk size.
+    bulk: bool,
 }
 
 /// Which way a [`Half`] moves bytes, for the meter.
@@ -172,7 +174,14 @@ impl Pump<'_> {
                     return Poll::Pending;
                 }
             }
-            let mut buf = half.buf.take().unwrap_or_else(|| self.pool.take());
+            let mut buf = match half.buf.take() {
+                Some(b) if (b.len() == RELAY_BUF_BULK) == half.bulk => b,
+                Some(b) => {
+                    self.pool.give(b);
+                    self.pool.take_sized(half.bulk)
+                }
+                None => self.pool.take_sized(half.bulk),
+            };
             // Reads are capped at the plan's local lease: the quota is never overshot.
             let cap = self.meter.allow(buf.len());
             if cap == 0 {
@@ -186,6 +195,12 @@ impl Pump<'_> {
                     half.eof = true;
                 }
                 Poll::Ready(Ok(n)) => {
+                    // A full read means more is waiting: go bulk. A small one goes back.
+                    if n == buf.len() {
+                        half.bulk = true;
+                    } else if n < RELAY_BUF / 4 {
+                        half.bulk = false;
+                    }
                     half.buf = Some(buf);
                     half.len = n;
                     half.pos = 0;
