@@ -124,6 +124,13 @@ def start_peers(work, wanted):
         port = free_port()
         peers.append(Proxy("microsocks", ["microsocks", "-i", "127.0.0.1", "-p", str(port), "-u", USER, "-P", PASS],
                            port, SOCKS_MODES, work))
+    if "merino" in wanted and shutil.which("merino"):
+        # A Rust (tokio) SOCKS5 server from crates.io.
+        port = free_port()
+        users = os.path.join(work, "merino-users.csv")
+        open(users, "w").write(f"username,password\n{USER},{PASS}\n")
+        peers.append(Proxy("merino", ["merino", "-i", "127.0.0.1", "-p", str(port), "-u", users],
+                           port, SOCKS_MODES, work))
     if "dante" in wanted and shutil.which("danted"):
         port = free_port()
         conf = os.path.join(work, "danted.conf")
@@ -200,7 +207,7 @@ def idle_rss(p):
 
 def main():
     work = tempfile.mkdtemp(prefix="tollgate-bench-")
-    wanted = os.environ.get("BENCH_PEERS", "microsocks,dante,squid,tinyproxy").split(",")
+    wanted = os.environ.get("BENCH_PEERS", "microsocks,merino,dante,squid,tinyproxy").split(",")
     proxies = [start_tollgate(work)] + start_peers(work, wanted)
     modes = [("tunnels-socks5", 32), ("tunnels-connect", 32), ("down-socks5", 4), ("up-socks5", 4),
              ("down-connect", 4), ("up-connect", 4), ("forward", 32)]

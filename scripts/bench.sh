@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of tollgate and peer proxies on loopback (see scripts/bench.py).
-#   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=microsocks,dante,squid,tinyproxy
+#   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=microsocks,merino,dante,squid,tinyproxy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -16,6 +16,8 @@ if ((${#missing[@]})); then
   # Debian starts packaged daemons; the benchmark runs its own instances.
   $SUDO systemctl stop squid tinyproxy danted 2>/dev/null || true
 fi
+# A Rust peer from crates.io (tokio SOCKS5 server).
+command -v merino >/dev/null 2>&1 || cargo install merino --locked --quiet
 cargo build --release --quiet
 loadgen=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
