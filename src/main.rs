@@ -41,7 +41,16 @@ enum UsageAction {
 
 fn init_logging(level: &str, format: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
+    // RUST_LOG must be ASCII: tracing-subscriber's parser panics on some other input.
+    let env = std::env::var("RUST_LOG").ok().filter(|v| {
+        let ok = v.is_ascii();
+        if !ok {
+            eprintln!("tollgate: ignoring RUST_LOG: filter directives are ASCII");
+        }
+        ok
+    });
+    let filter = env
+        .map_or_else(|| EnvFilter::try_new(level), EnvFilter::try_new)
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -257,7 +257,16 @@ fn spawn_signal_thread(
         .spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => reload(&path, &config, &ledger),
+                    SIGHUP => {
+                        // A reload must never take the signal thread (and every later
+                        // reload and drain) down with it.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            reload(&path, &config, &ledger)
+                        }));
+                        if r.is_err() {
+                            tracing::error!("reload panicked; keeping the running configuration");
+                        }
+                    }
                     _ => {
                         if DRAINING.swap(true, Ordering::SeqCst) {
                             tracing::warn!("second stop signal: exiting without waiting");

@@ -183,7 +183,10 @@ impl Snapshot {
                 f.log.format
             ));
         }
-        if tracing_subscriber::EnvFilter::try_new(&f.log.level).is_err() {
+        // Filter directives are ASCII; tracing-subscriber's parser panics on some non-ASCII
+        // input (found by fuzzing), so it never sees any.
+        if !f.log.level.is_ascii() || tracing_subscriber::EnvFilter::try_new(&f.log.level).is_err()
+        {
             return Err(format!(
                 "[log] level = {:?}: not a level (error, warn, info, debug, trace) or filter",
                 f.log.level
@@ -728,6 +731,7 @@ networks = ["res"]
                 "[routing]\nbench_after=0\n",
                 "[routing] bench_after: must be at least 1",
             ),
+            ("[log]\nlevel = \"-ser , \u{4cf}=   \"\n", "[log] level"),
             ("[server]\nhandshake_timeout=\"10\"\n", "has no unit"),
             ("[server]\nworkerz=1\n", "unknown field `workerz`"),
         ];
