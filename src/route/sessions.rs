@@ -56,26 +56,7 @@ impl SessionTable {
         if let Some(e) = shard.get(key).filter(|e| e.expires > now) {
             return e.exit.clone();
         }
-        if shard.len() >= self.max_per_shard {
-            shard.retain(|_, e| e.expires > now);
-            while shard.len() >= self.max_per_shard {
-                let Some(oldest) = shard
-                    .iter()
-                    .min_by_key(|(_, e)| e.expires)
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                shard.remove(&oldest);
-            }
-        }
-        shard.insert(
-            key.to_owned(),
-            Entry {
-                exit: exit.to_owned(),
-                expires: now + ttl,
-            },
-        );
+        self.insert_bounded(&mut shard, key, exit, now + ttl, now);
         exit.to_owned()
     }
 
@@ -97,16 +78,42 @@ impl SessionTable {
             }
             Some(e) if e.expires > now => e.exit.clone(),
             _ => {
-                shard.insert(
-                    key.to_owned(),
-                    Entry {
-                        exit: exit.to_owned(),
-                        expires: now + ttl,
-                    },
-                );
+                self.insert_bounded(&mut shard, key, exit, now + ttl, now);
                 exit.to_owned()
             }
         }
+    }
+
+    /// Insert within the shard's bound: sweep expired entries, then evict those closest to
+    /// expiry.
+    fn insert_bounded(
+        &self,
+        shard: &mut HashMap<String, Entry, RandomState>,
+        key: &str,
+        exit: &str,
+        expires: Instant,
+        now: Instant,
+    ) {
+        if !shard.contains_key(key) && shard.len() >= self.max_per_shard {
+            shard.retain(|_, e| e.expires > now);
+            while shard.len() >= self.max_per_shard {
+                let Some(oldest) = shard
+                    .iter()
+                    .min_by_key(|(_, e)| e.expires)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                shard.remove(&oldest);
+            }
+        }
+        shard.insert(
+            key.to_owned(),
+            Entry {
+                exit: exit.to_owned(),
+                expires,
+            },
+        );
     }
 
     /// Drop expired entries in every shard.
@@ -186,6 +193,8 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..10_000 {
             t.bind(&format!("k{i}"), "e", Duration::from_secs(60 + i), t0);
+            // Replacing a session with no live binding inserts too, within the same bound.
+            t.replace(&format!("r{i}"), "x", "e", Duration::from_secs(60 + i), t0);
         }
         assert!(t.len() <= SHARDS * 2, "{}", t.len());
     }
