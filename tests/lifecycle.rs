@@ -148,56 +148,50 @@ fn sighup_reloads_users_without_dropping_tunnels() {
     assert_eq!(&b, b"alive");
 }
 
+/// `tollgate check --config PATH`: (exit code, stdout, stderr).
+fn check(path: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn check_command_on_good_and_bad_configs() {
     let dir = tempfile::tempdir().unwrap();
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
-    let out = Command::new(BIN)
-        .args(["check", "--config", example])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    let example = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
+    let (code, out, err) = check(example);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(": ok ("), "{out}");
 
     let bad = dir.path().join("bad.toml");
     let cfg =
         config("", DIRECT_EXIT).replace("plan = \"basic\"\nnetworks", "plan = \"gold\"\nnetworks");
     std::fs::write(&bad, cfg).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = check(&bad);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("[[user]] #1 (name = \"alice\"): plan = \"gold\" is not defined; defined plans: \"basic\""),
         "{err}"
     );
 
     std::fs::write(&bad, "[server]\nidle_timeout = \"5 minutes\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = check(&bad);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("idle_timeout") && err.contains("unknown unit"),
         "{err}"
     );
 
-    let out = Command::new(BIN)
-        .args(["check", "--config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let (code, _, err) = check(std::path::Path::new("/nonexistent.toml"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot read"), "{err}");
 }
 
 #[test]
