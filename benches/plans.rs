@@ -1,13 +1,23 @@
 //! The plan path's costs: admission (slot CAS + release), a lease from the global ledger,
-//! and the per-read charge a relay pays (`Meter::allow` + `Meter::add_up`), which touches
+//! and the per-read charge a relay pays (`Meter::poll_allow` + `Meter::add_up`), which touches
 //! only core-local `Cell`s. `cargo bench --bench plans`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::task::{Context, Poll, Waker};
 use tollgate::plan::ledger::AccountState;
 use tollgate::plan::shard::{Charge, Shard};
 use tollgate::relay::Meter;
+
+/// The relay's call: `poll_allow` from inside a poll (never pending on a single node).
+fn allow(meter: &Meter, want: usize) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    match meter.poll_allow(&mut cx, want) {
+        Poll::Ready(n) => n,
+        Poll::Pending => 0,
+    }
+}
 
 fn plans(c: &mut Criterion) {
     let state = AccountState::new("alice", u64::MAX / 2, 1_000_000, 0, 0);
@@ -28,13 +38,13 @@ fn plans(c: &mut Criterion) {
     meter.bind(Charge::new(shard.local(&state)));
     c.bench_function("per_read_charge_16KiB", |b| {
         b.iter(|| {
-            let n = meter.allow(black_box(16 * 1024));
+            let n = allow(&meter, black_box(16 * 1024));
             meter.add_up(n);
         })
     });
     c.bench_function("per_read_charge_down_16KiB", |b| {
         b.iter(|| {
-            let n = meter.allow(black_box(16 * 1024));
+            let n = allow(&meter, black_box(16 * 1024));
             meter.read_for_client(n);
             meter.add_down(n);
         })

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command. Installs what the tests need (curl, Python requests + PySocks,
-# Debian's chromium, rustfmt, clippy) when missing, then runs the same checks as CI:
+# Debian's chromium and redis-server, rustfmt, clippy) when missing, then runs the same
+# checks as CI:
 # formatting, clippy with warnings denied, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
 command -v python3 >/dev/null 2>&1 || apt_pkgs+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || apt_pkgs+=(python3-pip)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || apt_pkgs+=(chromium)
+# The cluster tests start their own redis-server on ephemeral ports.
+command -v redis-server >/dev/null 2>&1 || apt_pkgs+=(redis-server)
 if ((${#apt_pkgs[@]})); then
   echo "installing: ${apt_pkgs[*]}"
   $SUDO apt-get update -qq

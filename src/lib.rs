@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod exit;

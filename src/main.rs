@@ -22,7 +22,7 @@ enum Command {
     Run,
     /// Validate the configuration file and exit: non-zero with the reason when invalid.
     Check,
-    /// Read or adjust stored usage (works while the gateway runs).
+    /// Read or adjust stored usage (works while the gateway runs; with [cluster], in Redis).
     Usage {
         #[command(subcommand)]
         action: Option<UsageAction>,
@@ -113,6 +113,9 @@ fn main() -> ExitCode {
 fn usage(snap: &tollgate::config::Snapshot, action: UsageAction) -> Result<(), String> {
     use tollgate::plan::ledger::Adjustment;
     use tollgate::plan::store::{SqliteStore, UsageBackend};
+    if let Some(cluster) = &snap.cluster {
+        return cluster_usage(snap, cluster, action);
+    }
     let mut store = SqliteStore::open(&snap.server.state_dir)?;
     match action {
         UsageAction::Reset { account } => {
@@ -149,6 +152,52 @@ fn usage(snap: &tollgate::config::Snapshot, action: UsageAction) -> Result<(), S
                     limit.saturating_sub(row.used),
                     row.active,
                     queued
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `tollgate usage` on a cluster: read and adjust the shared usage in Redis, at once.
+fn cluster_usage(
+    snap: &tollgate::config::Snapshot,
+    cluster: &tollgate::config::ClusterSection,
+    action: UsageAction,
+) -> Result<(), String> {
+    use tollgate::cluster::usage;
+    use tollgate::plan::ledger::Adjustment;
+    match action {
+        UsageAction::Reset { account } => {
+            usage::adjust(cluster, &account, Adjustment::Reset)?;
+            println!("reset {account} (every node sees it at its next grant)");
+        }
+        UsageAction::TopUp { account, size } => {
+            let bytes = tollgate::config::parse_size(&size)?;
+            let (_, credit) = usage::adjust(cluster, &account, Adjustment::TopUp(bytes))?;
+            println!("topped up {account} by {bytes} bytes (credit now {credit})");
+        }
+        UsageAction::Show => {
+            let mut names: Vec<&str> = snap.accounts.keys().map(String::as_str).collect();
+            names.sort();
+            let rows = usage::read(cluster, &names)?;
+            println!(
+                "{:<24} {:<12} {:>16} {:>16} {:>16} {:>16} {:>7}",
+                "account", "plan", "used", "credit", "limit", "remaining", "active"
+            );
+            for name in names {
+                let plan = &snap.plans[snap.accounts[name].plan];
+                let row = rows.get(name).copied().unwrap_or_default();
+                let limit = plan.bandwidth.saturating_add(row.credit);
+                println!(
+                    "{:<24} {:<12} {:>16} {:>16} {:>16} {:>16} {:>7}",
+                    name,
+                    plan.name,
+                    row.used,
+                    row.credit,
+                    limit,
+                    limit.saturating_sub(row.used),
+                    row.active
                 );
             }
         }

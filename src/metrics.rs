@@ -120,6 +120,8 @@ impl CoreMetrics {
 pub struct Metrics {
     pub cores: Vec<Arc<CoreMetrics>>,
     pub ledger: Arc<Ledger>,
+    /// Set on a cluster node: the Redis link's counters.
+    pub cluster: Option<Arc<crate::cluster::Stats>>,
     /// Listener index → address, for labels.
     pub listeners: Vec<String>,
     pub per_account: bool,
@@ -343,6 +345,45 @@ impl Collector for Metrics {
             "Panics caught at a connection boundary",
             sum(|c| c.panics.get()),
         )?;
+        if let Some(c) = &self.cluster {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            let m = enc.encode_descriptor(
+                "tollgate_cluster_redis_up",
+                "1 while this node reaches Redis",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(c.up.load(Ordering::Relaxed))).encode(m)?;
+            for (name, help, value) in [
+                (
+                    "tollgate_cluster_redis_round_trips",
+                    "Round trips to Redis (each a pipelined batch)",
+                    load(&c.round_trips),
+                ),
+                (
+                    "tollgate_cluster_redis_commands",
+                    "Commands sent to Redis",
+                    load(&c.commands),
+                ),
+                (
+                    "tollgate_cluster_redis_errors",
+                    "Failed Redis connects and calls",
+                    load(&c.errors),
+                ),
+                (
+                    "tollgate_cluster_admitted_while_down",
+                    "Connections admitted under fail-open while Redis was down",
+                    load(&c.admitted_down),
+                ),
+                (
+                    "tollgate_cluster_refused_while_down",
+                    "Connections refused under fail-closed while Redis was down",
+                    load(&c.refused_down),
+                ),
+            ] {
+                counter(&mut enc, name, help, value)?;
+            }
+        }
         Ok(())
     }
 }

@@ -54,13 +54,19 @@ impl Meter {
         }
     }
 
-    /// How many of `want` bytes may be read now for this client; 0 = its plan's bandwidth is
-    /// used up. Unbound meters (no account yet) are not limited.
-    pub fn allow(&self, want: usize) -> usize {
+    /// How many of `want` bytes may be read now for this client; `Ready(0)` = its plan's
+    /// bandwidth is used up; `Pending` while a cluster node waits for a grant. Unbound
+    /// meters (no account yet) are not limited.
+    pub fn poll_allow(&self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
         match &*self.charge.borrow() {
-            Some(c) => c.local().allowance(want),
-            None => want,
+            Some(c) => c.local().poll_allowance(cx, want),
+            None => Poll::Ready(want),
         }
+    }
+
+    /// [`Meter::poll_allow`] as a future.
+    pub async fn allow(&self, want: usize) -> usize {
+        std::future::poll_fn(|cx| self.poll_allow(cx, want)).await
     }
 
     /// Charge this connection's traffic to an account from now on (and what came before).
@@ -183,7 +189,13 @@ impl Pump<'_> {
                 None => self.pool.take_sized(half.bulk),
             };
             // Reads are capped at the plan's local lease: the quota is never overshot.
-            let cap = self.meter.allow(buf.len());
+            let cap = match self.meter.poll_allow(cx, buf.len()) {
+                Poll::Ready(cap) => cap,
+                Poll::Pending => {
+                    self.pool.give(buf);
+                    return Poll::Pending;
+                }
+            };
             if cap == 0 {
                 self.pool.give(buf);
                 self.quota_hit.set(true);

@@ -2,6 +2,7 @@
 //! each, signals (SIGTERM/SIGINT drain, SIGHUP reload), and the drain itself.
 
 use crate::admin;
+use crate::cluster::Cluster;
 use crate::config::{self, Snapshot};
 use crate::metrics::{CoreMetrics, Metrics};
 use crate::plan::store::SqliteStore;
@@ -141,8 +142,17 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
             "exit"
         );
     }
-    let store = SqliteStore::open(&snap.server.state_dir)?;
-    let ledger = Ledger::open(Box::new(store))?;
+    let cluster = match &snap.cluster {
+        Some(c) => Some(Cluster::start(c.clone())?),
+        None => None,
+    };
+    let ledger = match &cluster {
+        Some(c) => {
+            tracing::info!(node = %c.me, policy = ?c.policy(), "cluster: plans, usage and sessions shared through redis");
+            Ledger::shared(c.clone())
+        }
+        None => Ledger::open(Box::new(SqliteStore::open(&snap.server.state_dir)?))?,
+    };
     ledger.attach(&mut snap);
     let flush_every = snap.server.usage_flush.0;
     let resolver_threads = snap.dns.resolver_threads;
@@ -160,6 +170,7 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
             let metrics = Arc::new(Metrics {
                 cores: core_metrics.clone(),
                 ledger: ledger.clone(),
+                cluster: cluster.as_ref().map(|c| c.stats.clone()),
                 listeners: bound.iter().map(|(a, _, _)| a.to_string()).collect(),
                 per_account: snap_now.per_account_metrics,
             });
@@ -176,15 +187,18 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     for (id, my_fds) in fds.into_iter().enumerate() {
         let cpu = cpus.get(id % cpus.len().max(1)).copied().unwrap_or(0);
         let config = config.clone();
-        let sessions = sessions.clone();
-        let guard = guard.clone();
+        let shared = Shared {
+            sessions: sessions.clone(),
+            guard: guard.clone(),
+            cluster: cluster.clone(),
+        };
         let metrics = core_metrics[id].clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("tollgate-{id}"))
             // Network I/O does not use the registered io_memory; keep it small.
             .io_memory(64 << 10)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(resolver_threads))
-            .spawn(move || worker_main(id, workers, config, sessions, guard, metrics, my_fds))
+            .spawn(move || worker_main(id, workers, config, shared, metrics, my_fds))
             .map_err(|e| {
                 format!(
                     "cannot start executor {id} on CPU {cpu}: {e}. tollgate needs io_uring \
@@ -217,6 +231,9 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     let _ = flusher.join();
     if let Err(e) = ledger.flush() {
         tracing::error!(error = %e, "final usage write failed");
+    }
+    if let Some(c) = &cluster {
+        c.stop();
     }
     if failed {
         return Err("an executor stopped abnormally".into());
@@ -298,6 +315,9 @@ fn reload(path: &std::path::Path, config: &ArcSwap<Snapshot>, ledger: &Ledger) {
             if !same {
                 tracing::warn!("reload: listener changes take effect only after a restart");
             }
+            if old.cluster != new.cluster {
+                tracing::warn!("reload: [cluster] changes take effect only after a restart");
+            }
             tracing::info!(accounts = new.accounts.len(), "configuration reloaded");
             config.store(Arc::new(new));
         }
@@ -347,16 +367,22 @@ impl admin::Health for ExecutorHealth {
 /// How often each core settles spent bytes and returns idle leases.
 const QUOTA_TICK: Duration = Duration::from_secs(1);
 
+/// What every core shares with the others.
+pub struct Shared {
+    pub sessions: Arc<SessionTable>,
+    pub guard: Arc<crate::auth::guard::AuthGuard>,
+    pub cluster: Option<Arc<Cluster>>,
+}
+
 async fn worker_main(
     id: usize,
     workers: usize,
     config: Arc<ArcSwap<Snapshot>>,
-    sessions: Arc<SessionTable>,
-    guard: Arc<crate::auth::guard::AuthGuard>,
+    shared: Shared,
     metrics: Arc<CoreMetrics>,
     fds: Vec<(RawFd, usize)>,
 ) {
-    let w = Worker::new(id, workers, config, sessions, guard, metrics);
+    let w = Worker::new(id, workers, config, shared, metrics);
     let ticker = w.clone();
     glommio::spawn_local(async move {
         loop {

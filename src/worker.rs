@@ -3,11 +3,13 @@
 
 use crate::auth::guard::AuthGuard;
 use crate::auth::CredCache;
+use crate::cluster::Cluster;
 use crate::config::Snapshot;
 use crate::exit::dns::DnsCache;
 use crate::metrics::CoreMetrics;
 use crate::plan::shard::Shard;
 use crate::route::sessions::SessionTable;
+use crate::runtime::Shared;
 use arc_swap::ArcSwap;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -38,6 +40,8 @@ pub struct Worker {
     pub sessions: Arc<SessionTable>,
     /// Failed-login tracking per source address, shared by every core.
     pub guard: Arc<AuthGuard>,
+    /// Set when sessions (and plans) are shared with other nodes.
+    pub cluster: Option<Arc<Cluster>>,
     /// Round-robin position per candidate list (list ids from the snapshot's exit index).
     rotation: RefCell<Vec<usize>>,
 }
@@ -47,8 +51,7 @@ impl Worker {
         id: usize,
         workers: usize,
         config: Arc<ArcSwap<Snapshot>>,
-        sessions: Arc<SessionTable>,
-        guard: Arc<AuthGuard>,
+        shared: Shared,
         metrics: Arc<CoreMetrics>,
     ) -> Rc<Worker> {
         let snap = config.load();
@@ -65,8 +68,9 @@ impl Worker {
             drain: Latch::default(),
             active: Cell::new(0),
             idle: RefCell::new(Vec::new()),
-            sessions,
-            guard,
+            sessions: shared.sessions,
+            guard: shared.guard,
+            cluster: shared.cluster,
             rotation: RefCell::new(Vec::new()),
         })
     }

@@ -19,47 +19,6 @@ fn plan_config(bandwidth: &str, threads: u32, server: &str) -> String {
     )
 }
 
-fn http_connect(gw: SocketAddr, target: SocketAddr) -> (TcpStream, Resp) {
-    let mut s = connect(gw);
-    let req = format!(
-        "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
-        basic("alice", "secret")
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut r = read_response(&mut s, true);
-    if r.code != 200 {
-        let n: usize = r.header("content-length").unwrap().parse().unwrap();
-        r.body = vec![0; n];
-        s.read_exact(&mut r.body).unwrap();
-    }
-    (s, r)
-}
-
-/// Echo as much of `data` as the gateway lets through; returns the bytes that came back.
-/// The gateway may cut the tunnel (reset) when the quota runs out.
-fn echo_until_cut(s: &mut TcpStream, data: &[u8]) -> usize {
-    let mut w = s.try_clone().unwrap();
-    let payload = data.to_vec();
-    let writer = std::thread::spawn(move || {
-        for chunk in payload.chunks(16 * 1024) {
-            if w.write_all(chunk).is_err() {
-                return;
-            }
-        }
-        let _ = w.shutdown(std::net::Shutdown::Write);
-    });
-    let mut got = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    writer.join().unwrap();
-    got
-}
-
 /// A SOCKS5 tunnel as alice, or the refusal.
 fn try_socks(gw: SocketAddr, target: SocketAddr) -> Result<TcpStream, SocksOutcome> {
     match socks5(gw, "alice", "secret", 1, &Target::Addr(target)) {
@@ -195,42 +154,6 @@ fn bandwidth_runs_out_452_and_live_tunnels_are_cut() {
         (active == 0 && used > limit / 2).then_some(used)
     });
     assert!(used <= limit + 1024, "used {used} of {limit}");
-}
-
-/// Count everything the client writes and reads on its socket.
-struct Counted {
-    s: TcpStream,
-    bytes: u64,
-}
-
-impl Counted {
-    fn write(&mut self, b: &[u8]) {
-        self.s.write_all(b).unwrap();
-        self.bytes += b.len() as u64;
-    }
-    fn read_exact(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        self.s.read_exact(&mut v).unwrap();
-        self.bytes += n as u64;
-        v
-    }
-    /// Read a response head, returning it.
-    fn read_head(&mut self) -> String {
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.extend(self.read_exact(1));
-        }
-        String::from_utf8(head).unwrap()
-    }
-    fn echo(&mut self, data: &[u8]) {
-        let mut w = self.s.try_clone().unwrap();
-        let payload = data.to_vec();
-        let writer = std::thread::spawn(move || w.write_all(&payload).unwrap());
-        let got = self.read_exact(data.len());
-        writer.join().unwrap();
-        self.bytes += data.len() as u64;
-        assert!(got == data);
-    }
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! Configuration: the serde model of the TOML file, validation that names the exact key,
 //! and the immutable [`Snapshot`] that connections read (published through `ArcSwap`).
 
+mod cluster;
 mod snapshot;
 mod units;
 
+pub use cluster::{ClusterSection, DownPolicy};
 pub use snapshot::{
     Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Upstream,
 };
@@ -38,6 +40,8 @@ pub struct File {
     pub plans: Vec<PlanSection>,
     #[serde(default, rename = "user")]
     pub users: Vec<UserSection>,
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
 }
 
 /// `[server]`

@@ -1,6 +1,8 @@
 //! The validated, immutable view of the configuration that connections read.
 
-use super::{DnsSection, File, LogSection, RoutingSection, SecuritySection, ServerSection};
+use super::{
+    ClusterSection, DnsSection, File, LogSection, RoutingSection, SecuritySection, ServerSection,
+};
 use crate::auth::username::KEYS;
 use crate::plan::ledger::AccountState;
 use crate::route::{geo, ExitIndex, Health};
@@ -30,6 +32,8 @@ pub struct Snapshot {
     pub accounts: AHashMap<String, Account>,
     /// `allow_ips` of every account: client network → account name.
     pub ip_rules: Vec<(ipnet::IpNet, String)>,
+    /// `[cluster]`: shared state in Redis; `None` = single node. Read at start only.
+    pub cluster: Option<ClusterSection>,
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +269,7 @@ impl Snapshot {
             accounts.insert(account.name.clone(), account);
         }
 
+        let cluster = f.cluster.map(ClusterSection::validate).transpose()?;
         let index = ExitIndex::build(&exits);
         let exit_by_name = exits
             .iter()
@@ -287,6 +292,7 @@ impl Snapshot {
             plans,
             accounts,
             ip_rules,
+            cluster,
         })
     }
 

@@ -8,7 +8,7 @@ pub mod upstream;
 
 use crate::config::{ExitKind, Snapshot};
 use crate::error::ProxyError;
-use crate::route::Route;
+use crate::route::{Route, Sticky};
 use crate::worker::{within, Worker};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -69,6 +69,52 @@ pub enum Fail {
     Target(ProxyError),
 }
 
+/// The exit sticky session `st` is bound to, binding one first if it has none. In a
+/// cluster the binding lives in Redis (so every node agrees) and this core's table mirrors
+/// it; while Redis is down, the local table alone decides.
+async fn sticky_exit(
+    w: &Worker,
+    snap: &Snapshot,
+    route: &Route,
+    st: &Sticky,
+    now: Instant,
+) -> Option<usize> {
+    let members = snap.index.members(route.list);
+    let usable = |n: &str| {
+        snap.exit_by_name
+            .get(n)
+            .copied()
+            .filter(|i| members.contains(i))
+    };
+    if let Some(c) = &w.cluster {
+        if let Some(pick) = w.pick(snap, route.list, &[], now) {
+            if let Ok((exit, left)) = c.bind(&st.key, &snap.exits[pick].name, st.ttl).await {
+                w.sessions.put(&st.key, &exit, left, Instant::now());
+                return usable(&exit);
+            }
+        }
+    }
+    if let Some(i) = w.sessions.get(&st.key, now).and_then(|n| usable(&n)) {
+        return Some(i);
+    }
+    let pick = w.pick(snap, route.list, &[], now)?;
+    let winner = w
+        .sessions
+        .bind(&st.key, &snap.exits[pick].name, st.ttl, now);
+    usable(&winner)
+}
+
+/// Move session `st` off `failed` onto `exit` (in Redis too, in a cluster).
+async fn move_session(w: &Worker, st: &Sticky, failed: &str, exit: &str, now: Instant) {
+    if let Some(c) = &w.cluster {
+        if let Ok((exit, left)) = c.replace(&st.key, failed, exit, st.ttl).await {
+            w.sessions.put(&st.key, &exit, left, Instant::now());
+            return;
+        }
+    }
+    w.sessions.replace(&st.key, failed, exit, st.ttl, now);
+}
+
 /// At most this many resolved addresses are tried for one target.
 const MAX_ADDRS_TRIED: usize = 3;
 
@@ -79,28 +125,13 @@ pub async fn dial(
     route: &Route,
     target: &TargetAddr,
 ) -> Result<Outbound, ProxyError> {
-    let members = snap.index.members(route.list);
     let now = Instant::now();
     let name = |i: usize| snap.exits[i].name.as_str();
     // A sticky session starts on its bound exit (binding one first if it has none).
-    let mut bound: Option<usize> = None;
-    if let Some(st) = &route.sticky {
-        bound = w
-            .sessions
-            .get(&st.key, now)
-            .and_then(|n| snap.exit_by_name.get(&n).copied())
-            .filter(|i| members.contains(i));
-        if bound.is_none() {
-            if let Some(pick) = w.pick(snap, route.list, &[], now) {
-                let winner = w.sessions.bind(&st.key, name(pick), st.ttl, now);
-                bound = snap
-                    .exit_by_name
-                    .get(&winner)
-                    .copied()
-                    .filter(|i| members.contains(i));
-            }
-        }
-    }
+    let bound = match &route.sticky {
+        Some(st) => sticky_exit(w, snap, route, st, now).await,
+        None => None,
+    };
     let attempts = 1 + snap.routing.retries as usize;
     let mut tried: Vec<usize> = Vec::with_capacity(attempts);
     let mut last = None;
@@ -130,8 +161,7 @@ pub async fn dial(
                 if let (Some(st), Some(b)) = (&route.sticky, bound) {
                     if b != exit {
                         // The session's exit failed: it moves to this one for the rest of its TTL.
-                        w.sessions
-                            .replace(&st.key, name(b), name(exit), st.ttl, now);
+                        move_session(w, st, name(b), name(exit), now).await;
                         tracing::info!(exit = name(exit), failed = name(b), "sticky session moved");
                     }
                 }

@@ -385,7 +385,7 @@ async fn copy_raw(
         left -= k as u64;
     }
     while left > 0 {
-        let want = allowance(src, dst, (buf.len() as u64).min(left) as usize)?;
+        let want = allowance(src, dst, (buf.len() as u64).min(left) as usize).await?;
         let n = src
             .stream
             .read(&mut buf[..want])
@@ -406,8 +406,9 @@ async fn copy_raw(
 
 /// Bytes that may be read from `src` for `dst` now: the client's plan caps reads on
 /// whichever side it is.
-fn allowance(src: &Side, dst: &Side, want: usize) -> Result<usize, BodyErr> {
-    match src.meter.allow(want).min(dst.meter.allow(want)) {
+async fn allowance(src: &Side, dst: &Side, want: usize) -> Result<usize, BodyErr> {
+    let a = src.meter.allow(want).await;
+    match if a == 0 { 0 } else { dst.meter.allow(a).await } {
         0 => Err(BodyErr::Quota),
         n => Ok(n),
     }
@@ -423,7 +424,7 @@ async fn copy_chunked(src: &mut Side, dst: &mut Side, dechunk: bool) -> Result<(
     let mut dec = ChunkedDecoder::default();
     loop {
         if src.buf.is_empty() {
-            let want = allowance(src, dst, 64 * 1024)?;
+            let want = allowance(src, dst, 64 * 1024).await?;
             let n = src.fill(want).await.map_err(|_| BodyErr::Src)?;
             if n == 0 {
                 return Err(BodyErr::Src);

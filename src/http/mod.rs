@@ -87,8 +87,12 @@ async fn admit(
             .unwrap_or(Err(ProxyError::AuthFailed("no Proxy-Authorization"))),
     }
     .map_err(|e| (None, e))?;
-    let checks = route::resolve(&ctx.snap, &ident)
-        .and_then(|route| Ok((route, plan::admit(&ctx.w, &ident.counters)?)));
+    let checks = match route::resolve(&ctx.snap, &ident) {
+        Ok(route) => plan::admit(&ctx.w, &ident.counters)
+            .await
+            .map(|adm| (route, adm)),
+        Err(e) => Err(e),
+    };
     match checks {
         Ok((route, adm)) => Ok((ident, route, adm)),
         Err(e) => Err((Some(ident.account), e)),

@@ -4,9 +4,18 @@
 //! Bytes: `reserved` = `used` + bytes leased to cores and not yet spent. A core may only
 //! lease what keeps `reserved <= limit`, and reads are capped at the core's lease, so the
 //! plan's bandwidth is never exceeded; at most one lease per core is held back unspent.
+//!
+//! In a cluster (`[cluster]`), the same counters describe this node only: `limit` is what
+//! Redis granted the node so far, `used` what the node spent since it started, and a core
+//! that finds the node's grant spent waits for the cluster thread to fetch more
+//! ([`AccountState::wait_grant`]); `exhausted` is set only when Redis says the plan is
+//! used up across the cluster.
 
+use crate::cluster::Cluster;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 
 /// Smallest and largest lease a core takes at once.
 pub const MIN_LEASE: u64 = 16 * 1024;
@@ -34,15 +43,41 @@ pub struct AccountState {
     exhausted: AtomicBool,
     /// Changed since the last durable write.
     dirty: AtomicBool,
+    /// Set when the plan is shared with other nodes through Redis.
+    cluster: Option<Arc<Cluster>>,
+    /// Cluster: a grant request is on its way.
+    granting: AtomicBool,
+    /// Cluster: connections waiting for that grant.
+    waiters: Mutex<Vec<Waker>>,
+    /// Cluster: bytes handed back to Redis (counted in `reserved`, never spent).
+    returned: AtomicU64,
+    /// Cluster: size of the last grant (the next is fetched when half of it is left).
+    last_grant: AtomicU64,
 }
 
 /// A held concurrency slot; released on drop.
 #[derive(Debug)]
-pub struct ThreadSlot(Arc<AccountState>);
+pub struct ThreadSlot {
+    state: Arc<AccountState>,
+    /// Also holds a slot in the cluster's count.
+    shared: bool,
+}
+
+impl ThreadSlot {
+    /// The slot is also counted across the cluster (given back there on drop).
+    pub fn share(&mut self) {
+        self.shared = true;
+    }
+}
 
 impl Drop for ThreadSlot {
     fn drop(&mut self) {
-        self.0.active.0.fetch_sub(1, Ordering::AcqRel);
+        self.state.active.0.fetch_sub(1, Ordering::AcqRel);
+        if self.shared {
+            if let Some(c) = &self.state.cluster {
+                c.release(&self.state);
+            }
+        }
     }
 }
 
@@ -68,11 +103,37 @@ impl AccountState {
         Arc::new(s)
     }
 
+    /// An account whose plan this node shares with others through `cluster`: starts with
+    /// nothing granted and nothing spent (the totals live in Redis).
+    pub fn shared(name: &str, bandwidth: u64, threads: u32, cluster: Arc<Cluster>) -> Arc<Self> {
+        let s = AccountState {
+            name: name.to_owned(),
+            cluster: Some(cluster),
+            ..Default::default()
+        };
+        s.set_plan(bandwidth, threads);
+        Arc::new(s)
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
     /// Apply (new) plan limits; takes effect from the next admission or lease.
     pub fn set_plan(&self, bandwidth: u64, threads: u32) {
         self.plan_bandwidth.store(bandwidth, Ordering::Relaxed);
         self.threads.store(threads, Ordering::Relaxed);
-        self.recompute_limit();
+        if self.cluster.is_none() {
+            self.recompute_limit();
+        }
+    }
+
+    pub fn plan_bandwidth(&self) -> u64 {
+        self.plan_bandwidth.load(Ordering::Relaxed)
+    }
+
+    pub fn threads(&self) -> u32 {
+        self.threads.load(Ordering::Relaxed)
     }
 
     fn recompute_limit(&self) {
@@ -100,19 +161,27 @@ impl AccountState {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(ThreadSlot(self.clone())),
+                Ok(_) => {
+                    return Some(ThreadSlot {
+                        state: self.clone(),
+                        shared: false,
+                    })
+                }
                 Err(now) => cur = now,
             }
         }
     }
 
-    /// Lease bytes for one core; 0 when the plan's bandwidth is used up.
+    /// Lease bytes for one core; 0 when the plan's bandwidth is used up (in a cluster:
+    /// when the node's grant is spent; [`AccountState::is_exhausted`] tells which).
     pub fn lease(&self, cores: usize) -> u64 {
         let mut cur = self.reserved.load(Ordering::Acquire);
         loop {
             let limit = self.limit.load(Ordering::Acquire);
             if cur >= limit {
-                self.exhausted.store(true, Ordering::Release);
+                if self.cluster.is_none() {
+                    self.exhausted.store(true, Ordering::Release);
+                }
                 return 0;
             }
             let left = limit - cur;
@@ -176,6 +245,89 @@ impl AccountState {
         self.exhausted.load(Ordering::Acquire)
     }
 
+    /// No more bytes for new connections: the plan is used up (single node: nothing left
+    /// to lease; cluster: Redis said so).
+    pub fn out_of_bandwidth(&self) -> bool {
+        match self.cluster {
+            None => self.remaining() == 0,
+            Some(_) => self.is_exhausted(),
+        }
+    }
+
+    /// Cluster: mark a grant request as on its way; false when one already is.
+    pub fn begin_grant(&self) -> bool {
+        !self.granting.swap(true, Ordering::AcqRel)
+    }
+
+    /// Cluster: wake `waker` when the grant on its way is answered.
+    pub fn wait_grant(&self, waker: &Waker) {
+        let mut w = self.waiters.lock();
+        if !w.iter().any(|x| x.will_wake(waker)) {
+            w.push(waker.clone());
+        }
+    }
+
+    /// Cluster: the grant request was answered (or given up): wake the waiters.
+    pub fn finish_grant(&self) {
+        self.granting.store(false, Ordering::Release);
+        let waiters = std::mem::take(&mut *self.waiters.lock());
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// Cluster: Redis granted this node `bytes` more.
+    pub fn add_grant(&self, bytes: u64) {
+        self.last_grant.store(bytes, Ordering::Relaxed);
+        self.limit.fetch_add(bytes, Ordering::AcqRel);
+        self.exhausted.store(false, Ordering::Release);
+    }
+
+    /// Cluster: Redis said the plan is used up across the cluster.
+    pub fn set_exhausted(&self) {
+        self.exhausted.store(true, Ordering::Release);
+    }
+
+    /// Cluster: time to fetch the next grant (half of the last one is left).
+    pub fn wants_grant(&self) -> bool {
+        self.cluster.is_some()
+            && !self.is_exhausted()
+            && self.remaining() < self.last_grant.load(Ordering::Relaxed) / 2
+    }
+
+    /// Cluster: take back the node's grant not leased to a core (to return it to Redis).
+    /// Uses the cores' own compare-and-swap, so a lease racing it is never double-counted.
+    pub fn reclaim(&self) -> u64 {
+        let mut cur = self.reserved.load(Ordering::Acquire);
+        loop {
+            let limit = self.limit.load(Ordering::Acquire);
+            if cur >= limit {
+                return 0;
+            }
+            match self.reserved.compare_exchange_weak(
+                cur,
+                limit,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.returned.fetch_add(limit - cur, Ordering::AcqRel);
+                    return limit - cur;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Cluster: granted to this node and neither spent nor returned (leases of its cores
+    /// included).
+    pub fn unspent_grant(&self) -> u64 {
+        self.limit
+            .load(Ordering::Acquire)
+            .saturating_sub(self.used.load(Ordering::Acquire))
+            .saturating_sub(self.returned.load(Ordering::Acquire))
+    }
+
     /// Bytes that may still be leased.
     pub fn remaining(&self) -> u64 {
         self.limit
@@ -196,6 +348,7 @@ impl AccountState {
         self.reserved
             .load(Ordering::Acquire)
             .saturating_sub(self.used.load(Ordering::Acquire))
+            .saturating_sub(self.returned.load(Ordering::Acquire))
     }
 
     pub fn active(&self) -> u32 {

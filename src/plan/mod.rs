@@ -11,7 +11,8 @@ pub mod ledger;
 pub mod shard;
 pub mod store;
 
-use crate::config::Snapshot;
+use crate::cluster::{Cluster, Down};
+use crate::config::{DownPolicy, Snapshot};
 use crate::error::ProxyError;
 use crate::worker::Worker;
 use ahash::AHashMap;
@@ -19,6 +20,7 @@ use ledger::{AccountState, Adjustment, ThreadSlot};
 use parking_lot::Mutex;
 use shard::Charge;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use store::{Stored, UsageBackend};
 
@@ -29,13 +31,28 @@ pub struct Admission {
 }
 
 /// Admit one proxied connection (or HTTP request) of `state`'s account on this core:
-/// 452 when the bandwidth is used up, 453 when every thread is taken.
-pub fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, ProxyError> {
+/// 452 when the bandwidth is used up, 453 when every thread is taken. In a cluster the
+/// slot is also taken in Redis; while Redis is down, `on_redis_down` decides (503, or this
+/// node's own count only).
+pub async fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, ProxyError> {
     let local = w.quota.local(state);
     if local.exhausted() {
         return Err(ProxyError::BandwidthExceeded);
     }
-    let slot = state.try_acquire().ok_or(ProxyError::ThreadsExceeded)?;
+    let mut slot = state.try_acquire().ok_or(ProxyError::ThreadsExceeded)?;
+    if let Some(cluster) = state.cluster() {
+        match cluster.acquire(state).await {
+            Ok(true) => slot.share(),
+            Ok(false) => return Err(ProxyError::ThreadsExceeded),
+            Err(Down) => {
+                if cluster.policy() == DownPolicy::FailClosed {
+                    cluster.stats.refused_down.fetch_add(1, Ordering::Relaxed);
+                    return Err(ProxyError::Unavailable("usage store unreachable"));
+                }
+                cluster.stats.admitted_down.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
     Ok(Admission {
         slot,
         charge: Charge::new(local),
@@ -51,6 +68,8 @@ pub struct Ledger {
     /// Active counts as last written, to skip unchanged rows.
     written_active: Mutex<AHashMap<String, u32>>,
     backend: Mutex<Box<dyn UsageBackend>>,
+    /// Set when plans are shared with other nodes: accounts are created cluster-bound.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Ledger {
@@ -74,7 +93,19 @@ impl Ledger {
             stored: Mutex::new(stored),
             written_active: Mutex::new(AHashMap::new()),
             backend: Mutex::new(backend),
+            cluster: None,
         }))
+    }
+
+    /// A ledger whose usage lives in the cluster's Redis (nothing is stored locally).
+    pub fn shared(cluster: Arc<Cluster>) -> Arc<Ledger> {
+        Arc::new(Ledger {
+            accounts: Mutex::new(AHashMap::new()),
+            stored: Mutex::new(HashMap::new()),
+            written_active: Mutex::new(AHashMap::new()),
+            backend: Mutex::new(Box::new(store::InRedis)),
+            cluster: Some(cluster),
+        })
     }
 
     /// Give every account of `snap` its persistent state: the same one it had before a
@@ -87,9 +118,14 @@ impl Ledger {
             let plan = &snap.plans[acc.plan];
             let state = accounts
                 .entry(acc.name.clone())
-                .or_insert_with(|| {
-                    let s = stored.get(&acc.name).copied().unwrap_or_default();
-                    AccountState::new(&acc.name, plan.bandwidth, plan.threads, s.used, s.credit)
+                .or_insert_with(|| match &self.cluster {
+                    Some(c) => {
+                        AccountState::shared(&acc.name, plan.bandwidth, plan.threads, c.clone())
+                    }
+                    None => {
+                        let s = stored.get(&acc.name).copied().unwrap_or_default();
+                        AccountState::new(&acc.name, plan.bandwidth, plan.threads, s.used, s.credit)
+                    }
                 })
                 .clone();
             state.set_plan(plan.bandwidth, plan.threads);

@@ -9,6 +9,7 @@ use ahash::AHashMap;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 /// One account on one core.
 pub struct Local {
@@ -26,18 +27,43 @@ pub struct Local {
 }
 
 impl Local {
-    /// Bytes that may be read now (refilling the lease when empty); 0 = used up.
-    pub fn allowance(&self, want: usize) -> usize {
+    /// Bytes that may be read now (refilling the lease when empty); `Ready(0)` = used up.
+    /// In a cluster, `Pending` while the node waits for Redis to grant it more.
+    pub fn poll_allowance(&self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
         if self.lease.get() == 0 {
-            let got = self.state.lease(self.cores);
+            let mut got = self.state.lease(self.cores);
             self.metrics.lease_refills.inc();
             if got == 0 {
-                self.cut.borrow().fire();
-                return 0;
+                let Some(cluster) = self.state.cluster().filter(|_| !self.state.is_exhausted())
+                else {
+                    self.cut.borrow().fire();
+                    return Poll::Ready(0);
+                };
+                self.state.wait_grant(cx.waker());
+                cluster.request_grant(&self.state);
+                // A grant may have landed between the lease and the wait.
+                got = self.state.lease(self.cores);
+                if got == 0 {
+                    return Poll::Pending;
+                }
             }
             self.lease.set(got);
+            if self.state.wants_grant() {
+                if let Some(c) = self.state.cluster() {
+                    c.request_grant(&self.state);
+                }
+            }
         }
-        (self.lease.get().min(want as u64)) as usize
+        Poll::Ready((self.lease.get().min(want as u64)) as usize)
+    }
+
+    /// [`Local::poll_allowance`] where waiting is not possible (tests, benches).
+    pub fn allowance(&self, want: usize) -> usize {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_allowance(&mut cx, want) {
+            Poll::Ready(n) => n,
+            Poll::Pending => 0,
+        }
     }
 
     /// Spend `n` bytes of the lease (beyond it when the lease is short).
@@ -66,7 +92,7 @@ impl Local {
     }
 
     pub fn exhausted(&self) -> bool {
-        self.lease.get() == 0 && self.state.remaining() == 0
+        self.lease.get() == 0 && self.state.out_of_bandwidth()
     }
 
     pub fn cut(&self) -> Rc<Latch> {

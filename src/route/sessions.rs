@@ -60,6 +60,12 @@ impl SessionTable {
         exit.to_owned()
     }
 
+    /// Mirror a binding decided elsewhere (the cluster): `key` is on `exit` for `left` more.
+    pub fn put(&self, key: &str, exit: &str, left: Duration, now: Instant) {
+        let mut shard = self.shard(key).lock();
+        self.insert_bounded(&mut shard, key, exit, now + left, now);
+    }
+
     /// Move a session off a failed exit: rebind to `exit`, keeping the session's expiry,
     /// unless another connection already moved it.
     pub fn replace(

@@ -183,7 +183,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     };
     let target_s = target.to_string();
     // Plan: 452/453 on the CONNECT reply. The slot is held until the tunnel closes.
-    let _slot = match plan::admit(&ctx.w, &ident.counters) {
+    let _slot = match plan::admit(&ctx.w, &ident.counters).await {
         Ok(adm) => {
             client.meter.bind(adm.charge);
             adm.slot

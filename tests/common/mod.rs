@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod origin;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -526,4 +527,86 @@ pub fn pattern(n: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Count everything the client writes and reads on its socket.
+pub struct Counted {
+    pub s: TcpStream,
+    pub bytes: u64,
+}
+
+impl Counted {
+    pub fn new(s: TcpStream) -> Counted {
+        Counted { s, bytes: 0 }
+    }
+
+    pub fn write(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+        self.bytes += b.len() as u64;
+    }
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.s.read_exact(&mut v).unwrap();
+        self.bytes += n as u64;
+        v
+    }
+    /// Read a response head, returning it.
+    pub fn read_head(&mut self) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.extend(self.read_exact(1));
+        }
+        String::from_utf8(head).unwrap()
+    }
+    pub fn echo(&mut self, data: &[u8]) {
+        let mut w = self.s.try_clone().unwrap();
+        let payload = data.to_vec();
+        let writer = std::thread::spawn(move || w.write_all(&payload).unwrap());
+        let got = self.read_exact(data.len());
+        writer.join().unwrap();
+        self.bytes += data.len() as u64;
+        assert!(got == data);
+    }
+}
+
+/// HTTP CONNECT as alice: the stream and the response (its body read when not 200).
+pub fn http_connect(gw: SocketAddr, target: SocketAddr) -> (TcpStream, Resp) {
+    let mut s = connect(gw);
+    let req = format!(
+        "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+        basic("alice", "secret")
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = read_response(&mut s, true);
+    if r.code != 200 {
+        let n: usize = r.header("content-length").unwrap().parse().unwrap();
+        r.body = vec![0; n];
+        s.read_exact(&mut r.body).unwrap();
+    }
+    (s, r)
+}
+
+/// Echo as much of `data` as the gateway lets through; returns the bytes that came back.
+/// The gateway may cut the tunnel (reset) when the quota runs out.
+pub fn echo_until_cut(s: &mut TcpStream, data: &[u8]) -> usize {
+    let mut w = s.try_clone().unwrap();
+    let payload = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        for chunk in payload.chunks(16 * 1024) {
+            if w.write_all(chunk).is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    writer.join().unwrap();
+    got
 }

@@ -1,0 +1,221 @@
+//! Scale-out: several gateway nodes enforce one plan per account through Redis.
+//!
+//! What is shared: thread slots (a Lua script takes one per connection, atomically against
+//! every node's count), bandwidth (each node is *granted* bytes by a script that keeps the
+//! plan's total, and leases them to its cores as a single node does), and sticky sessions
+//! (the exit a session is bound to, with its TTL). A node that dies stops renewing its
+//! heartbeat; after `node_ttl` its slots and unspent grants count for nobody.
+//!
+//! Why a dedicated thread: glommio executors must never block, redis-rs's async client
+//! needs a tokio runtime, and one thread per node lets every core's requests share one
+//! connection, pipelined in batches (one round trip serves everything queued meanwhile).
+//! Executors talk to it over channels; a reply wakes the waiting task on its own core.
+//! The thread is in [`node`].
+
+mod node;
+pub mod scripts;
+pub mod usage;
+
+use crate::config::{ClusterSection, DownPolicy};
+use crate::plan::ledger::AccountState;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Redis could not be asked (unreachable, timed out, or the node is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Down;
+
+/// A request from an executor to the cluster thread.
+enum Req {
+    /// Take one of the account's thread slots across the cluster.
+    Acquire {
+        state: Arc<AccountState>,
+        reply: flume::Sender<Result<bool, Down>>,
+    },
+    /// Give one back.
+    Release(Arc<AccountState>),
+    /// Grant the node more of the account's bandwidth (wakes the account's waiters).
+    Grant(Arc<AccountState>),
+    /// Bind (or read) a sticky session; answers the exit and the TTL left.
+    Bind {
+        key: String,
+        exit: String,
+        ttl: Duration,
+        reply: flume::Sender<Result<(String, Duration), Down>>,
+    },
+    /// Move a session off a failed exit.
+    Replace {
+        key: String,
+        failed: String,
+        exit: String,
+        ttl: Duration,
+        reply: flume::Sender<Result<(String, Duration), Down>>,
+    },
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub up: AtomicBool,
+    /// Round trips to Redis (each carries a batch).
+    pub round_trips: AtomicU64,
+    /// Commands sent (scripts and writes).
+    pub commands: AtomicU64,
+    /// Connection attempts and calls that failed.
+    pub errors: AtomicU64,
+    /// Connections admitted under `fail-open` while Redis was down.
+    pub admitted_down: AtomicU64,
+    /// Connections refused under `fail-closed` while Redis was down.
+    pub refused_down: AtomicU64,
+}
+
+/// The node's handle on the cluster, shared by every core.
+pub struct Cluster {
+    pub cfg: ClusterSection,
+    /// This run of this node: `<node>.<pid>.<random>`. A restarted node is a new
+    /// incarnation; the old one's entries lapse with its heartbeat.
+    pub me: String,
+    pub stats: Arc<Stats>,
+    tx: flume::Sender<Option<Req>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("me", &self.me).finish()
+    }
+}
+
+impl Cluster {
+    /// Connect to Redis (waiting at most `redis_timeout`) and start the cluster thread.
+    /// Redis need not be up yet: the thread keeps trying, and admissions follow
+    /// `on_redis_down` meanwhile.
+    pub fn start(cfg: ClusterSection) -> Result<Arc<Cluster>, String> {
+        let me = format!(
+            "{}.{}.{:04x}",
+            cfg.node,
+            std::process::id(),
+            fastrand::u16(..)
+        );
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = flume::unbounded();
+        let mut node = node::Node::new(cfg.clone(), me.clone(), stats.clone())?;
+        // Connect before serving, so the first connections already count in the cluster.
+        node.connect();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-cluster".into())
+            .spawn(move || node.run(rx))
+            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+        Ok(Arc::new(Cluster {
+            cfg,
+            me,
+            stats,
+            tx,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    pub fn policy(&self) -> DownPolicy {
+        self.cfg.on_redis_down
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.stats.up.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, req: Req) -> bool {
+        self.tx.send(Some(req)).is_ok()
+    }
+
+    /// The longest an executor waits for an answer: a batch's call plus one queued ahead.
+    fn patience(&self) -> Duration {
+        self.cfg.redis_timeout.0 * 2 + Duration::from_millis(100)
+    }
+
+    async fn ask<T>(&self, req: Req, rx: flume::Receiver<Result<T, Down>>) -> Result<T, Down> {
+        if !self.send(req) {
+            return Err(Down);
+        }
+        match crate::worker::within(self.patience(), rx.recv_async()).await {
+            Some(Ok(answer)) => answer,
+            _ => Err(Down),
+        }
+    }
+
+    /// Take one of `state`'s thread slots across the cluster: `Ok(false)` when every slot
+    /// of the plan is held somewhere.
+    pub async fn acquire(&self, state: &Arc<AccountState>) -> Result<bool, Down> {
+        if !self.is_up() {
+            return Err(Down);
+        }
+        let (reply, rx) = flume::bounded(1);
+        let state = state.clone();
+        self.ask(Req::Acquire { state, reply }, rx).await
+    }
+
+    /// Give back a slot taken by [`Cluster::acquire`].
+    pub fn release(&self, state: &Arc<AccountState>) {
+        self.send(Req::Release(state.clone()));
+    }
+
+    /// Ask for more bandwidth for this node, unless a request is already on its way.
+    pub fn request_grant(&self, state: &Arc<AccountState>) {
+        if state.begin_grant() && !self.send(Req::Grant(state.clone())) {
+            state.finish_grant();
+        }
+    }
+
+    /// Bind sticky session `key` to `exit` unless it is bound already (on any node).
+    pub async fn bind(
+        &self,
+        key: &str,
+        exit: &str,
+        ttl: Duration,
+    ) -> Result<(String, Duration), Down> {
+        if !self.is_up() {
+            return Err(Down);
+        }
+        let (reply, rx) = flume::bounded(1);
+        let req = Req::Bind {
+            key: key.to_owned(),
+            exit: exit.to_owned(),
+            ttl,
+            reply,
+        };
+        self.ask(req, rx).await
+    }
+
+    /// Move session `key` from `failed` to `exit` unless another node moved it already.
+    pub async fn replace(
+        &self,
+        key: &str,
+        failed: &str,
+        exit: &str,
+        ttl: Duration,
+    ) -> Result<(String, Duration), Down> {
+        if !self.is_up() {
+            return Err(Down);
+        }
+        let (reply, rx) = flume::bounded(1);
+        let req = Req::Replace {
+            key: key.to_owned(),
+            failed: failed.to_owned(),
+            exit: exit.to_owned(),
+            ttl,
+            reply,
+        };
+        self.ask(req, rx).await
+    }
+
+    /// Settle usage, hand back unspent grants and leave the cluster (after the executors
+    /// have stopped). Waits for the thread.
+    pub fn stop(&self) {
+        let _ = self.tx.send(None);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}

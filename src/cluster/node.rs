@@ -1,0 +1,561 @@
+//! The cluster thread: one Redis connection per node, requests from every core pipelined
+//! in batches, plus the periodic work: heartbeat, usage, idle grants handed back, and
+//! accounts found used up asked again (a top-up on any node lifts the block).
+//!
+//! Every count this thread writes for itself is absolute (`HSET`), never a delta: a call
+//! repeated after a lost reply, or replayed after Redis lost its data, changes nothing.
+
+use super::scripts::{evalsha, Keys, Scripts};
+use super::{Down, Req, Stats};
+use crate::config::ClusterSection;
+use crate::plan::ledger::AccountState;
+use ahash::AHashMap;
+use redis::{ConnectionLike, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Smallest and largest grant of bytes from Redis to a node.
+pub const MIN_GRANT: u64 = 64 * 1024;
+pub const MAX_GRANT: u64 = 16 * 1024 * 1024;
+/// A grant this node gives itself while Redis is down (within `down_allowance`).
+const DOWN_GRANT: u64 = 1024 * 1024;
+/// How often usage and grants are written back.
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
+/// How often a lost connection is retried.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// Requests served in one round trip at most.
+const BATCH: usize = 512;
+
+/// One account, as this node has told Redis about it.
+struct Acct {
+    state: Arc<AccountState>,
+    /// Thread slots this node holds in Redis.
+    held: u32,
+    held_written: Option<u32>,
+    /// (bytes spent since start, unspent grant) last written.
+    bw_written: Option<(u64, u64)>,
+    /// Bytes granted to itself during the current outage.
+    down_granted: u64,
+}
+
+/// What to do with one reply of a batch.
+enum Then {
+    Ignore,
+    Acquired(String, flume::Sender<Result<bool, Down>>),
+    Granted(String),
+    Session(flume::Sender<Result<(String, Duration), Down>>),
+    Heartbeat,
+}
+
+pub(super) struct Node {
+    cfg: ClusterSection,
+    me: String,
+    stats: Arc<Stats>,
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    scripts: Scripts,
+    keys: Keys,
+    accounts: AHashMap<String, Acct>,
+    /// Write every count again (after a reconnect or a lapsed heartbeat).
+    resync: bool,
+    /// The current outage was logged.
+    warned: bool,
+    next_beat: Instant,
+    next_settle: Instant,
+    next_retry: Instant,
+}
+
+impl Node {
+    pub fn new(cfg: ClusterSection, me: String, stats: Arc<Stats>) -> Result<Node, String> {
+        let client = redis::Client::open(cfg.redis.as_str())
+            .map_err(|e| format!("[cluster] redis = {:?}: {e}", cfg.redis))?;
+        let now = Instant::now();
+        Ok(Node {
+            keys: Keys {
+                prefix: cfg.key_prefix.clone(),
+            },
+            cfg,
+            me,
+            stats,
+            client,
+            conn: None,
+            scripts: Scripts::new(),
+            accounts: AHashMap::new(),
+            resync: true,
+            warned: false,
+            next_beat: now,
+            next_settle: now,
+            next_retry: now,
+        })
+    }
+
+    pub fn run(mut self, rx: flume::Receiver<Option<Req>>) {
+        let mut stop = false;
+        while !stop {
+            let now = Instant::now();
+            let mut next = self.next_settle.min(self.next_beat);
+            if self.conn.is_none() {
+                next = next.min(self.next_retry);
+            }
+            let mut batch = Vec::new();
+            match rx.recv_timeout(next.saturating_duration_since(now)) {
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) | Err(flume::RecvTimeoutError::Disconnected) => stop = true,
+                Err(flume::RecvTimeoutError::Timeout) => {}
+            }
+            while !stop && batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(Some(r)) => batch.push(r),
+                    Ok(None) => stop = true,
+                    Err(_) => break,
+                }
+            }
+            if self.conn.is_none() && Instant::now() >= self.next_retry {
+                self.connect();
+            }
+            if !batch.is_empty() {
+                self.serve(batch);
+            }
+            let now = Instant::now();
+            if now >= self.next_beat || self.resync {
+                self.maintain();
+            } else if now >= self.next_settle {
+                self.settle(false);
+            }
+        }
+        self.leave();
+    }
+
+    pub fn connect(&mut self) {
+        let timeout = self.cfg.redis_timeout.0;
+        let res = self
+            .client
+            .get_connection_with_timeout(timeout)
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(timeout))?;
+                c.set_write_timeout(Some(timeout))?;
+                for s in self.scripts.all() {
+                    s.load(&mut c)?;
+                }
+                Ok(c)
+            });
+        match res {
+            Ok(c) => {
+                tracing::info!(node = %self.me, redis = %redacted(&self.cfg.redis), "connected to redis");
+                self.conn = Some(c);
+                self.resync = true;
+                self.next_beat = Instant::now();
+                for a in self.accounts.values_mut() {
+                    a.down_granted = 0;
+                }
+                self.stats.up.store(true, Ordering::Relaxed);
+                self.warned = false;
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.next_retry = Instant::now() + RETRY_EVERY;
+                self.went_down(&e);
+            }
+        }
+    }
+
+    fn went_down(&mut self, e: &redis::RedisError) {
+        self.conn = None;
+        self.resync = true;
+        self.stats.up.store(false, Ordering::Relaxed);
+        if !std::mem::replace(&mut self.warned, true) {
+            tracing::error!(
+                node = %self.me,
+                error = %e,
+                policy = ?self.cfg.on_redis_down,
+                "redis unreachable; live tunnels go on within down_allowance, new admissions \
+                 follow on_redis_down"
+            );
+        }
+        self.next_retry = Instant::now() + RETRY_EVERY;
+    }
+
+    fn acct(&mut self, state: &Arc<AccountState>) -> &mut Acct {
+        self.accounts
+            .entry(state.name.clone())
+            .or_insert_with(|| Acct {
+                state: state.clone(),
+                held: 0,
+                held_written: Some(0),
+                bw_written: None,
+                down_granted: 0,
+            })
+    }
+
+    /// Send `cmds` in one round trip; `None` when the connection failed (it is dropped).
+    fn call(&mut self, cmds: &[redis::Cmd]) -> Option<Vec<Value>> {
+        if cmds.is_empty() {
+            return Some(Vec::new());
+        }
+        let conn = self.conn.as_mut()?;
+        let mut pipe = redis::pipe();
+        for c in cmds {
+            pipe.add_command(c.clone());
+        }
+        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .commands
+            .fetch_add(cmds.len() as u64, Ordering::Relaxed);
+        match conn.req_packed_commands(&pipe.get_packed_pipeline(), 0, cmds.len()) {
+            Ok(values) if values.len() == cmds.len() => {
+                // A script missing from Redis means it restarted: reconnect and reload.
+                if values
+                    .iter()
+                    .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
+                {
+                    let e = redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
+                        "scripts lost",
+                    ));
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    self.went_down(&e);
+                    return None;
+                }
+                Some(values)
+            }
+            Ok(_) => {
+                let e = redis::RedisError::from((redis::ErrorKind::Client, "short reply"));
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.went_down(&e);
+                None
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.went_down(&e);
+                None
+            }
+        }
+    }
+
+    /// Serve a batch of requests in one round trip (or locally while Redis is down).
+    fn serve(&mut self, batch: Vec<Req>) {
+        let mut cmds = Vec::with_capacity(batch.len() + 4);
+        let mut then = Vec::with_capacity(batch.len() + 4);
+        // Releases first, as absolute counts, so the acquires of this batch count on top.
+        let mut released: Vec<String> = Vec::new();
+        for r in &batch {
+            if let Req::Release(state) = r {
+                let a = self.acct(state);
+                a.held = a.held.saturating_sub(1);
+                if !released.contains(&state.name) {
+                    released.push(state.name.clone());
+                }
+            }
+        }
+        for name in &released {
+            if let Some(c) = self.held_write(name) {
+                cmds.push(c);
+                then.push(Then::Ignore);
+            }
+        }
+        let nodes = self.keys.nodes();
+        for r in batch {
+            match r {
+                Req::Release(_) => {}
+                Req::Acquire { state, reply } => {
+                    let threads = state.threads();
+                    self.acct(&state);
+                    let mut c = evalsha(
+                        &self.scripts.acquire,
+                        &[&self.keys.threads(&state.name), &nodes],
+                    );
+                    c.arg(threads).arg(&self.me);
+                    cmds.push(c);
+                    then.push(Then::Acquired(state.name.clone(), reply));
+                }
+                Req::Grant(state) => {
+                    self.acct(&state);
+                    cmds.push(self.grant_cmd(&state));
+                    then.push(Then::Granted(state.name.clone()));
+                }
+                Req::Bind {
+                    key,
+                    exit,
+                    ttl,
+                    reply,
+                } => {
+                    let mut c = evalsha(&self.scripts.bind, &[&self.keys.session(&key)]);
+                    c.arg(exit).arg(ttl.as_millis().max(1) as u64);
+                    cmds.push(c);
+                    then.push(Then::Session(reply));
+                }
+                Req::Replace {
+                    key,
+                    failed,
+                    exit,
+                    ttl,
+                    reply,
+                } => {
+                    let mut c = evalsha(&self.scripts.replace, &[&self.keys.session(&key)]);
+                    c.arg(failed).arg(exit).arg(ttl.as_millis().max(1) as u64);
+                    cmds.push(c);
+                    then.push(Then::Session(reply));
+                }
+            }
+        }
+        let values = self.call(&cmds);
+        self.finish(then, values);
+    }
+
+    /// `HSET`/`HDEL` of this node's slot count for `name`, when it changed.
+    fn held_write(&mut self, name: &str) -> Option<redis::Cmd> {
+        let key = self.keys.threads(name);
+        let a = self.accounts.get_mut(name)?;
+        if a.held_written == Some(a.held) && !self.resync {
+            return None;
+        }
+        a.held_written = Some(a.held);
+        let mut c = if a.held == 0 {
+            redis::cmd("HDEL")
+        } else {
+            redis::cmd("HSET")
+        };
+        c.arg(key).arg(&self.me);
+        if a.held > 0 {
+            c.arg(a.held);
+        }
+        Some(c)
+    }
+
+    fn grant_cmd(&self, state: &AccountState) -> redis::Cmd {
+        let mut c = evalsha(
+            &self.scripts.grant,
+            &[&self.keys.bw(&state.name), &self.keys.nodes()],
+        );
+        c.arg(state.plan_bandwidth())
+            .arg(&self.me)
+            .arg(MIN_GRANT)
+            .arg(MAX_GRANT);
+        c
+    }
+
+    /// Act on the replies (`None`: Redis is down; fall back).
+    fn finish(&mut self, then: Vec<Then>, values: Option<Vec<Value>>) {
+        let values = values.map(|v| v.into_iter().map(Some).collect::<Vec<_>>());
+        for (i, t) in then.into_iter().enumerate() {
+            let v = values.as_ref().and_then(|vs| vs.get(i).cloned().flatten());
+            match t {
+                Then::Ignore => {}
+                Then::Heartbeat => {
+                    if int(&v) == Some(1) {
+                        // Our entry had lapsed: others may have dropped our counts.
+                        self.resync = true;
+                    }
+                }
+                Then::Acquired(name, reply) => {
+                    let answer = match int(&v) {
+                        Some(1) => {
+                            if let Some(a) = self.accounts.get_mut(&name) {
+                                a.held += 1;
+                                // Redis added one to what we last wrote.
+                                a.held_written = a.held_written.map(|h| h + 1);
+                            }
+                            Ok(true)
+                        }
+                        Some(_) => Ok(false),
+                        None => Err(Down),
+                    };
+                    let ok = answer == Ok(true);
+                    if reply.send(answer).is_err() && ok {
+                        // The connection gave up waiting: give the slot back.
+                        if let Some(a) = self.accounts.get_mut(&name) {
+                            a.held = a.held.saturating_sub(1);
+                        }
+                    }
+                }
+                Then::Granted(name) => {
+                    let Some(a) = self.accounts.get_mut(&name) else {
+                        continue;
+                    };
+                    match (values.is_some(), int(&v)) {
+                        (true, Some(g)) if g > 0 => a.state.add_grant(g as u64),
+                        (true, Some(_)) => a.state.set_exhausted(),
+                        _ => {
+                            // Redis down: live tunnels go on within the allowance.
+                            let left = self.cfg.down_allowance.0.saturating_sub(a.down_granted);
+                            if left == 0 {
+                                a.state.set_exhausted();
+                            } else {
+                                let g = left.min(DOWN_GRANT);
+                                a.down_granted += g;
+                                a.state.add_grant(g);
+                            }
+                        }
+                    }
+                    a.state.finish_grant();
+                }
+                Then::Session(reply) => {
+                    let answer = match &v {
+                        Some(Value::Array(items)) if items.len() == 2 => {
+                            let exit = match &items[0] {
+                                Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+                                _ => None,
+                            };
+                            let ttl = int(&Some(items[1].clone())).unwrap_or(0).max(0) as u64;
+                            exit.map(|e| (e, Duration::from_millis(ttl))).ok_or(Down)
+                        }
+                        _ => Err(Down),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+        // Release the slots of acquires whose waiters left, in the next batch.
+        let stale: Vec<String> = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.held_written.is_some_and(|w| w > a.held))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !stale.is_empty() && self.conn.is_some() {
+            let cmds: Vec<redis::Cmd> = stale.iter().filter_map(|n| self.held_write(n)).collect();
+            let _ = self.call(&cmds);
+        }
+    }
+
+    /// Heartbeat, then (re)write counts, usage and grants; ask again for used-up accounts.
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        self.next_beat = now + self.cfg.node_ttl.0 / 3;
+        if self.conn.is_none() {
+            return;
+        }
+        let mut c = evalsha(&self.scripts.heartbeat, &[&self.keys.nodes()]);
+        c.arg(&self.me).arg(self.cfg.node_ttl.0.as_millis() as u64);
+        let v = self.call(&[c]);
+        self.finish(vec![Then::Heartbeat], v);
+        if self.conn.is_none() {
+            return;
+        }
+        self.settle(false);
+        if self.conn.is_none() {
+            return;
+        }
+        // Used-up accounts: a top-up or a reset (on any node) lets them through again.
+        let mut cmds = Vec::new();
+        let mut then = Vec::new();
+        for (name, a) in &self.accounts {
+            if a.state.is_exhausted() && a.state.begin_grant() {
+                cmds.push(self.grant_cmd(&a.state));
+                then.push(Then::Granted(name.clone()));
+            }
+        }
+        let v = self.call(&cmds);
+        if v.is_some() {
+            self.finish(then, v);
+        } else {
+            for t in then {
+                if let Then::Granted(name) = t {
+                    if let Some(a) = self.accounts.get(&name) {
+                        a.state.finish_grant();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write what changed: usage, unspent grants (handing back those of accounts with no
+    /// live connection here, or all of them when `all`), slot counts after a resync.
+    fn settle(&mut self, all: bool) {
+        self.next_settle = Instant::now() + SETTLE_EVERY;
+        if self.conn.is_none() {
+            return;
+        }
+        let resync = self.resync;
+        let mut cmds = Vec::new();
+        let names: Vec<String> = self.accounts.keys().cloned().collect();
+        for name in names {
+            if resync {
+                if let Some(c) = self.held_write(&name) {
+                    cmds.push(c);
+                }
+            }
+            let key = self.keys.bw(&name);
+            let Some(a) = self.accounts.get_mut(&name) else {
+                continue;
+            };
+            if all || a.state.active() == 0 {
+                a.state.reclaim();
+            }
+            let now = (a.state.used(), a.state.unspent_grant());
+            if resync || a.bw_written != Some(now) {
+                a.bw_written = Some(now);
+                let mut c = evalsha(&self.scripts.settle, &[&key]);
+                c.arg(&self.me).arg(now.0).arg(now.1);
+                cmds.push(c);
+            }
+        }
+        if self.call(&cmds).is_some() {
+            self.resync = false;
+            // Forget accounts no longer configured once nothing of theirs is outstanding.
+            self.accounts.retain(|_, a| {
+                Arc::strong_count(&a.state) > 1 || a.held > 0 || a.state.unspent_grant() > 0
+            });
+        }
+    }
+
+    /// Shutdown: hand everything back and leave the cluster.
+    fn leave(&mut self) {
+        if self.conn.is_none() {
+            self.connect();
+        }
+        self.settle(true);
+        let mut cmds: Vec<redis::Cmd> = Vec::new();
+        let names: Vec<String> = self.accounts.keys().cloned().collect();
+        for name in names {
+            if let Some(a) = self.accounts.get_mut(&name) {
+                a.held = 0;
+            }
+            if let Some(c) = self.held_write(&name) {
+                cmds.push(c);
+            }
+        }
+        let mut bye = redis::cmd("HDEL");
+        bye.arg(self.keys.nodes()).arg(&self.me);
+        cmds.push(bye);
+        match self.call(&cmds) {
+            Some(_) => tracing::info!(node = %self.me, "left the cluster; usage written"),
+            None => tracing::error!(
+                node = %self.me,
+                "redis unreachable at shutdown: this node's last usage is not written; its \
+                 slots and grants lapse after node_ttl"
+            ),
+        }
+    }
+}
+
+fn int(v: &Option<Value>) -> Option<i64> {
+    match v {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// The Redis URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redacted("redis://user:secret@10.0.0.1:6379/0"),
+            "redis://***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            super::redacted("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

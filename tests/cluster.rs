@@ -1,0 +1,261 @@
+//! Scale-out: two real gateway processes share one real `redis-server` (ephemeral loopback
+//! port). One plan holds across both nodes: threads, bandwidth, sticky sessions; a killed
+//! node's slots come back; a Redis outage follows `on_redis_down` and heals by itself.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::origin::{echo_server, http_origin};
+use common::redis::Redis;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+/// A node's config: the common test config, alice's plan, and a `[cluster]` section.
+fn node_config(redis: &Redis, node: &str, plan: (&str, u32), cluster: &str, exits: &str) -> String {
+    let base = config("usage_flush = \"100ms\"", exits).replace(
+        "bandwidth = \"10GiB\"\nthreads = 1000",
+        &format!("bandwidth = \"{}\"\nthreads = {}", plan.0, plan.1),
+    );
+    format!(
+        "{base}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"{}\"\nnode = \"{node}\"\nnode_ttl = \"2s\"\nredis_timeout = \"500ms\"\n{cluster}\n",
+        redis.url()
+    )
+}
+
+/// Two nodes, "a" and "b", on the same plan and Redis.
+fn two_nodes(redis: &Redis, plan: (&str, u32), cluster: &str, exits: &str) -> (Gateway, Gateway) {
+    (
+        Gateway::start(&node_config(redis, "a", plan, cluster, exits)),
+        Gateway::start(&node_config(redis, "b", plan, cluster, exits)),
+    )
+}
+
+/// An HTTP CONNECT tunnel as alice, or the refusal's (status, body).
+fn tunnel(gw: SocketAddr, target: SocketAddr) -> Result<TcpStream, (u16, String)> {
+    match http_connect(gw, target) {
+        (s, r) if r.code == 200 => Ok(s),
+        (_, r) => Err((r.code, r.text())),
+    }
+}
+
+/// A round trip through an echo tunnel.
+fn ping(s: &mut TcpStream) {
+    s.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+}
+
+fn refused_453(gw: &Gateway, echo: SocketAddr) {
+    let (code, body) = tunnel(gw.addr(), echo).map(|_| ()).unwrap_err();
+    assert_eq!((code, body.as_str()), (453, "exceeded threads limit"));
+}
+
+#[test]
+fn thread_limit_holds_across_two_nodes() {
+    let redis = Redis::start();
+    let echo = echo_server("127.0.0.1:0");
+    let (a, b) = two_nodes(&redis, ("10GiB", 2), "", DIRECT_EXIT);
+    let mut t1 = tunnel(a.addr(), echo).unwrap();
+    let mut t2 = tunnel(b.addr(), echo).unwrap();
+    // Each node holds one slot: a third is refused on both, over HTTP and SOCKS5.
+    refused_453(&a, echo);
+    refused_453(&b, echo);
+    let (_, out) = socks5(b.addr(), "alice", "secret", 1, &Target::Addr(echo));
+    assert!(matches!(out, SocksOutcome::Reply(2, _)), "{out:?}");
+    ping(&mut t1);
+    ping(&mut t2);
+    assert_eq!(a.stored_usage("alice").2, 2);
+    // A slot given back on node a is taken on node b.
+    drop(t1);
+    let mut t3 = eventually("the slot closed on a to be free on b", || {
+        tunnel(b.addr(), echo).ok()
+    });
+    ping(&mut t3);
+    refused_453(&a, echo);
+    drop((t2, t3));
+    eventually("every slot back", || {
+        (b.stored_usage("alice").2 == 0).then_some(())
+    });
+}
+
+#[test]
+fn bandwidth_limit_holds_across_two_nodes_and_is_billed_to_the_byte() {
+    let redis = Redis::start();
+    let echo = echo_server("127.0.0.1:0");
+    let plan: u64 = 8 << 20;
+    let (a, b) = two_nodes(&redis, ("8MiB", 50), "", DIRECT_EXIT);
+    // 1.5 MiB each way through each node, counted on the client's sockets.
+    let mut billed = 0;
+    for gw in [&a, &b] {
+        let mut c = Counted::new(connect(gw.addr()));
+        c.write(
+            format!(
+                "CONNECT {echo} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+                basic("alice", "secret")
+            )
+            .as_bytes(),
+        );
+        assert!(c.read_head().starts_with("HTTP/1.1 200"));
+        c.echo(&pattern(3 << 19));
+        drop(c.s.shutdown(std::net::Shutdown::Both));
+        billed += c.bytes;
+    }
+    let used = eventually("both nodes' usage in redis", || {
+        let (used, _, _) = a.stored_usage("alice");
+        (used == billed).then_some(used)
+    });
+    assert!(used > 6 << 20);
+    // The rest of the plan, raced for by both nodes at once: together they never pass it.
+    let racers: Vec<_> = [a.addr(), b.addr()]
+        .into_iter()
+        .map(|gw| {
+            std::thread::spawn(move || match tunnel(gw, echo) {
+                Ok(mut s) => echo_until_cut(&mut s, &pattern(4 << 20)),
+                Err(_) => 0,
+            })
+        })
+        .collect();
+    let got: usize = racers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(got < (2 << 20), "{got} bytes echoed past the plan");
+    // Both nodes now refuse with 452 (each learns it at its next grant).
+    for gw in [&a, &b] {
+        let (code, body) = eventually("452", || match tunnel(gw.addr(), echo) {
+            Ok(mut s) => {
+                echo_until_cut(&mut s, &pattern(1 << 20));
+                None
+            }
+            Err(e) => Some(e),
+        });
+        assert_eq!((code, body.as_str()), (452, "exceeded bandwidth limit"));
+    }
+    let (used, _, _) = eventually("usage settled", || {
+        let u = a.stored_usage("alice");
+        (u.2 == 0).then_some(u)
+    });
+    // Relayed bytes never pass the plan; only the gateway's own short replies may.
+    assert!(used <= plan + 4096, "used {used} of a {plan}-byte plan");
+    // An operator's top-up on the shared store lets both nodes through again.
+    a.usage_cmd(&["top-up", "alice", "1MiB"]);
+    for gw in [&a, &b] {
+        let mut s = eventually("admission after the top-up", || {
+            tunnel(gw.addr(), echo).ok()
+        });
+        ping(&mut s);
+    }
+}
+
+#[test]
+fn a_sticky_session_holds_across_nodes() {
+    let redis = Redis::start();
+    let o = http_origin();
+    let exits: String = (11..=14)
+        .map(|i| {
+            format!(
+                "[[exit]]\nname = \"e{i}\"\nnetwork = \"residential\"\nkind = \"direct\"\nsource_ip = \"127.0.0.{i}\"\n"
+            )
+        })
+        .collect();
+    let (a, b) = two_nodes(&redis, ("10GiB", 100), "", &exits);
+    let get = |gw: &Gateway, user: &str| {
+        let raw = format!(
+            "GET {} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+            o.url("/ip"),
+            basic(user, "secret")
+        );
+        let (_, r) = http_raw(gw.addr(), raw.as_bytes());
+        assert_eq!(r.code, 200);
+        r.text()
+    };
+    let first = get(&a, "alice-session-farm7-ttl-5");
+    for i in 0..12 {
+        let gw = if i % 2 == 0 { &b } else { &a };
+        assert_eq!(
+            get(gw, "alice-session-farm7-ttl-5"),
+            first,
+            "connection {i}"
+        );
+    }
+    // Without a session, the nodes rotate over the pool.
+    let seen: std::collections::BTreeSet<String> = (0..8)
+        .map(|i| get(if i % 2 == 0 { &a } else { &b }, "alice"))
+        .collect();
+    assert!(seen.len() > 1, "{seen:?}");
+}
+
+#[test]
+fn a_killed_node_frees_its_slots_within_node_ttl() {
+    let redis = Redis::start();
+    let echo = echo_server("127.0.0.1:0");
+    let (a, mut b) = two_nodes(&redis, ("10GiB", 2), "", DIRECT_EXIT);
+    let _t1 = tunnel(b.addr(), echo).unwrap();
+    let _t2 = tunnel(b.addr(), echo).unwrap();
+    refused_453(&a, echo);
+    b.signal(9);
+    b.wait_exit();
+    // node_ttl = 2s: node a admits once b's heartbeat has lapsed.
+    let t0 = std::time::Instant::now();
+    let mut s = eventually("b's slots to lapse", || tunnel(a.addr(), echo).ok());
+    ping(&mut s);
+    let waited = t0.elapsed();
+    assert!(waited < WAIT, "{waited:?}");
+}
+
+#[test]
+fn redis_down_fail_closed_refuses_new_admissions_keeps_tunnels_and_recovers() {
+    let mut redis = Redis::start();
+    let echo = echo_server("127.0.0.1:0");
+    let a = Gateway::start(&node_config(&redis, "a", ("10GiB", 10), "", DIRECT_EXIT));
+    let mut live = tunnel(a.addr(), echo).unwrap();
+    ping(&mut live);
+    redis.stop();
+    // The live tunnel goes on; new admissions get 503 (SOCKS5: 0x01).
+    let mut bulk = Counted::new(live.try_clone().unwrap());
+    bulk.echo(&pattern(2 << 20));
+    let (code, body) = tunnel(a.addr(), echo).map(|_| ()).unwrap_err();
+    assert_eq!((code, body.as_str()), (503, "service unavailable"));
+    let (_, out) = socks5(a.addr(), "alice", "secret", 1, &Target::Addr(echo));
+    assert!(matches!(out, SocksOutcome::Reply(1, _)), "{out:?}");
+    // Redis comes back (empty): admissions resume by themselves, and the node writes its
+    // live slot and usage again.
+    redis.restart();
+    let mut s = eventually("admission after redis returns", || {
+        tunnel(a.addr(), echo).ok()
+    });
+    ping(&mut s);
+    ping(&mut live);
+    eventually("the live slots rewritten", || {
+        (a.stored_usage("alice").2 == 2).then_some(())
+    });
+    let refused = a
+        .metric("tollgate_cluster_refused_while_down_total")
+        .unwrap();
+    assert!(refused >= 2.0, "{refused}");
+}
+
+#[test]
+fn redis_down_fail_open_admits_within_the_local_allowance() {
+    let mut redis = Redis::start();
+    let echo = echo_server("127.0.0.1:0");
+    let a = Gateway::start(&node_config(
+        &redis,
+        "a",
+        ("10GiB", 2),
+        "on_redis_down = \"fail-open\"\ndown_allowance = \"1MiB\"",
+        DIRECT_EXIT,
+    ));
+    redis.stop();
+    // Admitted on this node's own count: the plan's 2 threads, then 453.
+    let mut t1 = eventually("fail-open admission", || tunnel(a.addr(), echo).ok());
+    let _t2 = tunnel(a.addr(), echo).unwrap();
+    refused_453(&a, echo);
+    // Bytes within down_allowance (1 MiB) flow; past it the tunnel is cut.
+    ping(&mut t1);
+    let got = echo_until_cut(&mut t1, &pattern(4 << 20));
+    assert!(got < (2 << 20), "{got} bytes with a 1 MiB allowance");
+    redis.restart();
+    eventually("redis up again", || {
+        (a.metric("tollgate_cluster_redis_up") == Some(1.0)).then_some(())
+    });
+}
