@@ -86,7 +86,7 @@ SOCKS_MODES = ["tunnels-socks5", "down-socks5", "up-socks5"]
 HTTP_MODES = ["tunnels-connect", "down-connect", "up-connect", "forward"]
 
 
-def start_tollgate(work, workers=2, name="tollgate"):
+def start_tollgate(work, workers=2, name="tollgate", extra=""):
     port = free_port()
     cfg = f"""
 [server]
@@ -112,6 +112,7 @@ name = "{USER}"
 password = "{PASS}"
 plan = "p"
 networks = ["n"]
+{extra}
 """
     path = os.path.join(work, f"{name}.toml")
     open(path, "w").write(cfg)

@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of tollgate and peer proxies on loopback (see scripts/bench.py).
 #   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=microsocks,merino,dante,squid,tinyproxy
+#   scripts/bench.sh cluster    # what a Redis-shared plan costs per connection (scripts/bench_cluster.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+what=${1:-peers}
 missing=()
-command -v microsocks >/dev/null 2>&1 || missing+=(microsocks)
-command -v danted >/dev/null 2>&1 || missing+=(dante-server)
-command -v squid >/dev/null 2>&1 || missing+=(squid)
-command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+if [ "$what" = cluster ]; then
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+else
+  command -v microsocks >/dev/null 2>&1 || missing+=(microsocks)
+  command -v danted >/dev/null 2>&1 || missing+=(dante-server)
+  command -v squid >/dev/null 2>&1 || missing+=(squid)
+  command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+fi
 if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   # Debian starts packaged daemons; the benchmark runs its own instances.
-  $SUDO systemctl stop squid tinyproxy danted 2>/dev/null || true
+  $SUDO systemctl stop squid tinyproxy danted redis-server 2>/dev/null || true
 fi
 # A Rust peer from crates.io (tokio SOCKS5 server).
-command -v merino >/dev/null 2>&1 || cargo install merino --locked --quiet
+[ "$what" = cluster ] || command -v merino >/dev/null 2>&1 || cargo install merino --locked --quiet
 cargo build --release --quiet
 loadgen=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="loadgen" and m.get("executable"): print(m["executable"])')
+if [ "$what" = cluster ]; then
+  exec python3 scripts/bench_cluster.py "$PWD/target/release/tollgate" "$loadgen"
+fi
 exec python3 scripts/bench.py "$PWD/target/release/tollgate" "$loadgen"

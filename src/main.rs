@@ -75,8 +75,13 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
+            let cluster = snap
+                .cluster
+                .as_ref()
+                .map(|c| format!(", cluster node {:?}", c.node))
+                .unwrap_or_default();
             println!(
-                "{}: ok ({} listeners, {} networks, {} exits, {} plans, {} users)",
+                "{}: ok ({} listeners, {} networks, {} exits, {} plans, {} users{cluster})",
                 cli.config.display(),
                 snap.listeners.len(),
                 snap.networks.len(),
