@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side proxy benchmark on loopback: tollgate and its peers in one run.
 
-usage: bench.py TOLLGATE_BIN LOADGEN_BIN   (env: BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=all)
+usage: bench.py TOLLGATE_BIN LOADGEN_BIN   (env: BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=all
+       BENCH_NODE_MODULES=dir holding proxy-chain)
 
 Every figure is also divided by the proxy's own CPU time (utime+stime of its whole process
 group, from /proc/PID/stat), because load generator, proxy and targets share the machine.
@@ -174,8 +175,13 @@ BasicAuth {USER} {PASS}
 LogLevel Critical
 """)
         peers.append(Proxy("tinyproxy", ["tinyproxy", "-d", "-c", conf], port, HTTP_MODES, work))
-    if "proxy-chain" in wanted and shutil.which("node") and os.path.isdir(os.path.join(work, "../node_modules/proxy-chain")):
-        pass
+    modules = os.environ.get("BENCH_NODE_MODULES", "")
+    if "proxy-chain" in wanted and shutil.which("node") and os.path.isdir(os.path.join(modules, "proxy-chain")):
+        # The Node.js peer (npm), HTTP only.
+        port = free_port()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-proxy-chain.js")
+        os.environ["NODE_PATH"] = modules
+        peers.append(Proxy("proxy-chain", ["node", script, str(port), USER, PASS], port, HTTP_MODES, work))
     return peers
 
 
@@ -208,7 +214,7 @@ def idle_rss(p):
 
 def main():
     work = tempfile.mkdtemp(prefix="tollgate-bench-")
-    wanted = os.environ.get("BENCH_PEERS", "microsocks,merino,dante,squid,tinyproxy").split(",")
+    wanted = os.environ.get("BENCH_PEERS", "microsocks,merino,dante,squid,tinyproxy,proxy-chain").split(",")
     proxies = [start_tollgate(work)] + start_peers(work, wanted)
     modes = [("tunnels-socks5", 32), ("tunnels-connect", 32), ("down-socks5", 4), ("up-socks5", 4),
              ("down-connect", 4), ("up-connect", 4), ("forward", 32)]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of tollgate and peer proxies on loopback (see scripts/bench.py).
-#   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=microsocks,merino,dante,squid,tinyproxy
+#   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=microsocks,merino,dante,squid,tinyproxy,proxy-chain
 #   scripts/bench.sh cluster    # what a Redis-shared plan costs per connection (scripts/bench_cluster.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ else
   command -v danted >/dev/null 2>&1 || missing+=(dante-server)
   command -v squid >/dev/null 2>&1 || missing+=(squid)
   command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 fi
 if ((${#missing[@]})); then
   $SUDO apt-get update -qq
@@ -24,6 +25,11 @@ if ((${#missing[@]})); then
 fi
 # A Rust peer from crates.io (tokio SOCKS5 server).
 [ "$what" = cluster ] || command -v merino >/dev/null 2>&1 || cargo install merino --locked --quiet
+# The Node.js peer from npm (HTTP proxy), kept under target/.
+if [ "$what" != cluster ] && [ ! -d target/bench-node/node_modules/proxy-chain ]; then
+  npm install --silent --no-audit --no-fund --prefix target/bench-node proxy-chain@3
+fi
+export BENCH_NODE_MODULES="$PWD/target/bench-node/node_modules"
 cargo build --release --quiet
 loadgen=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys

@@ -81,12 +81,10 @@ impl CoreMetrics {
     }
 
     pub fn exit_attempt(&self, exit: &str, failed: bool) {
-        let mut m = self.exit_connects.lock();
-        let e = m.entry(exit.to_owned()).or_default();
-        e.0 += 1;
-        if failed {
-            e.1 += 1;
-        }
+        bump(&mut self.exit_connects.lock(), exit, |e| {
+            e.0 += 1;
+            e.1 += u64::from(failed);
+        });
     }
 
     /// One finished connection or request.
@@ -101,16 +99,29 @@ impl CoreMetrics {
     ) {
         *self.outcomes.lock().entry(code).or_default() += 1;
         if let Some(n) = network {
-            let mut m = self.network_bytes.lock();
-            let e = m.entry(n.to_owned()).or_default();
-            e.0 += up;
-            e.1 += down;
+            bump(&mut self.network_bytes.lock(), n, |e| {
+                e.0 += up;
+                e.1 += down;
+            });
         }
         if let (true, Some(a)) = (per_account, account) {
-            let mut m = self.account_bytes.lock();
-            let e = m.entry(a.to_owned()).or_default();
-            e.0 += up;
-            e.1 += down;
+            bump(&mut self.account_bytes.lock(), a, |e| {
+                e.0 += up;
+                e.1 += down;
+            });
+        }
+    }
+}
+
+/// Apply `f` to `map[key]` (default the first time): the key is copied only then, so
+/// counting a known name allocates nothing.
+fn bump<V: Default>(map: &mut AHashMap<String, V>, key: &str, f: impl FnOnce(&mut V)) {
+    match map.get_mut(key) {
+        Some(v) => f(v),
+        None => {
+            let mut v = V::default();
+            f(&mut v);
+            map.insert(key.to_owned(), v);
         }
     }
 }

@@ -170,7 +170,8 @@ async fn sniff_first_bytes(client: &mut Side, deadline: Instant) -> Option<Proto
 pub struct Access<'a> {
     pub proto: &'static str,
     pub account: Option<&'a str>,
-    pub target: Option<&'a str>,
+    /// Formatted only when the line is written.
+    pub target: Option<&'a dyn std::fmt::Display>,
     pub exit: Option<usize>,
     pub up: u64,
     pub down: u64,
@@ -210,7 +211,7 @@ impl Ctx {
             listener = self.listener,
             network,
             account = a.account,
-            target = a.target,
+            target = a.target.map(tracing::field::display),
             exit,
             up = a.up,
             down = a.down,

@@ -51,11 +51,16 @@ impl DnsCache {
 
     /// Resolve `host` (a name; IP literals never get here) to its addresses.
     pub async fn resolve(&self, host: &str) -> Answer {
-        let key = host.to_ascii_lowercase();
+        // Names usually arrive lowercase: look them up without a copy.
+        let key: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            host.to_ascii_lowercase().into()
+        } else {
+            host.into()
+        };
         let now = Instant::now();
         let inflight = {
             let map = self.map.borrow();
-            match map.get(&key) {
+            match map.get(key.as_ref()) {
                 Some(Slot::Ready { answer, expires }) if *expires > now => {
                     self.metrics.dns_hits.inc();
                     return answer.clone();
@@ -94,7 +99,7 @@ impl DnsCache {
                     map.retain(|_, s| matches!(s, Slot::Pending(_)));
                 }
             }
-            map.insert(key.clone(), Slot::Pending(flight.clone()));
+            map.insert(key.clone().into_owned(), Slot::Pending(flight.clone()));
         }
         // If this future is dropped mid-lookup, the guard still publishes an answer so
         // that waiters are not stranded.
@@ -104,7 +109,7 @@ impl DnsCache {
             flight: &flight,
             answer: None,
         };
-        let name = key.clone();
+        let name = key.clone().into_owned();
         let answer = glommio::executor()
             .spawn_blocking(move || lookup(&name))
             .await

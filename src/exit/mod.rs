@@ -132,19 +132,19 @@ pub async fn dial(
         Some(st) => sticky_exit(w, snap, route, st, now).await,
         None => None,
     };
-    let attempts = 1 + snap.routing.retries as usize;
-    let mut tried: Vec<usize> = Vec::with_capacity(attempts);
+    // Exits tried so far (at most 1 + 16 retries): on the stack, no allocation.
+    let mut tried_buf = [usize::MAX; 17];
+    let attempts = (1 + snap.routing.retries as usize).min(tried_buf.len());
     let mut last = None;
-    for _ in 0..attempts {
-        let exit =
-            match bound.filter(|b| tried.is_empty() && !snap.exits[*b].health.is_benched(now)) {
-                Some(b) => b,
-                None => match w.pick(snap, route.list, &tried, now) {
-                    Some(i) => i,
-                    None => break,
-                },
-            };
-        tried.push(exit);
+    for n_tried in 0..attempts {
+        let exit = match bound.filter(|b| n_tried == 0 && !snap.exits[*b].health.is_benched(now)) {
+            Some(b) => b,
+            None => match w.pick(snap, route.list, &tried_buf[..n_tried], now) {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        tried_buf[n_tried] = exit;
         let health = &snap.exits[exit].health;
         let t0 = Instant::now();
         let res = within(
@@ -279,26 +279,34 @@ async fn connect_target(
     allow_private: bool,
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), Fail> {
-    let addrs: Vec<IpAddr> = match target {
-        TargetAddr::Ip(a) => vec![a.ip()],
-        TargetAddr::Name(host, _) => w
-            .dns
-            .resolve(host)
-            .await
-            .map_err(|_| Fail::Target(ProxyError::DnsFailed(host.clone())))?
-            .to_vec(),
+    let one;
+    let resolved;
+    let addrs: &[IpAddr] = match target {
+        TargetAddr::Ip(a) => {
+            one = [a.ip()];
+            &one
+        }
+        TargetAddr::Name(host, _) => {
+            resolved = w
+                .dns
+                .resolve(host)
+                .await
+                .map_err(|_| Fail::Target(ProxyError::DnsFailed(host.clone())))?;
+            &resolved
+        }
     };
-    let allowed: Vec<IpAddr> = addrs
-        .into_iter()
-        .filter(|ip| allow_private || !policy::is_private(*ip))
-        .collect();
-    if allowed.is_empty() {
+    let allowed = || {
+        addrs
+            .iter()
+            .copied()
+            .filter(|ip| allow_private || !policy::is_private(*ip))
+    };
+    if allowed().next().is_none() {
         return Err(Fail::Target(ProxyError::ForbiddenTarget(
             target.to_string(),
         )));
     }
-    let usable = allowed
-        .into_iter()
+    let usable = allowed()
         .filter(|ip| source_ip.is_none_or(|s| s.is_ipv4() == ip.is_ipv4()))
         .take(MAX_ADDRS_TRIED);
     let mut last = ProxyError::NetworkUnreachable;

@@ -149,10 +149,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             };
         first = false;
         client.consume(head_len);
-        let target_s = {
-            let (h, p) = req.target.host_port();
-            TargetAddr::from_host(h, p).to_string()
-        };
+        let target_s = HostPort(req.target.host_port());
         let (ident, route, admission) = match Box::pin(admit(ctx, &req)).await {
             Ok(i) => i,
             Err((account, e)) => {
@@ -285,7 +282,7 @@ fn log(
     ctx: &Ctx,
     client: &Side,
     account: Option<&str>,
-    target: Option<&str>,
+    target: Option<&dyn std::fmt::Display>,
     exit: Option<usize>,
     started: Instant,
     (up0, down0): (u64, u64),
@@ -301,4 +298,16 @@ fn log(
         started,
         outcome,
     });
+}
+
+/// A request's target for the access line, formatted only when the line is written.
+struct HostPort<'a>((&'a str, u16));
+
+impl std::fmt::Display for HostPort<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            (h, p) if h.contains(':') => write!(f, "[{h}]:{p}"),
+            (h, p) => write!(f, "{h}:{p}"),
+        }
+    }
 }

@@ -160,7 +160,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             return;
         }
     };
-    let fail = |client: &Side, target: Option<&str>, e: &ProxyError| {
+    let fail = |client: &Side, target: Option<&dyn std::fmt::Display>, e: &ProxyError| {
         ctx.log_access(Access {
             proto: "socks5",
             account: Some(&ident.account),
@@ -181,7 +181,6 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             return;
         }
     };
-    let target_s = target.to_string();
     // Plan: 452/453 on the CONNECT reply. The slot is held until the tunnel closes.
     let _slot = match plan::admit(&ctx.w, &ident.counters).await {
         Ok(adm) => {
@@ -190,7 +189,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         }
         Err(e) => {
             refuse(client, &e).await;
-            fail(client, Some(&target_s), &e);
+            fail(client, Some(&target), &e);
             return;
         }
     };
@@ -198,7 +197,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         Ok(o) => o,
         Err(e) => {
             refuse(client, &e).await;
-            fail(client, Some(&target_s), &e);
+            fail(client, Some(&target), &e);
             return;
         }
     };
@@ -227,11 +226,11 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         )
         .await
     };
-    tracing::debug!(?end, target = %target_s, "socks5 tunnel ended");
+    tracing::debug!(?end, target = %target, "socks5 tunnel ended");
     ctx.log_access(Access {
         proto: "socks5",
         account: Some(&ident.account),
-        target: Some(&target_s),
+        target: Some(&target),
         exit: Some(out.exit),
         up: client.meter.up(),
         down: client.meter.down(),
