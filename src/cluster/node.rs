@@ -69,7 +69,7 @@ pub(super) struct Node {
 impl Node {
     pub fn new(cfg: ClusterSection, me: String, stats: Arc<Stats>) -> Result<Node, String> {
         let client = redis::Client::open(cfg.redis.as_str())
-            .map_err(|e| format!("[cluster] redis = {:?}: {e}", cfg.redis))?;
+            .map_err(|e| format!("[cluster] redis = {:?}: {e}", cfg.redis_for_logs()))?;
         let now = Instant::now();
         Ok(Node {
             keys: Keys {
@@ -142,7 +142,7 @@ impl Node {
             });
         match res {
             Ok(c) => {
-                tracing::info!(node = %self.me, redis = %redacted(&self.cfg.redis), "connected to redis");
+                tracing::info!(node = %self.me, redis = %self.cfg.redis_for_logs(), "connected to redis");
                 self.conn = Some(c);
                 self.resync = true;
                 self.next_beat = Instant::now();
@@ -534,28 +534,5 @@ fn int(v: &Option<Value>) -> Option<i64> {
     match v {
         Some(Value::Int(i)) => Some(*i),
         _ => None,
-    }
-}
-
-/// The Redis URL without its password, for logs.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_stay_out_of_logs() {
-        assert_eq!(
-            super::redacted("redis://user:secret@10.0.0.1:6379/0"),
-            "redis://***@10.0.0.1:6379/0"
-        );
-        assert_eq!(
-            super::redacted("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
     }
 }

@@ -18,7 +18,7 @@ pub struct Shared {
 }
 
 fn connect(cfg: &ClusterSection) -> Result<(redis::Connection, Scripts), String> {
-    let fail = |e: redis::RedisError| format!("redis {}: {e}", cfg.redis);
+    let fail = |e: redis::RedisError| format!("redis {}: {e}", cfg.redis_for_logs());
     let client = redis::Client::open(cfg.redis.as_str()).map_err(fail)?;
     let mut conn = client
         .get_connection_with_timeout(cfg.redis_timeout.0)
@@ -51,7 +51,7 @@ pub fn adjust(cfg: &ClusterSection, account: &str, adj: Adjustment) -> Result<(u
     };
     let v = conn
         .req_command(&c)
-        .map_err(|e| format!("redis {}: {e}", cfg.redis))?;
+        .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))?;
     pair(v).ok_or_else(|| "unexpected reply from redis".into())
 }
 
@@ -61,7 +61,7 @@ pub fn read(cfg: &ClusterSection, accounts: &[&str]) -> Result<HashMap<String, S
     let keys = Keys {
         prefix: cfg.key_prefix.clone(),
     };
-    let fail = |e: redis::RedisError| format!("redis {}: {e}", cfg.redis);
+    let fail = |e: redis::RedisError| format!("redis {}: {e}", cfg.redis_for_logs());
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).map_err(fail)?;
     let now_ms = secs * 1000 + micros / 1000;
     let nodes: HashMap<String, u64> = redis::cmd("HGETALL")

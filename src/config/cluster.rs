@@ -16,8 +16,8 @@ pub enum DownPolicy {
     FailOpen,
 }
 
-/// `[cluster]`, as written and after validation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[cluster]`, as written and after validation. `Debug` leaves the Redis password out.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// `redis://[user:password@]host:port/db` or `unix:///path/to/redis.sock`.
@@ -59,13 +59,36 @@ fn default_allowance() -> Size {
     Size(64 << 20)
 }
 
+impl std::fmt::Debug for ClusterSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSection")
+            .field("redis", &self.redis_for_logs())
+            .field("node", &self.node)
+            .field("key_prefix", &self.key_prefix)
+            .field("node_ttl", &self.node_ttl)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("on_redis_down", &self.on_redis_down)
+            .field("down_allowance", &self.down_allowance)
+            .finish()
+    }
+}
+
 impl ClusterSection {
+    /// The Redis URL without its password, for logs and error messages.
+    pub fn redis_for_logs(&self) -> String {
+        let url = &self.redis;
+        match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+            _ => url.clone(),
+        }
+    }
+
     /// Check every key; fill in the node name.
     pub fn validate(mut self) -> Result<ClusterSection, String> {
         if let Err(e) = redis::Client::open(self.redis.as_str()) {
             return Err(format!(
                 "[cluster] redis = {:?}: {e} (e.g. \"redis://127.0.0.1:6379/0\")",
-                self.redis
+                self.redis_for_logs()
             ));
         }
         if self.node.is_empty() {
@@ -110,6 +133,22 @@ mod tests {
         toml::from_str::<ClusterSection>(&text)
             .map_err(|e| e.to_string())?
             .validate()
+    }
+
+    #[test]
+    fn the_redis_password_stays_out_of_logs_and_errors() {
+        let c = section("").unwrap();
+        assert_eq!(c.redis_for_logs(), "redis://127.0.0.1:6379/0");
+        let mut c = c;
+        c.redis = "redis://user:s3cret@10.0.0.1:6379/0".into();
+        assert_eq!(c.redis_for_logs(), "redis://***@10.0.0.1:6379/0");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let bad =
+            toml::from_str::<ClusterSection>("redis = \"redis://u:s3cret@[x/0\"\nnode = \"a\"")
+                .unwrap()
+                .validate()
+                .unwrap_err();
+        assert!(!bad.contains("s3cret"), "{bad}");
     }
 
     #[test]
