@@ -87,12 +87,13 @@ SOCKS_MODES = ["tunnels-socks5", "down-socks5", "up-socks5"]
 HTTP_MODES = ["tunnels-connect", "down-connect", "up-connect", "forward"]
 
 
-def start_tollgate(work, workers=2, name="tollgate", extra=""):
+def start_tollgate(work, workers=2, name="tollgate", extra="", server=""):
     port = free_port()
     cfg = f"""
 [server]
 workers = {workers}
 allow_private_targets = true
+{server}
 state_dir = "{work}/state-{name}"
 [log]
 level = "error"
@@ -185,14 +186,32 @@ LogLevel Critical
     return peers
 
 
+def quiesce(proxies, limit=10.0):
+    """Wait (at most `limit` s) until no proxy is still busy with the previous run: a proxy
+    draining buffered data would otherwise steal CPU from the next one measured."""
+    deadline = time.time() + limit
+    last = sum(group_stats(p.proc.pid)[0] for p in proxies)
+    while time.time() < deadline:
+        time.sleep(0.2)
+        now = sum(group_stats(p.proc.pid)[0] for p in proxies)
+        if now - last < 0.02:
+            return
+        last = now
+
+
 def loadgen(mode, p, conc):
     argv = [LOADGEN, mode, f"127.0.0.1:{p.port}", "--conc", str(conc), "--secs", str(SECS)]
     if p.auth:
         argv += ["--user", USER, "--pass", PASS]
     cpu0, _ = group_stats(p.proc.pid)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=SECS + 60).stdout
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=SECS + 60)
     cpu1, _ = group_stats(p.proc.pid)
-    res = json.loads(out.strip().splitlines()[-1])
+    lines = run.stdout.strip().splitlines()
+    if run.returncode != 0 or not lines:
+        # A failed run counts as nothing done; the others go on.
+        print(f"warning: {mode} against {p.name} failed: {run.stderr.strip()[-300:]}", file=sys.stderr)
+        return {"mode": mode, "ops": 0, "bytes": 0, "secs": SECS, "cpu": cpu1 - cpu0, "failed": True}
+    res = json.loads(lines[-1])
     res["cpu"] = cpu1 - cpu0
     return res
 
@@ -215,7 +234,10 @@ def idle_rss(p):
 def main():
     work = tempfile.mkdtemp(prefix="tollgate-bench-")
     wanted = os.environ.get("BENCH_PEERS", "microsocks,merino,dante,squid,tinyproxy,proxy-chain").split(",")
-    proxies = [start_tollgate(work)] + start_peers(work, wanted)
+    # tollgate as shipped, and with executors busy-polling 200 us before they sleep
+    # ([server] spin_before_park, for cores dedicated to it).
+    proxies = [start_tollgate(work), start_tollgate(work, 2, "tollgate-spin200", server='spin_before_park = "200us"')]
+    proxies += start_peers(work, wanted)
     modes = [("tunnels-socks5", 32), ("tunnels-connect", 32), ("down-socks5", 4), ("up-socks5", 4),
              ("down-connect", 4), ("up-connect", 4), ("forward", 32)]
     results = {}
@@ -225,6 +247,7 @@ def main():
                 for p in proxies:
                     if mode not in p.modes:
                         continue
+                    quiesce(proxies)
                     r = loadgen(mode, p, conc)
                     results.setdefault((p.name, mode), []).append(r)
                     print(f"rep {rep + 1} {mode:16} {p.name:12} ops {r['ops']:>9} bytes {r['bytes']:>13} "

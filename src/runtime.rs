@@ -156,6 +156,7 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     ledger.attach(&mut snap);
     let flush_every = snap.server.usage_flush.0;
     let resolver_threads = snap.dns.resolver_threads;
+    let spin = snap.server.spin_before_park.0;
     let sessions = Arc::new(SessionTable::new(snap.routing.max_sessions));
     let guard = Arc::new(crate::auth::guard::AuthGuard::default());
     let config = Arc::new(ArcSwap::from_pointee(snap));
@@ -197,6 +198,7 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
             .name(&format!("tollgate-{id}"))
             // Network I/O does not use the registered io_memory; keep it small.
             .io_memory(64 << 10)
+            .spin_before_park(spin)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(resolver_threads))
             .spawn(move || worker_main(id, workers, config, shared, metrics, my_fds))
             .map_err(|e| {

@@ -68,6 +68,9 @@ pub struct ServerSection {
     pub max_header_size: Size,
     /// Concurrent client connections per executor; the overflow is closed at accept.
     pub max_connections_per_worker: usize,
+    /// How long an executor with nothing to do busy-polls before it sleeps; 0 = sleep at
+    /// once. Read at start.
+    pub spin_before_park: Dur,
 }
 
 impl Default for ServerSection {
@@ -83,6 +86,7 @@ impl Default for ServerSection {
             usage_flush: Dur(std::time::Duration::from_secs(5)),
             max_header_size: Size(16 * 1024),
             max_connections_per_worker: 65_536,
+            spin_before_park: Dur(std::time::Duration::ZERO),
         }
     }
 }

@@ -169,6 +169,9 @@ impl Snapshot {
         if s.max_header_size.0 < 1024 || s.max_header_size.0 > 1 << 20 {
             return Err("[server] max_header_size: must be between 1KiB and 1MiB".into());
         }
+        if s.spin_before_park.0 > std::time::Duration::from_millis(10) {
+            return Err("[server] spin_before_park: at most 10ms".into());
+        }
         if s.max_connections_per_worker == 0 {
             return Err("[server] max_connections_per_worker: must be at least 1".into());
         }
@@ -712,6 +715,14 @@ networks = ["res"]
             (
                 "[[plan]]\nname=\"q\"\nbandwidth=\"10XB\"\nthreads=1\n",
                 "unknown unit",
+            ),
+            (
+                "[server]\nspin_before_park = \"1s\"\n",
+                "[server] spin_before_park: at most 10ms",
+            ),
+            (
+                "[cluster]\nredis = \"redis://127.0.0.1/0\"\nnode = \"gw 1\"\n",
+                "[cluster] node = \"gw 1\"",
             ),
             (
                 "[[exit]]\nnetwork=\"res\"\nkind=\"ftp\"\n",
