@@ -3,7 +3,7 @@
 use serde::de::{self, Deserializer, Visitor};
 use std::{fmt, time::Duration};
 
-/// A duration written as `<integer><unit>`, unit one of `ms`, `s`, `m`, `h`, `d`.
+/// A duration written as `<integer><unit>`, unit one of `us`, `ms`, `s`, `m`, `h`, `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -12,30 +12,31 @@ pub struct Dur(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
-/// Parse a duration such as `10s`, `250ms`, `5m`, `1h`, `2d`.
+/// Parse a duration such as `10s`, `250ms`, `200us`, `5m`, `1h`, `2d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
-        format!("duration {s:?} has no unit (use ms, s, m, h or d, e.g. \"10s\")")
+        format!("duration {s:?} has no unit (use us, ms, s, m, h or d, e.g. \"10s\")")
     })?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
         .map_err(|_| format!("duration {s:?} must start with a whole number, e.g. \"10s\""))?;
-    let ms_per = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
+    let us_per: u64 = match unit {
+        "us" => 1,
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
         _ => {
             return Err(format!(
-                "duration {s:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
+                "duration {s:?} has unknown unit {unit:?} (use us, ms, s, m, h or d)"
             ))
         }
     };
-    n.checked_mul(ms_per)
-        .map(Duration::from_millis)
+    n.checked_mul(us_per)
+        .map(Duration::from_micros)
         .ok_or_else(|| format!("duration {s:?} is too large"))
 }
 
@@ -134,6 +135,7 @@ mod tests {
         for (s, ms) in ok {
             assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}");
         }
+        assert_eq!(parse_duration("200us").unwrap(), Duration::from_micros(200));
         for bad in ["", "10", "s", "10x", "-1s", "1.5s", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
