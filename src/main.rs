@@ -145,23 +145,36 @@ fn usage(snap: &tollgate::config::Snapshot, action: UsageAction) -> Result<(), S
                 let acc = &snap.accounts[name];
                 let plan = &snap.plans[acc.plan];
                 let row = rows.get(name).copied().unwrap_or_default();
-                let limit = plan.bandwidth.saturating_add(row.credit);
                 let queued = pending.iter().filter(|(a, _)| a == name).count();
-                println!(
-                    "{:<24} {:<12} {:>16} {:>16} {:>16} {:>16} {:>7} {:>8}",
-                    name,
-                    plan.name,
-                    row.used,
-                    row.credit,
-                    limit,
-                    limit.saturating_sub(row.used),
-                    row.active,
-                    queued
-                );
+                let row = (row.used, row.credit, row.active);
+                usage_row(name, plan, row, Some(queued));
             }
         }
     }
     Ok(())
+}
+
+/// One line of `tollgate usage show`: (used, credit, active) and, for the local store,
+/// the adjustments still queued.
+fn usage_row(
+    name: &str,
+    plan: &tollgate::config::Plan,
+    row: (u64, u64, u32),
+    queued: Option<usize>,
+) {
+    let (used, credit, active) = row;
+    let limit = plan.bandwidth.saturating_add(credit);
+    let queued = queued.map(|q| format!(" {q:>8}")).unwrap_or_default();
+    println!(
+        "{:<24} {:<12} {:>16} {:>16} {:>16} {:>16} {:>7}{queued}",
+        name,
+        plan.name,
+        used,
+        credit,
+        limit,
+        limit.saturating_sub(used),
+        active
+    );
 }
 
 /// `tollgate usage` on a cluster: read and adjust the shared usage in Redis, at once.
@@ -193,17 +206,7 @@ fn cluster_usage(
             for name in names {
                 let plan = &snap.plans[snap.accounts[name].plan];
                 let row = rows.get(name).copied().unwrap_or_default();
-                let limit = plan.bandwidth.saturating_add(row.credit);
-                println!(
-                    "{:<24} {:<12} {:>16} {:>16} {:>16} {:>16} {:>7}",
-                    name,
-                    plan.name,
-                    row.used,
-                    row.credit,
-                    limit,
-                    limit.saturating_sub(row.used),
-                    row.active
-                );
+                usage_row(name, plan, (row.used, row.credit, row.active), None);
             }
         }
     }

@@ -89,15 +89,7 @@ fn bandwidth_limit_holds_across_two_nodes_and_is_billed_to_the_byte() {
     // 1.5 MiB each way through each node, counted on the client's sockets.
     let mut billed = 0;
     for gw in [&a, &b] {
-        let mut c = Counted::new(connect(gw.addr()));
-        c.write(
-            format!(
-                "CONNECT {echo} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
-                basic("alice", "secret")
-            )
-            .as_bytes(),
-        );
-        assert!(c.read_head().starts_with("HTTP/1.1 200"));
+        let mut c = Counted::connect_tunnel(gw.addr(), echo);
         c.echo(&pattern(3 << 19));
         drop(c.s.shutdown(std::net::Shutdown::Both));
         billed += c.bytes;

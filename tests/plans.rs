@@ -170,10 +170,7 @@ fn stored_usage_is_exact_to_the_byte_for_each_protocol() {
     };
 
     // SOCKS5: greeting, RFC 1929, request, reply, then 3 MiB each way.
-    let mut c = Counted {
-        s: connect(gw.addr()),
-        bytes: 0,
-    };
+    let mut c = Counted::new(connect(gw.addr()));
     c.write(&[5, 1, 2]);
     assert_eq!(c.read_exact(2), [5, 2]);
     c.write(b"\x01\x05alice\x06secret");
@@ -186,28 +183,14 @@ fn stored_usage_is_exact_to_the_byte_for_each_protocol() {
     wait_for(expected);
 
     // HTTP CONNECT: request head, 200 head, 2 MiB each way.
-    let mut c = Counted {
-        s: connect(gw.addr()),
-        bytes: 0,
-    };
-    c.write(
-        format!(
-            "CONNECT {echo} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
-            basic("alice", "secret")
-        )
-        .as_bytes(),
-    );
-    assert!(c.read_head().starts_with("HTTP/1.1 200"));
+    let mut c = Counted::connect_tunnel(gw.addr(), echo);
     c.echo(&pattern(2 << 20));
     drop(c.s.shutdown(std::net::Shutdown::Both));
     expected += c.bytes;
     wait_for(expected);
 
     // HTTP forwarding: a 1.5 MB POST echoed back, heads included, keep-alive twice.
-    let mut c = Counted {
-        s: connect(gw.addr()),
-        bytes: 0,
-    };
+    let mut c = Counted::new(connect(gw.addr()));
     let body = pattern(1_500_000);
     for _ in 0..2 {
         c.write(

@@ -135,8 +135,17 @@ impl Cluster {
         self.cfg.redis_timeout.0 * 2 + Duration::from_millis(100)
     }
 
-    async fn ask<T>(&self, req: Req, rx: flume::Receiver<Result<T, Down>>) -> Result<T, Down> {
-        if !self.send(req) {
+    /// Send the request `make` builds around a reply channel and wait for the answer;
+    /// `Down` at once while Redis is known to be unreachable.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(flume::Sender<Result<T, Down>>) -> Req,
+    ) -> Result<T, Down> {
+        if !self.is_up() {
+            return Err(Down);
+        }
+        let (reply, rx) = flume::bounded(1);
+        if !self.send(make(reply)) {
             return Err(Down);
         }
         match crate::worker::within(self.patience(), rx.recv_async()).await {
@@ -148,12 +157,8 @@ impl Cluster {
     /// Take one of `state`'s thread slots across the cluster: `Ok(false)` when every slot
     /// of the plan is held somewhere.
     pub async fn acquire(&self, state: &Arc<AccountState>) -> Result<bool, Down> {
-        if !self.is_up() {
-            return Err(Down);
-        }
-        let (reply, rx) = flume::bounded(1);
         let state = state.clone();
-        self.ask(Req::Acquire { state, reply }, rx).await
+        self.ask(|reply| Req::Acquire { state, reply }).await
     }
 
     /// Give back a slot taken by [`Cluster::acquire`].
@@ -175,17 +180,13 @@ impl Cluster {
         exit: &str,
         ttl: Duration,
     ) -> Result<(String, Duration), Down> {
-        if !self.is_up() {
-            return Err(Down);
-        }
-        let (reply, rx) = flume::bounded(1);
-        let req = Req::Bind {
+        self.ask(|reply| Req::Bind {
             key: key.to_owned(),
             exit: exit.to_owned(),
             ttl,
             reply,
-        };
-        self.ask(req, rx).await
+        })
+        .await
     }
 
     /// Move session `key` from `failed` to `exit` unless another node moved it already.
@@ -196,18 +197,14 @@ impl Cluster {
         exit: &str,
         ttl: Duration,
     ) -> Result<(String, Duration), Down> {
-        if !self.is_up() {
-            return Err(Down);
-        }
-        let (reply, rx) = flume::bounded(1);
-        let req = Req::Replace {
+        self.ask(|reply| Req::Replace {
             key: key.to_owned(),
             failed: failed.to_owned(),
             exit: exit.to_owned(),
             ttl,
             reply,
-        };
-        self.ask(req, rx).await
+        })
+        .await
     }
 
     /// Settle usage, hand back unspent grants and leave the cluster (after the executors

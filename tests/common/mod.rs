@@ -540,6 +540,20 @@ impl Counted {
         Counted { s, bytes: 0 }
     }
 
+    /// An HTTP CONNECT tunnel to `target` as alice, its request and 200 head counted.
+    pub fn connect_tunnel(gw: SocketAddr, target: SocketAddr) -> Counted {
+        let mut c = Counted::new(connect(gw));
+        c.write(
+            format!(
+                "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+                basic("alice", "secret")
+            )
+            .as_bytes(),
+        );
+        assert!(c.read_head().starts_with("HTTP/1.1 200"));
+        c
+    }
+
     pub fn write(&mut self, b: &[u8]) {
         self.s.write_all(b).unwrap();
         self.bytes += b.len() as u64;
