@@ -126,6 +126,11 @@ fn bandwidth_limit_holds_across_two_nodes_and_is_billed_to_the_byte() {
         let u = a.stored_usage("alice");
         (u.2 == 0).then_some(u)
     });
+    // Idle nodes hand their unspent grants back: no `out:<node>` entry is left.
+    eventually("grants handed back", || {
+        let fields = redis.command(&["HKEYS", "tollgate:bw:alice"])?;
+        (!fields.contains("out:")).then_some(())
+    });
     // Relayed bytes never pass the plan; only the gateway's own short replies may.
     assert!(used <= plan + 4096, "used {used} of a {plan}-byte plan");
     // An operator's top-up on the shared store lets both nodes through again.

@@ -45,7 +45,9 @@ impl Redis {
             });
         self.child = Some(child);
         eventually("redis-server to answer PING", || {
-            (self.command(&["PING"]).as_deref() == Some("+PONG")).then_some(())
+            self.command(&["PING"])
+                .is_some_and(|r| r.starts_with("+PONG"))
+                .then_some(())
         });
     }
 
@@ -61,7 +63,8 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// One command over RESP; the first line of the reply (None when unreachable).
+    /// One command over RESP; the raw reply, as far as one read returns it (None when
+    /// unreachable).
     pub fn command(&self, args: &[&str]) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(WAIT)).ok()?;
@@ -70,10 +73,9 @@ impl Redis {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
         s.write_all(req.as_bytes()).ok()?;
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; 4096];
         let n = s.read(&mut buf).ok()?;
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        text.lines().next().map(str::to_owned)
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 }
 
