@@ -44,7 +44,7 @@ return 1
 "#;
 
 /// KEYS: bw hash, nodes hash. ARGV: plan bandwidth, me, smallest grant, largest grant.
-/// Grants what keeps `used + Σ out <= plan + credit`, shared out over the live nodes;
+/// Grants what keeps `used + Σ out <= plan + credit`, shared out over the nodes known to Redis;
 /// returns the grant (0 = the plan is used up). A dead node's unspent grant is dropped
 /// and its spending folded into `used`.
 const GRANT: &str = r#"
