@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Soak tollgate: mixed load for a set time, then check it leaked nothing and lost no metering.
 
-usage: soak.py BINARY DURATION_SECONDS
+usage: soak.py BINARY DURATION_SECONDS   (SOAK_CLUSTER=1: the gateway is a cluster node on a
+                                          local redis-server it starts)
 
 Starts local origins (echo, HTTP, a resetting one) and tollgate on 127.0.0.1 ephemeral ports,
 then drives both protocols with good traffic, auth failures, targeting errors, quota
@@ -10,7 +11,9 @@ and an operation cap. Checks at the end:
   - no panics (tollgate_panics_total == 0) and the process is alive;
   - RSS after warm-up stays within 10% (sampled every 5 s);
   - fds back to the post-warm-up baseline once the load stops;
-  - stored usage of the metered account equals the bytes its clients sent plus received.
+  - stored usage of the metered account equals the bytes its clients sent plus received;
+  - with SOAK_CLUSTER=1 also: no Redis errors, no thread slot left held in Redis, and every
+    unspent bandwidth grant handed back.
 """
 import base64
 import http.server
@@ -93,6 +96,33 @@ dead_port = dead.getsockname()[1]
 dead.close()
 
 work = tempfile.mkdtemp(prefix="tollgate-soak-")
+CLUSTER = os.environ.get("SOAK_CLUSTER") == "1"
+redis = None
+cluster_section = ""
+if CLUSTER:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    redis_port = s.getsockname()[1]
+    s.close()
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", work],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", redis_port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    cluster_section = f'[cluster]\nredis = "redis://127.0.0.1:{redis_port}/0"\nnode = "soak"\n'
+
+
+def redis_cmd(*args):
+    """One Redis command over RESP; the raw reply."""
+    with socket.create_connection(("127.0.0.1", redis_port), timeout=5) as c:
+        c.sendall(f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args))
+        return c.recv(65536).decode(errors="replace")
+
+
 config = f"""
 [server]
 workers = 2
@@ -145,7 +175,7 @@ name = "tiny"
 password = "pw"
 plan = "tiny"
 networks = ["res"]
-"""
+{cluster_section}"""
 open(os.path.join(work, "tollgate.toml"), "w").write(config)
 proc = subprocess.Popen([BIN, "--config", "tollgate.toml"], cwd=work,
                         stdout=subprocess.PIPE, stderr=open(os.path.join(work, "stderr.log"), "w"), text=True)
@@ -365,7 +395,23 @@ if stored != metered[0]:
     failures.append("stored usage differs from the client's count")
 if fd_end > 40:
     failures.append(f"fds not back to baseline ({fd_end})")
+if CLUSTER:
+    errors = metric("tollgate_cluster_redis_errors_total")
+    slots = {a: redis_cmd("HGETALL", f"tollgate:threads:{a}") for a in ("meter", "load", "tiny")}
+    grants = {a: redis_cmd("HKEYS", f"tollgate:bw:{a}") for a in ("meter", "load", "tiny")}
+    print(f"cluster: redis errors {errors:.0f}; slots held in redis: "
+          f"{ {a: r.split()[0] for a, r in slots.items()} }; grants out: "
+          f"{ {a: 'out:' in r for a, r in grants.items()} }")
+    if errors != 0:
+        failures.append("redis errors")
+    if any(r.split()[0] != "*0" for r in slots.values()):
+        failures.append("thread slots left held in redis")
+    if any("out:" in r for r in grants.values()):
+        failures.append("bandwidth grants not handed back")
 proc.terminate()
 proc.wait(timeout=60)
+if redis:
+    redis.kill()
+    redis.wait()
 print("soak:", "FAIL: " + "; ".join(failures) if failures else "all checks passed")
 sys.exit(1 if failures else 0)

@@ -256,3 +256,40 @@ fn redis_down_fail_open_admits_within_the_local_allowance() {
         (a.metric("tollgate_cluster_redis_up") == Some(1.0)).then_some(())
     });
 }
+
+#[test]
+fn no_lease_is_stranded_while_admissions_wait_for_redis() {
+    // Admissions wait on Redis (made slow here with CLIENT PAUSE) while each core's quota
+    // tick retires accounts idle on it; a connection admitted meanwhile must charge the
+    // live view of its account, or the leases it takes are never handed back (a
+    // regression found by the cluster soak).
+    let redis = Redis::start();
+    let echo = echo_server("127.0.0.1:0");
+    let a = Gateway::start(&node_config(&redis, "a", ("10GiB", 1000), "", DIRECT_EXIT));
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(3500);
+    let port = redis.port;
+    let pauser = std::thread::spawn(move || {
+        let r = Redis::attach(port);
+        while std::time::Instant::now() < until {
+            // 30 ms paused out of every 100: admissions wait, and paused clients get to
+            // run in between (back-to-back pauses could starve them).
+            r.command(&["CLIENT", "PAUSE", "30", "WRITE"]);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    let mut tunnels = 0;
+    // Bounded in time and count: one client, short tunnels, so the account is often idle
+    // on a core exactly when the next admission is waiting.
+    while std::time::Instant::now() < until && tunnels < 10_000 {
+        let mut c = Counted::connect_tunnel(a.addr(), echo);
+        c.echo(&pattern(20_000));
+        tunnels += 1;
+    }
+    pauser.join().unwrap();
+    assert!(tunnels > 20, "{tunnels}");
+    eventually("every lease and slot back in redis", || {
+        let grants = redis.command(&["HKEYS", "tollgate:bw:alice"])?;
+        let slots = redis.command(&["HGETALL", "tollgate:threads:alice"])?;
+        (!grants.contains("out:") && slots.starts_with("*0")).then_some(())
+    });
+}

@@ -35,8 +35,7 @@ pub struct Admission {
 /// slot is also taken in Redis; while Redis is down, `on_redis_down` decides (503, or this
 /// node's own count only).
 pub async fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, ProxyError> {
-    let local = w.quota.local(state);
-    if local.exhausted() {
+    if w.quota.local(state).exhausted() {
         return Err(ProxyError::BandwidthExceeded);
     }
     let mut slot = state.try_acquire().ok_or(ProxyError::ThreadsExceeded)?;
@@ -53,9 +52,12 @@ pub async fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, P
             }
         }
     }
+    // The core's view of the account is looked up only now: while this admission waited
+    // for Redis, the quota tick may have retired an idle one (handing its lease back), and
+    // a charge on a retired view would strand the leases it takes.
     Ok(Admission {
         slot,
-        charge: Charge::new(local),
+        charge: Charge::new(w.quota.local(state)),
     })
 }
 

@@ -550,7 +550,8 @@ impl Counted {
             )
             .as_bytes(),
         );
-        assert!(c.read_head().starts_with("HTTP/1.1 200"));
+        let head = c.read_head();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         c
     }
 

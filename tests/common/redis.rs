@@ -51,6 +51,16 @@ impl Redis {
         });
     }
 
+    /// A handle on a server another `Redis` runs (for commands from another thread); it
+    /// does not stop the server when dropped.
+    pub fn attach(port: u16) -> Redis {
+        Redis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     /// Kill it (as a crash or a network loss looks to the gateways).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
