@@ -191,12 +191,10 @@ fn a_killed_node_frees_its_slots_within_node_ttl() {
     refused_453(&a, echo);
     b.signal(9);
     b.wait_exit();
-    // node_ttl = 2s: node a admits once b's heartbeat has lapsed.
-    let t0 = std::time::Instant::now();
+    // node_ttl = 2s: node a admits once b's heartbeat has lapsed (eventually fails the
+    // test if that takes longer than WAIT).
     let mut s = eventually("b's slots to lapse", || tunnel(a.addr(), echo).ok());
     ping(&mut s);
-    let waited = t0.elapsed();
-    assert!(waited < WAIT, "{waited:?}");
 }
 
 #[test]

@@ -32,7 +32,7 @@ struct Acct {
     state: Arc<AccountState>,
     /// Thread slots this node holds in Redis.
     held: u32,
-    held_written: Option<u32>,
+    held_written: u32,
     /// (bytes spent since start, unspent grant) last written.
     bw_written: Option<(u64, u64)>,
     /// Bytes granted to itself during the current outage.
@@ -182,7 +182,7 @@ impl Node {
             .or_insert_with(|| Acct {
                 state: state.clone(),
                 held: 0,
-                held_written: Some(0),
+                held_written: 0,
                 bw_written: None,
                 down_granted: 0,
             })
@@ -307,10 +307,10 @@ impl Node {
     fn held_write(&mut self, name: &str) -> Option<redis::Cmd> {
         let key = self.keys.threads(name);
         let a = self.accounts.get_mut(name)?;
-        if a.held_written == Some(a.held) && !self.resync {
+        if a.held_written == a.held && !self.resync {
             return None;
         }
-        a.held_written = Some(a.held);
+        a.held_written = a.held;
         let mut c = if a.held == 0 {
             redis::cmd("HDEL")
         } else {
@@ -337,9 +337,12 @@ impl Node {
 
     /// Act on the replies (`None`: Redis is down; fall back).
     fn finish(&mut self, then: Vec<Then>, values: Option<Vec<Value>>) {
-        let values = values.map(|v| v.into_iter().map(Some).collect::<Vec<_>>());
-        for (i, t) in then.into_iter().enumerate() {
-            let v = values.as_ref().and_then(|vs| vs.get(i).cloned().flatten());
+        let up = values.is_some();
+        let mut values = values.map(Vec::into_iter);
+        // Accounts whose acquirer left before the answer: their count is written again.
+        let mut gave_up: Vec<String> = Vec::new();
+        for t in then {
+            let v = values.as_mut().and_then(Iterator::next);
             match t {
                 Then::Ignore => {}
                 Then::Heartbeat => {
@@ -354,7 +357,7 @@ impl Node {
                             if let Some(a) = self.accounts.get_mut(&name) {
                                 a.held += 1;
                                 // Redis added one to what we last wrote.
-                                a.held_written = a.held_written.map(|h| h + 1);
+                                a.held_written += 1;
                             }
                             Ok(true)
                         }
@@ -367,13 +370,14 @@ impl Node {
                         if let Some(a) = self.accounts.get_mut(&name) {
                             a.held = a.held.saturating_sub(1);
                         }
+                        gave_up.push(name);
                     }
                 }
                 Then::Granted(name) => {
                     let Some(a) = self.accounts.get_mut(&name) else {
                         continue;
                     };
-                    match (values.is_some(), int(&v)) {
+                    match (up, int(&v)) {
                         (true, Some(g)) if g > 0 => a.state.add_grant(g as u64),
                         (true, Some(_)) => a.state.set_exhausted(),
                         _ => {
@@ -397,7 +401,10 @@ impl Node {
                                 Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
                                 _ => None,
                             };
-                            let ttl = int(&Some(items[1].clone())).unwrap_or(0).max(0) as u64;
+                            let ttl = match items[1] {
+                                Value::Int(ms) => ms.max(0) as u64,
+                                _ => 0,
+                            };
                             exit.map(|e| (e, Duration::from_millis(ttl))).ok_or(Down)
                         }
                         _ => Err(Down),
@@ -406,15 +413,9 @@ impl Node {
                 }
             }
         }
-        // Release the slots of acquires whose waiters left, in the next batch.
-        let stale: Vec<String> = self
-            .accounts
-            .iter()
-            .filter(|(_, a)| a.held_written.is_some_and(|w| w > a.held))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if !stale.is_empty() && self.conn.is_some() {
-            let cmds: Vec<redis::Cmd> = stale.iter().filter_map(|n| self.held_write(n)).collect();
+        // Give back the slots taken for acquirers that left.
+        if !gave_up.is_empty() {
+            let cmds: Vec<redis::Cmd> = gave_up.iter().filter_map(|n| self.held_write(n)).collect();
             let _ = self.call(&cmds);
         }
     }

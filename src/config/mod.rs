@@ -149,6 +149,9 @@ impl Default for DnsSection {
     }
 }
 
+/// Largest `[routing] retries`.
+pub const MAX_RETRIES: u32 = 16;
+
 /// `[routing]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -205,8 +205,8 @@ impl Snapshot {
         if f.routing.bench_after == 0 {
             return Err("[routing] bench_after: must be at least 1".into());
         }
-        if f.routing.retries > 16 {
-            return Err("[routing] retries: at most 16".into());
+        if f.routing.retries > super::MAX_RETRIES {
+            return Err(format!("[routing] retries: at most {}", super::MAX_RETRIES));
         }
         if f.routing.max_sessions == 0 {
             return Err("[routing] max_sessions: must be at least 1".into());

@@ -132,8 +132,8 @@ pub async fn dial(
         Some(st) => sticky_exit(w, snap, route, st, now).await,
         None => None,
     };
-    // Exits tried so far (at most 1 + 16 retries): on the stack, no allocation.
-    let mut tried_buf = [usize::MAX; 17];
+    // Exits tried so far (at most 1 + MAX_RETRIES): on the stack, no allocation.
+    let mut tried_buf = [usize::MAX; 1 + crate::config::MAX_RETRIES as usize];
     let attempts = (1 + snap.routing.retries as usize).min(tried_buf.len());
     let mut last = None;
     for n_tried in 0..attempts {

@@ -35,30 +35,42 @@ pub struct Admission {
 /// slot is also taken in Redis; while Redis is down, `on_redis_down` decides (503, or this
 /// node's own count only).
 pub async fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, ProxyError> {
-    if w.quota.local(state).exhausted() {
+    let mut local = w.quota.local(state);
+    if local.exhausted() {
         return Err(ProxyError::BandwidthExceeded);
     }
     let mut slot = state.try_acquire().ok_or(ProxyError::ThreadsExceeded)?;
     if let Some(cluster) = state.cluster() {
-        match cluster.acquire(state).await {
-            Ok(true) => slot.share(),
-            Ok(false) => return Err(ProxyError::ThreadsExceeded),
-            Err(Down) => {
-                if cluster.policy() == DownPolicy::FailClosed {
-                    cluster.stats.refused_down.fetch_add(1, Ordering::Relaxed);
-                    return Err(ProxyError::Unavailable("usage store unreachable"));
-                }
-                cluster.stats.admitted_down.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        share_slot(cluster, state, &mut slot).await?;
+        // While this admission waited for Redis, the quota tick may have retired the
+        // core's view of the account (idle here): charge the live one, or the leases it
+        // takes would never be handed back.
+        local = w.quota.local(state);
     }
-    // The core's view of the account is looked up only now: while this admission waited
-    // for Redis, the quota tick may have retired an idle one (handing its lease back), and
-    // a charge on a retired view would strand the leases it takes.
     Ok(Admission {
         slot,
-        charge: Charge::new(w.quota.local(state)),
+        charge: Charge::new(local),
     })
+}
+
+/// Also take `slot` in the cluster's count; while Redis is down, `on_redis_down` decides.
+async fn share_slot(
+    cluster: &Cluster,
+    state: &Arc<AccountState>,
+    slot: &mut ThreadSlot,
+) -> Result<(), ProxyError> {
+    match cluster.acquire(state).await {
+        Ok(true) => slot.share(),
+        Ok(false) => return Err(ProxyError::ThreadsExceeded),
+        Err(Down) if cluster.policy() == DownPolicy::FailClosed => {
+            cluster.stats.refused_down.fetch_add(1, Ordering::Relaxed);
+            return Err(ProxyError::Unavailable("usage store unreachable"));
+        }
+        Err(Down) => {
+            cluster.stats.admitted_down.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
 }
 
 /// Every account's global state, by name, and the durable store behind it.
