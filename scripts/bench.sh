@@ -4,24 +4,11 @@
 #   scripts/bench.sh cluster    # what a Redis-shared plan costs per connection (scripts/bench_cluster.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 what=${1:-peers}
-missing=()
 if [ "$what" = cluster ]; then
-  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  scripts/deps.sh cluster
 else
-  command -v microsocks >/dev/null 2>&1 || missing+=(microsocks)
-  command -v danted >/dev/null 2>&1 || missing+=(dante-server)
-  command -v squid >/dev/null 2>&1 || missing+=(squid)
-  command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
-  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
-fi
-if ((${#missing[@]})); then
-  $SUDO apt-get update -qq
-  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  # Debian starts packaged daemons; the benchmark runs its own instances.
-  $SUDO systemctl stop squid tinyproxy danted redis-server 2>/dev/null || true
+  scripts/deps.sh bench
 fi
 # A Rust peer from crates.io (tokio SOCKS5 server).
 [ "$what" = cluster ] || command -v merino >/dev/null 2>&1 || cargo install merino --locked --quiet

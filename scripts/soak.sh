@@ -7,10 +7,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-600}
 if [ "${2:-}" = cluster ]; then
   export SOAK_CLUSTER=1
-  command -v redis-server >/dev/null 2>&1 || {
-    [ "$(id -u)" -eq 0 ] && SUDO="" || SUDO="sudo"
-    $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
-  }
+  scripts/deps.sh cluster
 fi
 cargo build --release --quiet
 exec python3 scripts/soak.py "$PWD/target/release/tollgate" "$secs"

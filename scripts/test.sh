@@ -1,36 +1,14 @@
 #!/usr/bin/env bash
-# The test command. Installs what the tests need (curl, Python requests + PySocks,
-# Debian's chromium and redis-server, rustfmt, clippy) when missing, then runs the same
-# checks as CI:
-# formatting, clippy with warnings denied, and every test.
+# The test command. Proves the install branch (scripts/check-install.sh), installs what the
+# tests need when missing (scripts/deps.sh test: curl, Python requests + PySocks, Debian's
+# chromium and redis-server, rustfmt, clippy), then runs the same checks as CI: formatting,
+# clippy with warnings denied, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-
-apt_pkgs=()
-command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
-command -v python3 >/dev/null 2>&1 || apt_pkgs+=(python3)
-python3 -m pip --version >/dev/null 2>&1 || apt_pkgs+=(python3-pip)
-command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || apt_pkgs+=(chromium)
-# The cluster tests start their own redis-server on ephemeral ports.
-command -v redis-server >/dev/null 2>&1 || apt_pkgs+=(redis-server)
-if ((${#apt_pkgs[@]})); then
-  echo "installing: ${apt_pkgs[*]}"
-  $SUDO apt-get update -qq
-  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}"
-fi
-if ! python3 -c 'import requests, socks' >/dev/null 2>&1; then
-  echo "installing: Python requests, PySocks"
-  python3 -m pip install --quiet requests pysocks 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages requests pysocks
-fi
-for c in rustfmt clippy; do
-  if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
-    rustup component add "$c"
-  fi
-done
+echo "== scripts/check-install.sh (the install branch, as root and through sudo)"
+scripts/check-install.sh
+scripts/deps.sh test
 
 echo "== cargo fmt --check"
 cargo fmt --check

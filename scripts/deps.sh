@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install what a script of this project needs, when it is missing:
+#   scripts/deps.sh test      curl, Python requests + PySocks, chromium, redis-server, rustfmt, clippy
+#   scripts/deps.sh bench     the peer proxies of scripts/bench.sh (microsocks, dante, squid, tinyproxy, npm)
+#   scripts/deps.sh cluster   redis-server (scripts/bench.sh cluster, scripts/soak.sh … cluster)
+# As root it calls apt-get itself; as another user, through sudo. scripts/check-install.sh
+# proves both branches with every program removed from PATH.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=lib/install.sh
+. "$here/lib/install.sh"
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+what=${1:?usage: scripts/deps.sh test|bench|cluster}
+apt_pkgs=()
+case "$what" in
+test)
+  have curl || apt_pkgs+=(curl)
+  have python3 || apt_pkgs+=(python3)
+  { have python3 && python3 -m pip --version >/dev/null 2>&1; } || apt_pkgs+=(python3-pip)
+  have chromium || have chromium-browser || apt_pkgs+=(chromium)
+  # The cluster tests start their own redis-server on ephemeral ports.
+  have redis-server || apt_pkgs+=(redis-server)
+  ;;
+bench)
+  have microsocks || apt_pkgs+=(microsocks)
+  have danted || apt_pkgs+=(dante-server)
+  have squid || apt_pkgs+=(squid)
+  have tinyproxy || apt_pkgs+=(tinyproxy)
+  have npm || apt_pkgs+=(nodejs npm)
+  ;;
+cluster)
+  have redis-server || apt_pkgs+=(redis-server)
+  ;;
+*)
+  echo "scripts/deps.sh: unknown set '$what' (test, bench or cluster)" >&2
+  exit 2
+  ;;
+esac
+
+if [ "${#apt_pkgs[@]}" -gt 0 ]; then
+  apt_install "${apt_pkgs[@]}"
+  # Debian starts packaged daemons; the tests and benchmarks run their own instances.
+  as_root systemctl stop squid tinyproxy danted redis-server >/dev/null 2>&1 || true
+fi
+
+if [ "$what" = test ]; then
+  python3 -c 'import requests, socks' >/dev/null 2>&1 || pip_install requests pysocks
+  for c in rustfmt clippy; do
+    if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+      rustup component add "$c"
+    fi
+  done
+fi
