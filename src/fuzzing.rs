@@ -32,7 +32,12 @@ pub fn http_response(data: &[u8]) {
     if let Ok(Parsed::Done(resp, n)) = codec::parse_response(rest, ctl & 1 == 1) {
         assert!(n <= rest.len());
         let mut out = Vec::new();
-        resp.encode_downstream(ctl & 2 == 2, ctl & 4 == 4, &mut out);
+        let relay = if ctl & 2 == 2 {
+            codec::Relay::Dechunked
+        } else {
+            codec::Relay::Framed
+        };
+        resp.encode_downstream(relay, ctl & 4 == 4, &mut out);
         if resp.body == codec::Framing::Chunked {
             chunked_split(&rest[n..], usize::from(ctl >> 3) + 1);
         }

@@ -23,9 +23,17 @@ pub struct Meter {
     up: Cell<u64>,
     down: Cell<u64>,
     charge: RefCell<Option<Charge>>,
-    /// Bytes seen before an account was bound (greeting, first request head): billed at bind.
+    /// Bytes seen before an account was bound (greeting, first request head), or while
+    /// the meter is parked between two HTTP requests: billed at the next bind.
     unbilled_up: Cell<u64>,
     unbilled_down: Cell<u64>,
+    /// Between two requests of a keep-alive client: the next request may be another
+    /// account's, so its bytes wait for its admission. The charge stays for its cut latch.
+    parked: Cell<bool>,
+    /// Bytes reserved from the plan at bind (the handshake, the request head) and billed
+    /// once the exchange is relayed ([`Meter::commit`]), or released when the gateway
+    /// refuses it ([`Meter::forgive`]).
+    held: Cell<u64>,
 }
 
 impl Meter {
@@ -33,8 +41,8 @@ impl Meter {
     pub fn add_up(&self, n: usize) {
         self.up.set(self.up.get() + n as u64);
         match &*self.charge.borrow() {
-            Some(c) => c.up(n as u64),
-            None => self.unbilled_up.set(self.unbilled_up.get() + n as u64),
+            Some(c) if !self.parked.get() => c.up(n as u64),
+            _ => self.unbilled_up.set(self.unbilled_up.get() + n as u64),
         }
     }
 
@@ -42,8 +50,8 @@ impl Meter {
     pub fn add_down(&self, n: usize) {
         self.down.set(self.down.get() + n as u64);
         match &*self.charge.borrow() {
-            Some(c) => c.down(n as u64),
-            None => self.unbilled_down.set(self.unbilled_down.get() + n as u64),
+            Some(c) if !self.parked.get() => c.down(n as u64),
+            _ => self.unbilled_down.set(self.unbilled_down.get() + n as u64),
         }
     }
 
@@ -59,8 +67,8 @@ impl Meter {
     /// meters (no account yet) are not limited.
     pub fn poll_allow(&self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
         match &*self.charge.borrow() {
-            Some(c) => c.local().poll_allowance(cx, want),
-            None => Poll::Ready(want),
+            Some(c) if !self.parked.get() => c.local().poll_allowance(cx, want),
+            _ => Poll::Ready(want),
         }
     }
 
@@ -69,11 +77,67 @@ impl Meter {
         std::future::poll_fn(|cx| self.poll_allow(cx, want)).await
     }
 
-    /// Charge this connection's traffic to an account from now on (and what came before).
-    pub fn bind(&self, charge: Charge) {
-        charge.up(self.unbilled_up.replace(0));
-        charge.down(self.unbilled_down.replace(0));
+    /// Reserve up to `n` bytes of the plan for bytes about to be written to the client
+    /// (relayed, not the gateway's own reply): waits for a cluster grant like a read does.
+    /// Returns what was reserved; less than `n` means the bandwidth ran out. Unbound meters
+    /// are not limited.
+    pub async fn reserve(&self, n: usize) -> usize {
+        let mut got = 0;
+        while got < n {
+            let a = self.allow(n - got).await;
+            if a == 0 {
+                break;
+            }
+            if let Some(c) = &*self.charge.borrow() {
+                c.read_for_client(a as u64);
+            }
+            got += a;
+        }
+        got
+    }
+
+    /// Charge this connection's traffic to an account from now on, and reserve the bytes
+    /// that came before (the handshake, the request head) within the plan: they are billed
+    /// once the exchange is relayed ([`Meter::commit`]). `false` when the plan cannot cover
+    /// them (its bandwidth is used up); nothing is billed then.
+    pub async fn bind(&self, charge: Charge) -> bool {
         *self.charge.borrow_mut() = Some(charge);
+        self.parked.set(false);
+        let owed = self.unbilled_up.replace(0) + self.unbilled_down.replace(0);
+        let got = self.reserve(owed as usize).await as u64;
+        self.held.set(got);
+        got == owed
+    }
+
+    /// The exchange is relayed: bill what [`Meter::bind`] reserved.
+    pub fn commit(&self) {
+        let n = self.held.replace(0);
+        if let Some(c) = &*self.charge.borrow() {
+            c.commit_reserved(n);
+        }
+    }
+
+    /// The gateway refuses the exchange: what was reserved goes back, and the bytes read for
+    /// it are not billed to anyone.
+    pub fn forgive(&self) {
+        let n = self.held.replace(0);
+        if let Some(c) = &*self.charge.borrow() {
+            c.release_reserved(n);
+        }
+        self.unbilled_up.set(0);
+        self.unbilled_down.set(0);
+    }
+
+    /// The gateway's own reply: counted on the connection (for its access line), billed to
+    /// no one.
+    pub fn add_own_down(&self, n: usize) {
+        self.down.set(self.down.get() + n as u64);
+    }
+
+    /// Stop billing the bound account until the next [`Meter::bind`] (a keep-alive client
+    /// between requests); its cut latch still ends the wait.
+    pub fn park(&self) {
+        self.parked.set(true);
     }
 
     /// Fires when the bound account runs out of bandwidth.

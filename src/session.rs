@@ -34,6 +34,15 @@ pub struct Side {
     pub meter: Meter,
 }
 
+/// Why [`Side::send_relayed`] did not deliver everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The bound account's bandwidth is used up.
+    Quota,
+    /// The write failed (the peer reset or stopped reading).
+    Io,
+}
+
 /// Bytes asked of the kernel per head read.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -93,6 +102,36 @@ impl Side {
         self.stream.write_all(data).await?;
         self.meter.add_down(data.len());
         Ok(())
+    }
+
+    /// Write the gateway's own refusal (an error response or reply): the exchange it ends is
+    /// not billed, neither the bytes read for it nor the refusal.
+    pub async fn send_refusal(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.meter.forgive();
+        self.stream.write_all(data).await?;
+        self.meter.add_own_down(data.len());
+        Ok(())
+    }
+
+    /// Write bytes relayed from the other end (not the gateway's own reply) within the
+    /// bound plan: the bytes are reserved before they are written, so a plan is never
+    /// exceeded. When the plan cannot cover all of `data`, `whole` sends nothing, otherwise
+    /// as much as it covers is sent; either way the answer is [`SendError::Quota`].
+    pub async fn send_relayed(&mut self, data: &[u8], whole: bool) -> Result<(), SendError> {
+        let n = self.meter.reserve(data.len()).await;
+        let n = if n < data.len() && whole { 0 } else { n };
+        if n > 0 {
+            self.stream
+                .write_all(&data[..n])
+                .await
+                .map_err(|_| SendError::Io)?;
+            self.meter.add_down(n);
+        }
+        if n < data.len() {
+            Err(SendError::Quota)
+        } else {
+            Ok(())
+        }
     }
 
     /// Drop the first `n` buffered bytes (they were parsed).

@@ -61,6 +61,9 @@ pub struct Request {
     pub expect_continue: bool,
     /// Whether the client wants the connection kept open after this exchange.
     pub keep_alive: bool,
+    /// The `Upgrade` value of a request that asks for one (`Connection: upgrade`): sent on
+    /// to the origin, and a `101` answer turns the connection into a tunnel.
+    pub upgrade: Option<Vec<u8>>,
 }
 
 fn eq(a: &str, b: &str) -> bool {
@@ -79,6 +82,11 @@ fn is_hop_by_hop(name: &str) -> bool {
         "proxy-authenticate",
     ];
     HOP.iter().any(|h| eq(h, name))
+}
+
+/// RFC 9110 5.6.2 token characters.
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
 /// Tokens of a comma-separated header value, lowercased and trimmed.
@@ -201,6 +209,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, ProxyError> {
     let mut conn_tokens: Vec<String> = Vec::new();
     let mut credentials = None;
     let mut expect_continue = false;
+    let mut upgrade: Option<Vec<u8>> = None;
     for h in req.headers.iter() {
         let n = h.name;
         if eq(n, "content-length") {
@@ -211,6 +220,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, ProxyError> {
             conn_tokens.extend(tokens(h.value));
         } else if eq(n, "proxy-authorization") {
             credentials = parse_basic(h.value);
+        } else if eq(n, "upgrade") {
+            if upgrade.is_some() {
+                return Err(ProxyError::BadRequest("repeated Upgrade"));
+            }
+            upgrade = Some(h.value.to_vec());
         } else if eq(n, "expect") {
             if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
@@ -219,6 +233,15 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, ProxyError> {
             }
         }
     }
+    // A header named in `Connection` is removed before forwarding (RFC 9110 7.6.1). For the
+    // headers that frame or route the message that would make the origin read the body
+    // differently from us (request smuggling): refuse instead.
+    if conn_tokens.iter().any(|t| FRAMING.iter().any(|f| eq(f, t))) {
+        return Err(ProxyError::BadRequest(
+            "Connection names a framing or routing header",
+        ));
+    }
+    let upgrade = upgrade.filter(|_| conn_tokens.iter().any(|t| t == "upgrade"));
     let body = match (chunked_last(&te), content_length(&cl)?) {
         (Some(_), Some(_)) => {
             return Err(ProxyError::BadRequest(
@@ -260,6 +283,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, ProxyError> {
             body,
             expect_continue,
             keep_alive,
+            upgrade,
         },
         consumed,
     ))
@@ -289,20 +313,44 @@ impl Request {
         if self.expect_continue && self.body != Framing::None {
             out.extend_from_slice(b"Expect: 100-continue\r\n");
         }
+        if let Some(proto) = &self.upgrade {
+            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+            out.extend_from_slice(proto);
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"\r\n");
     }
 }
+
+/// Headers that frame or route a message: a `Connection` header may not name them.
+const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
 /// A response head from an origin, analysed for forwarding.
 #[derive(Debug)]
 pub struct Response {
     pub code: u16,
     pub reason: String,
-    /// Headers to forward (hop-by-hop ones removed).
+    /// Headers to forward: hop-by-hop ones removed, and for a response with a body its
+    /// framing headers too (the gateway writes the framing it actually sends).
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Framing,
-    /// Whether the origin lets us reuse the connection after this response.
+    /// The `Transfer-Encoding` codings of a response with a body, as received.
+    pub te: Option<Vec<u8>>,
+    /// The `Upgrade` value of a `101 Switching Protocols`.
+    pub upgrade: Option<Vec<u8>>,
+    /// Whether the origin lets us reuse the connection after this response (its framing
+    /// is sound and it did not ask to close).
     pub reusable: bool,
+}
+
+/// How the gateway sends a response body on to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// As framed by the origin (a chunked body re-chunked with clean framing).
+    Framed,
+    /// A chunked body without its chunk framing, delimited by closing the connection (an
+    /// HTTP/1.0 client cannot read chunked).
+    Dechunked,
 }
 
 /// Parse a response head; `head_request` says whether it answers a HEAD.
@@ -319,7 +367,11 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
     let mut cl: Vec<&[u8]> = Vec::new();
     let mut te: Vec<&[u8]> = Vec::new();
     let mut conn_tokens: Vec<String> = Vec::new();
+    let mut upgrade = None;
     for h in resp.headers.iter() {
+        if eq(h.name, "upgrade") {
+            upgrade = Some(h.value.to_vec());
+        }
         if eq(h.name, "content-length") {
             cl.push(h.value);
         } else if eq(h.name, "transfer-encoding") {
@@ -329,16 +381,26 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
         }
     }
     let no_body = head_request || (100..200).contains(&code) || code == 204 || code == 304;
+    // RFC 9112 6.3: Transfer-Encoding overrides Content-Length (which is then dropped, and
+    // the connection not reused: such a message may be an attempt at response splitting);
+    // a coding list not ending in chunked runs until close; otherwise Content-Length, else
+    // until close.
+    let mut sound = true;
     let body = if no_body {
         Framing::None
     } else {
         match chunked_last(&te) {
-            Some(true) => Framing::Chunked,
-            Some(false) => Framing::UntilClose,
+            Some(chunked) => {
+                sound = cl.is_empty() && minor >= 1;
+                if chunked {
+                    Framing::Chunked
+                } else {
+                    Framing::UntilClose
+                }
+            }
             None => match content_length(&cl)
                 .map_err(|_| ProxyError::Upstream("invalid Content-Length in response".into()))?
             {
-                Some(0) => Framing::None,
                 Some(n) => Framing::Length(n),
                 None => Framing::UntilClose,
             },
@@ -352,37 +414,65 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
     let headers = resp
         .headers
         .iter()
-        .filter(|h| !is_hop_by_hop(h.name) && !conn_tokens.iter().any(|t| eq(t, h.name)))
+        .filter(|h| {
+            let framing = eq(h.name, "content-length") || eq(h.name, "transfer-encoding");
+            if framing {
+                // Framing headers are never stripped by a `Connection` token: for a body
+                // the gateway writes its own; for HEAD/304 they describe the resource.
+                return no_body;
+            }
+            !is_hop_by_hop(h.name) && !conn_tokens.iter().any(|t| eq(t, h.name))
+        })
         .map(|h| (h.name.to_owned(), h.value.to_vec()))
         .collect();
+    let te = (!no_body && !te.is_empty()).then(|| te.join(&b", "[..]));
     Ok(Parsed::Done(
         Response {
             code,
             reason: resp.reason.unwrap_or("").to_owned(),
             headers,
             body,
-            reusable: keep && body != Framing::UntilClose,
+            te,
+            upgrade: upgrade.filter(|_| code == 101),
+            reusable: keep && sound && body != Framing::UntilClose,
         },
         consumed,
     ))
 }
 
 impl Response {
-    /// Encode for the client. `dechunk` drops `Transfer-Encoding` (the body is sent raw and
-    /// delimited by close, for HTTP/1.0 clients); `keep_alive` sets `Connection`.
-    pub fn encode_downstream(&self, dechunk: bool, keep_alive: bool, out: &mut Vec<u8>) {
+    /// Encode for the client, with the framing of the body as the gateway sends it
+    /// (`relay`); `keep_alive` sets `Connection`.
+    pub fn encode_downstream(&self, relay: Relay, keep_alive: bool, out: &mut Vec<u8>) {
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(self.code.to_string().as_bytes());
         out.push(b' ');
         out.extend_from_slice(self.reason.as_bytes());
         out.extend_from_slice(b"\r\n");
         for (name, value) in &self.headers {
-            if dechunk && eq(name, "transfer-encoding") {
-                continue;
-            }
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        match (self.body, relay) {
+            (Framing::Length(n), _) => {
+                out.extend_from_slice(b"Content-Length: ");
+                out.extend_from_slice(n.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            (Framing::Chunked, Relay::Framed) | (Framing::UntilClose, _) => {
+                if let Some(te) = &self.te {
+                    out.extend_from_slice(b"Transfer-Encoding: ");
+                    out.extend_from_slice(te);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            (Framing::Chunked, Relay::Dechunked) | (Framing::None, _) => {}
+        }
+        if let Some(proto) = &self.upgrade {
+            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+            out.extend_from_slice(proto);
             out.extend_from_slice(b"\r\n");
         }
         if (100..200).contains(&self.code) {
@@ -409,7 +499,10 @@ pub struct ChunkedDecoder {
     line_len: usize,
     size_digits: usize,
     in_ext: bool,
-    trailer_line_empty: bool,
+    /// The current trailer line, then every trailer field line, re-terminated with CRLF.
+    trailers: Vec<u8>,
+    /// Where the current trailer line starts in `trailers`.
+    line_start: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -436,10 +529,64 @@ pub struct Fed {
 }
 
 const MAX_CHUNK_LINE: usize = 4096;
+/// Most bytes of trailer fields in one body.
+pub const MAX_TRAILERS: usize = 8 * 1024;
 
 impl ChunkedDecoder {
     pub fn is_done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// A trailer line ended: an empty one ends the body, any other must be a field line.
+    fn end_trailer_line(&mut self) -> Result<(), &'static str> {
+        let line = &self.trailers[self.line_start..];
+        if line.is_empty() {
+            self.state = ChunkState::Done;
+            return Ok(());
+        }
+        let name_end = line.iter().position(|&c| c == b':');
+        let valid = name_end.is_some_and(|n| {
+            n > 0
+                && line[..n].iter().all(|&c| is_tchar(c))
+                && line[n + 1..]
+                    .iter()
+                    .all(|&c| c == b'\t' || (b' '..0x7f).contains(&c) || c >= 0x80)
+        });
+        if !valid {
+            return Err("malformed trailer field");
+        }
+        self.trailers.extend_from_slice(b"\r\n");
+        self.line_start = self.trailers.len();
+        self.state = ChunkState::Trailer;
+        Ok(())
+    }
+
+    /// The trailer field lines, each ending in CRLF (complete once the body is done).
+    pub fn trailers(&self) -> &[u8] {
+        &self.trailers[..self.line_start]
+    }
+
+    /// Append what `fed` (from `input`) becomes on the way out: re-chunked with clean
+    /// framing (extensions dropped, trailers re-terminated with CRLF), or only the
+    /// payload when `dechunk`.
+    pub fn reencode(&self, input: &[u8], fed: &Fed, dechunk: bool, out: &mut Vec<u8>) {
+        for r in &fed.data {
+            if r.is_empty() {
+                continue;
+            }
+            if dechunk {
+                out.extend_from_slice(&input[r.clone()]);
+            } else {
+                out.extend_from_slice(format!("{:x}\r\n", r.len()).as_bytes());
+                out.extend_from_slice(&input[r.clone()]);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if fed.done && !dechunk {
+            out.extend_from_slice(b"0\r\n");
+            out.extend_from_slice(self.trailers());
+            out.extend_from_slice(b"\r\n");
+        }
     }
 
     /// Consume as much of `input` as belongs to the body.
@@ -486,7 +633,7 @@ impl ChunkedDecoder {
                     self.in_ext = false;
                     if self.remaining == 0 {
                         self.state = Trailer;
-                        self.trailer_line_empty = true;
+                        self.line_start = self.trailers.len();
                     } else {
                         self.state = Data;
                     }
@@ -516,14 +663,18 @@ impl ChunkedDecoder {
                     i += 1;
                 }
                 Trailer => {
-                    self.line_len += 1;
-                    if self.line_len > MAX_CHUNK_LINE {
-                        return Err("trailer line too long");
-                    }
-                    if c == b'\r' {
-                        self.state = TrailerLf;
-                    } else {
-                        self.trailer_line_empty = false;
+                    // RFC 9112 2.2: a recipient may take a bare LF as a line end. Trailer
+                    // lines are kept and re-sent with CRLF, so no lenient reading of ours
+                    // reaches the next hop.
+                    match c {
+                        b'\r' => self.state = TrailerLf,
+                        b'\n' => self.end_trailer_line()?,
+                        _ => {
+                            if self.trailers.len() >= MAX_TRAILERS {
+                                return Err("trailer section too large");
+                            }
+                            self.trailers.push(c);
+                        }
                     }
                     i += 1;
                 }
@@ -531,13 +682,7 @@ impl ChunkedDecoder {
                     if c != b'\n' {
                         return Err("malformed trailer line");
                     }
-                    self.state = if self.trailer_line_empty {
-                        Done
-                    } else {
-                        Trailer
-                    };
-                    self.line_len = 0;
-                    self.trailer_line_empty = true;
+                    self.end_trailer_line()?;
                     i += 1;
                 }
                 Done => break,

@@ -1,17 +1,34 @@
 //! One forwarded `http://` exchange: request head and body to the origin, response head and
-//! body back, with `Expect: 100-continue` honoured end to end and the origin connection kept
-//! for the client's next request to the same host.
+//! body back, with `Expect: 100-continue` honoured end to end, `Upgrade` turned into a
+//! tunnel, and the origin connection kept for the client's next request to the same host.
+//!
+//! The rules that make it trustworthy (RFC 9112 section 6, and the plan):
+//! - the framing the client gets is the framing of the bytes it gets: the gateway writes
+//!   `Content-Length` / `Transfer-Encoding` itself, re-chunks chunked bodies with clean
+//!   framing and CRLF trailers, and drops `Content-Length` when `Transfer-Encoding` is there;
+//! - an origin connection is reused only when its response ended exactly where its framing
+//!   said and nothing more arrived since (no byte of one answer can reach another request);
+//! - at most [`MAX_INTERIM`] interim (1xx) heads, `max_header_size` bytes in all, per request;
+//!   a `101` the client did not ask for is refused;
+//! - every byte read from the origin is read within the client's plan, and every byte
+//!   written to the client is reserved from it first ([`Side::send_relayed`]);
+//! - every read and write waits at most `idle_timeout`, and a client that leaves while the
+//!   origin thinks ends the exchange (and frees its slot) at once.
 
-use super::codec::{parse_response, ChunkedDecoder, Framing, Request, Response};
+use super::codec::{parse_response, ChunkedDecoder, Framing, Relay, Request, Response};
 use super::{read_head, Ctx, HeadStop};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::relay::relay;
 use crate::route::Route;
-use crate::session::Side;
-use crate::worker::BufPool;
+use crate::session::{SendError, Side};
+use crate::worker::{until, BufPool};
 use futures_lite::AsyncReadExt;
-use std::time::Instant;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// Most interim (1xx) responses relayed for one request.
+pub const MAX_INTERIM: usize = 16;
 
 /// An open origin connection, kept between a client's requests to the same host.
 pub struct Origin {
@@ -19,6 +36,27 @@ pub struct Origin {
     host: String,
     port: u16,
     exit: usize,
+}
+
+impl Origin {
+    /// Idle and clean: nothing buffered, and nothing arrived (no stray byte, no close)
+    /// since its last response ended.
+    fn is_clean(&self) -> bool {
+        if !self.side.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        // SAFETY: valid fd and a one-byte buffer.
+        let n = unsafe {
+            libc::recv(
+                self.side.stream.as_raw_fd(),
+                b.as_mut_ptr() as *mut libc::c_void,
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
 }
 
 /// A completed exchange.
@@ -50,6 +88,13 @@ enum Attempt {
     },
 }
 
+/// What every step of an exchange needs: limits and the core's buffers.
+struct Limits<'a> {
+    max_head: usize,
+    idle: Duration,
+    pool: &'a BufPool,
+}
+
 /// Forward `req` (head already parsed off `client.buf`) and relay the response.
 pub async fn exchange(
     ctx: &Ctx,
@@ -59,8 +104,8 @@ pub async fn exchange(
     route: &Route,
 ) -> Result<Done, Failed> {
     let (host, port) = req.target.host_port();
-    // Reuse only a connection to the same origin through an exit this request may use
-    // (for a sticky session: its bound exit).
+    // Reuse only a clean connection to the same origin through an exit this request may
+    // use (for a sticky session: its bound exit).
     let members = ctx.snap.index.members(route.list);
     let usable = |exit: usize| {
         members.contains(&exit)
@@ -71,10 +116,10 @@ pub async fn exchange(
     };
     if let Some(o) = slot
         .as_mut()
-        .filter(|o| o.host == host && o.port == port && usable(o.exit))
+        .filter(|o| o.host == host && o.port == port && usable(o.exit) && o.is_clean())
     {
         let exit = o.exit;
-        let retryable = req.body == Framing::None;
+        let retryable = req.body == Framing::None && req.upgrade.is_none();
         match attempt(ctx, client, o, req, retryable).await {
             Attempt::Stale => {}
             other => return settle(other, slot, None, exit),
@@ -150,120 +195,10 @@ fn upstream(msg: &str) -> Attempt {
     }
 }
 
-async fn attempt(
-    ctx: &Ctx,
-    client: &mut Side,
-    o: &mut Origin,
-    req: &Request,
-    retryable: bool,
-) -> Attempt {
-    let max_head = ctx.snap.server.max_header_size.0 as usize;
-    let idle = ctx.snap.server.idle_timeout.0;
-    let pool = &ctx.w.buffers;
-    let mut head = Vec::with_capacity(512);
-    req.encode_upstream(&mut head);
-    if o.side.send(&head).await.is_err() {
-        return if retryable {
-            Attempt::Stale
-        } else {
-            upstream("writing the request to the origin failed")
-        };
-    }
-    let is_head = req.method.eq_ignore_ascii_case("HEAD");
-    let parse = |b: &[u8]| parse_response(b, is_head);
-    let mut body_sent = req.body == Framing::None;
-    let mut early: Option<Response> = None;
-
-    if !body_sent && req.expect_continue && client.buf.is_empty() {
-        // Either the origin answers (100 or final) or the client gives up waiting and
-        // sends the body anyway; whichever comes first.
-        let mut peek = [0u8; 1];
-        let raced = futures_lite::future::or(
-            async {
-                Some(read_head(&mut o.side, max_head, Instant::now() + idle, &[], parse).await)
-            },
-            async {
-                let _ = client.stream.peek(&mut peek).await;
-                None
-            },
-        )
-        .await;
-        match raced {
-            None => {}
-            Some(Err(_)) => return upstream("origin closed before answering Expect"),
-            Some(Ok((resp, n))) => {
-                o.side.consume(n);
-                if resp.code == 100 {
-                    if req.minor >= 1 {
-                        let mut h = Vec::new();
-                        resp.encode_downstream(false, true, &mut h);
-                        if client.send(&h).await.is_err() {
-                            return gone_client();
-                        }
-                    }
-                } else if (100..200).contains(&resp.code) {
-                    // Other 1xx: forward below through the normal loop.
-                    early = Some(resp);
-                } else {
-                    // Final answer without the body: the client's body state is unknown,
-                    // so the connection closes after this response.
-                    return respond(ctx, client, o, req, resp, false, pool).await;
-                }
-            }
-        }
-    }
-    if !body_sent {
-        if let Err(e) = copy_body(pool, client, &mut o.side, req.body, false).await {
-            return match e {
-                BodyErr::Src => Attempt::Failed {
-                    error: ProxyError::BadRequest("request body incomplete"),
-                    replied: true,
-                },
-                BodyErr::Malformed => Attempt::Failed {
-                    error: ProxyError::BadRequest("malformed chunked request body"),
-                    replied: false,
-                },
-                BodyErr::Dst => upstream("origin stopped reading the request body"),
-                BodyErr::Quota => Attempt::Failed {
-                    error: ProxyError::BandwidthExceeded,
-                    replied: true,
-                },
-            };
-        }
-        body_sent = true;
-    }
-    let mut got_any = early.is_some();
-    loop {
-        let resp = match early.take() {
-            Some(r) => r,
-            None => {
-                match read_head(&mut o.side, max_head, Instant::now() + idle, &[], parse).await {
-                    Ok((r, n)) => {
-                        o.side.consume(n);
-                        r
-                    }
-                    Err(HeadStop::Gone) if retryable && !got_any && o.side.buf.is_empty() => {
-                        return Attempt::Stale
-                    }
-                    Err(HeadStop::Gone) => return upstream("origin closed before responding"),
-                    Err(HeadStop::Bad(_)) => {
-                        return upstream("malformed response head from origin")
-                    }
-                }
-            }
-        };
-        got_any = true;
-        if (100..200).contains(&resp.code) && resp.code != 101 {
-            if req.minor >= 1 {
-                let mut h = Vec::new();
-                resp.encode_downstream(false, true, &mut h);
-                if client.send(&h).await.is_err() {
-                    return gone_client();
-                }
-            }
-            continue;
-        }
-        return respond(ctx, client, o, req, resp, body_sent, pool).await;
+fn quota(replied: bool) -> Attempt {
+    Attempt::Failed {
+        error: ProxyError::BandwidthExceeded,
+        replied,
     }
 }
 
@@ -274,6 +209,207 @@ fn gone_client() -> Attempt {
     }
 }
 
+/// Interim responses seen for one request, bounded in count and bytes.
+struct Interim {
+    count: usize,
+    bytes: usize,
+}
+
+impl Interim {
+    fn admit(&mut self, head_len: usize, max_head: usize) -> bool {
+        self.count += 1;
+        self.bytes += head_len;
+        self.count <= MAX_INTERIM && self.bytes <= max_head
+    }
+}
+
+async fn attempt(
+    ctx: &Ctx,
+    client: &mut Side,
+    o: &mut Origin,
+    req: &Request,
+    retryable: bool,
+) -> Attempt {
+    let lim = Limits {
+        max_head: ctx.snap.server.max_header_size.0 as usize,
+        idle: ctx.snap.server.idle_timeout.0,
+        pool: &ctx.w.buffers,
+    };
+    let mut head = Vec::with_capacity(512);
+    req.encode_upstream(&mut head);
+    if !matches!(
+        until(Instant::now() + lim.idle, o.side.send(&head)).await,
+        Some(Ok(()))
+    ) {
+        return if retryable {
+            Attempt::Stale
+        } else {
+            upstream("writing the request to the origin failed")
+        };
+    }
+    // The request is relayed: its head is billed.
+    client.meter.commit();
+    let mut interim = Interim { count: 0, bytes: 0 };
+    let mut body_sent = req.body == Framing::None;
+
+    if !body_sent && req.expect_continue && client.buf.is_empty() {
+        // Either the origin answers (100 or final) or the client gives up waiting and
+        // sends the body anyway; whichever comes first.
+        let mut peek = [0u8; 1];
+        let raced = futures_lite::future::or(
+            async { Some(origin_head(client, o, req, &lim).await) },
+            async {
+                let _ = client.stream.peek(&mut peek).await;
+                None
+            },
+        )
+        .await;
+        match raced {
+            None => {}
+            Some(Err(stop)) => return stopped(stop, false, false),
+            Some(Ok((resp, n))) => {
+                o.side.consume(n);
+                if (100..200).contains(&resp.code) && resp.code != 101 {
+                    if !interim.admit(n, lim.max_head) {
+                        return upstream("too many interim responses");
+                    }
+                    if let Err(a) = send_interim(client, req, &resp, &lim).await {
+                        return a;
+                    }
+                } else {
+                    // Final answer without the body: the client's body state is unknown,
+                    // so the connection closes after this response.
+                    return respond(ctx, client, o, req, resp, false, &lim).await;
+                }
+            }
+        }
+    }
+    if !body_sent {
+        if let Err(e) = copy_body(&lim, client, &mut o.side, req.body, Relay::Framed).await {
+            return match e {
+                BodyErr::Src => Attempt::Failed {
+                    error: ProxyError::BadRequest("request body incomplete"),
+                    replied: true,
+                },
+                BodyErr::Malformed => Attempt::Failed {
+                    error: ProxyError::BadRequest("malformed chunked request body"),
+                    replied: false,
+                },
+                BodyErr::Dst => upstream("origin stopped reading the request body"),
+                BodyErr::Quota => quota(true),
+            };
+        }
+        body_sent = true;
+    }
+    let mut got_any = interim.count > 0;
+    loop {
+        // The origin may think for a while; a client that leaves meanwhile ends the
+        // exchange (and frees its thread slot) at once.
+        let read = futures_lite::future::or(
+            async { Some(origin_head(client, o, req, &lim).await) },
+            async {
+                client_gone(client).await;
+                None
+            },
+        )
+        .await;
+        let resp = match read {
+            None => return gone_client(),
+            Some(Ok((r, n))) => {
+                o.side.consume(n);
+                if (100..200).contains(&r.code) && r.code != 101 && !interim.admit(n, lim.max_head)
+                {
+                    return upstream("too many interim responses");
+                }
+                r
+            }
+            Some(Err(HeadStop::Gone)) if retryable && !got_any && o.side.buf.is_empty() => {
+                return Attempt::Stale
+            }
+            Some(Err(stop)) => return stopped(stop, got_any, true),
+        };
+        got_any = true;
+        if (100..200).contains(&resp.code) && resp.code != 101 {
+            if let Err(a) = send_interim(client, req, &resp, &lim).await {
+                return a;
+            }
+            continue;
+        }
+        return respond(ctx, client, o, req, resp, body_sent, &lim).await;
+    }
+}
+
+/// The outcome when reading a response head stopped without one.
+fn stopped(stop: HeadStop, replied: bool, after_request: bool) -> Attempt {
+    match stop {
+        HeadStop::Quota => quota(replied),
+        HeadStop::Bad(_) => upstream("malformed response head from origin"),
+        HeadStop::Gone if after_request => upstream("origin closed before responding"),
+        HeadStop::Gone => upstream("origin closed before answering Expect"),
+    }
+}
+
+/// Read one response head from the origin, within `idle` per read and the client's plan.
+async fn origin_head(
+    client: &Side,
+    o: &mut Origin,
+    req: &Request,
+    lim: &Limits<'_>,
+) -> Result<(Response, usize), HeadStop> {
+    let is_head = req.method.eq_ignore_ascii_case("HEAD");
+    read_head(
+        &mut o.side,
+        lim.max_head,
+        Instant::now() + lim.idle,
+        &[],
+        Some(&client.meter),
+        |b| parse_response(b, is_head),
+    )
+    .await
+}
+
+/// Resolves when the client has closed or reset its connection; never when it has only
+/// sent more bytes (a pipelined request).
+async fn client_gone(client: &Side) {
+    let mut b = [0u8; 1];
+    match client.stream.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Relay an interim (1xx) head to an HTTP/1.1 client (HTTP/1.0 has none).
+async fn send_interim(
+    client: &mut Side,
+    req: &Request,
+    resp: &Response,
+    lim: &Limits<'_>,
+) -> Result<(), Attempt> {
+    if req.minor == 0 {
+        return Ok(());
+    }
+    let mut h = Vec::new();
+    resp.encode_downstream(Relay::Framed, true, &mut h);
+    send_to_client(client, &h, true, lim)
+        .await
+        .map_err(|e| match e {
+            SendError::Quota => quota(true),
+            SendError::Io => gone_client(),
+        })
+}
+
+/// Write relayed bytes to the client within `idle`.
+async fn send_to_client(
+    client: &mut Side,
+    data: &[u8],
+    whole: bool,
+    lim: &Limits<'_>,
+) -> Result<(), SendError> {
+    until(Instant::now() + lim.idle, client.send_relayed(data, whole))
+        .await
+        .unwrap_or(Err(SendError::Io))
+}
+
 /// Send the final response head and its body to the client.
 async fn respond(
     ctx: &Ctx,
@@ -282,49 +418,39 @@ async fn respond(
     req: &Request,
     resp: Response,
     body_sent: bool,
-    pool: &BufPool,
+    lim: &Limits<'_>,
 ) -> Attempt {
-    let dechunk = req.minor == 0 && resp.body == Framing::Chunked;
-    let upgrade = resp.code == 101;
+    if resp.code == 101 {
+        return upgrade(ctx, client, o, req, resp, lim).await;
+    }
+    let relay_as = if req.minor == 0 && resp.body == Framing::Chunked {
+        Relay::Dechunked
+    } else {
+        Relay::Framed
+    };
     let client_keep_alive = req.keep_alive
         && body_sent
-        && !dechunk
-        && !upgrade
+        && relay_as == Relay::Framed
         && resp.body != Framing::UntilClose
         && !ctx.w.drain.is_fired();
     let mut h = Vec::with_capacity(512);
-    resp.encode_downstream(dechunk, client_keep_alive, &mut h);
-    if client.send(&h).await.is_err() {
-        return gone_client();
+    resp.encode_downstream(relay_as, client_keep_alive, &mut h);
+    match send_to_client(client, &h, true, lim).await {
+        Ok(()) => {}
+        Err(SendError::Quota) => return quota(true),
+        Err(SendError::Io) => return gone_client(),
     }
-    if upgrade {
-        let early = std::mem::take(&mut o.side.buf);
-        if client.send(&early).await.is_ok() {
-            let idle = ctx.snap.server.idle_timeout.0;
-            relay(
-                &ctx.w,
-                &mut client.stream,
-                &mut o.side.stream,
-                &client.meter,
-                idle,
-            )
-            .await;
-        }
-        return Attempt::Done {
-            code: 101,
-            client_keep_alive: false,
-            origin_reusable: false,
-        };
-    }
-    match copy_body(pool, &mut o.side, client, resp.body, dechunk).await {
+    match copy_body(lim, &mut o.side, client, resp.body, relay_as).await {
         Ok(()) => Attempt::Done {
             code: resp.code,
             client_keep_alive,
-            origin_reusable: resp.reusable && body_sent,
+            // Reused only if the response ended exactly where its framing says.
+            origin_reusable: resp.reusable && body_sent && o.side.buf.is_empty(),
         },
         Err(e) => Attempt::Failed {
             error: match e {
                 BodyErr::Quota => ProxyError::BandwidthExceeded,
+                BodyErr::Malformed => ProxyError::Upstream("malformed chunked response".into()),
                 _ => ProxyError::Upstream("response body cut short".into()),
             },
             replied: true,
@@ -332,11 +458,60 @@ async fn respond(
     }
 }
 
+/// A `101 Switching Protocols`: only for a client that asked to upgrade; then the
+/// connection is a tunnel, metered and holding its thread slot like a CONNECT.
+async fn upgrade(
+    ctx: &Ctx,
+    client: &mut Side,
+    o: &mut Origin,
+    req: &Request,
+    resp: Response,
+    lim: &Limits<'_>,
+) -> Attempt {
+    if req.upgrade.is_none() || req.minor == 0 {
+        return upstream("origin switched protocols the client did not ask for");
+    }
+    let mut h = Vec::with_capacity(256);
+    resp.encode_downstream(Relay::Framed, false, &mut h);
+    match send_to_client(client, &h, true, lim).await {
+        Ok(()) => {}
+        Err(SendError::Quota) => return quota(true),
+        Err(SendError::Io) => return gone_client(),
+    }
+    let from_origin = std::mem::take(&mut o.side.buf);
+    let from_client = std::mem::take(&mut client.buf);
+    let sent = send_to_client(client, &from_origin, false, lim)
+        .await
+        .is_ok()
+        && (from_client.is_empty()
+            || matches!(
+                until(Instant::now() + lim.idle, o.side.send(&from_client)).await,
+                Some(Ok(()))
+            ));
+    drop((from_origin, from_client));
+    if sent {
+        let end = relay(
+            &ctx.w,
+            &mut client.stream,
+            &mut o.side.stream,
+            &client.meter,
+            lim.idle,
+        )
+        .await;
+        tracing::debug!(?end, "upgraded connection ended");
+    }
+    Attempt::Done {
+        code: 101,
+        client_keep_alive: false,
+        origin_reusable: false,
+    }
+}
+
 #[derive(Debug)]
 enum BodyErr {
-    /// Reading the source failed or it ended early.
+    /// Reading the source failed, stalled or ended early.
     Src,
-    /// Writing the destination failed.
+    /// Writing the destination failed or stalled.
     Dst,
     /// The chunked framing is broken.
     Malformed,
@@ -344,64 +519,38 @@ enum BodyErr {
     Quota,
 }
 
-/// Copy one message body from `src` (buffered bytes first) to `dst`.
-async fn copy_body(
-    pool: &BufPool,
-    src: &mut Side,
-    dst: &mut Side,
-    framing: Framing,
-    dechunk: bool,
-) -> Result<(), BodyErr> {
-    match framing {
-        Framing::None => Ok(()),
-        Framing::Chunked => copy_chunked(src, dst, dechunk).await,
-        Framing::Length(n) => {
-            let mut buf = pool.take();
-            let r = copy_raw(&mut buf, src, dst, Some(n)).await;
-            pool.give(buf);
-            r
-        }
-        Framing::UntilClose => {
-            let mut buf = pool.take();
-            let r = copy_raw(&mut buf, src, dst, None).await;
-            pool.give(buf);
-            r
+impl From<SendError> for BodyErr {
+    fn from(e: SendError) -> BodyErr {
+        match e {
+            SendError::Quota => BodyErr::Quota,
+            SendError::Io => BodyErr::Dst,
         }
     }
 }
 
-/// `limit` bytes, or until the source closes when `None`.
-async fn copy_raw(
-    buf: &mut [u8],
+/// Copy one message body from `src` (buffered bytes first) to `dst`. Whichever side is
+/// the client, its plan caps the reads and covers the writes.
+async fn copy_body(
+    lim: &Limits<'_>,
     src: &mut Side,
     dst: &mut Side,
-    limit: Option<u64>,
+    framing: Framing,
+    relay_as: Relay,
 ) -> Result<(), BodyErr> {
-    let mut left = limit.unwrap_or(u64::MAX);
-    let k = (src.buf.len() as u64).min(left) as usize;
-    if k > 0 {
-        dst.send(&src.buf[..k]).await.map_err(|_| BodyErr::Dst)?;
-        src.consume(k);
-        left -= k as u64;
+    match framing {
+        Framing::None => Ok(()),
+        Framing::Chunked => copy_chunked(lim, src, dst, relay_as == Relay::Dechunked).await,
+        Framing::Length(n) => copy_raw(lim, src, dst, Some(n)).await,
+        Framing::UntilClose => copy_raw(lim, src, dst, None).await,
     }
-    while left > 0 {
-        let want = allowance(src, dst, (buf.len() as u64).min(left) as usize).await?;
-        let n = src
-            .stream
-            .read(&mut buf[..want])
-            .await
-            .map_err(|_| BodyErr::Src)?;
-        if n == 0 {
-            return match limit {
-                None => Ok(()),
-                Some(_) => Err(BodyErr::Src),
-            };
-        }
-        read_for(src, dst, n);
-        dst.send(&buf[..n]).await.map_err(|_| BodyErr::Dst)?;
-        left -= n as u64;
-    }
-    Ok(())
+}
+
+/// Write relayed bytes to `dst` within `idle`.
+async fn send_on(lim: &Limits<'_>, dst: &mut Side, data: &[u8]) -> Result<(), BodyErr> {
+    until(Instant::now() + lim.idle, dst.send_relayed(data, false))
+        .await
+        .unwrap_or(Err(SendError::Io))
+        .map_err(BodyErr::from)
 }
 
 /// Bytes that may be read from `src` for `dst` now: the client's plan caps reads on
@@ -414,36 +563,73 @@ async fn allowance(src: &Side, dst: &Side, want: usize) -> Result<usize, BodyErr
     }
 }
 
-/// Count `n` bytes read from `src` on `dst`'s behalf.
-fn read_for(src: &Side, dst: &Side, n: usize) {
-    src.meter.add_up(n);
-    dst.meter.read_for_client(n);
+/// `limit` bytes, or until the source closes when `None`.
+async fn copy_raw(
+    lim: &Limits<'_>,
+    src: &mut Side,
+    dst: &mut Side,
+    limit: Option<u64>,
+) -> Result<(), BodyErr> {
+    let mut left = limit.unwrap_or(u64::MAX);
+    let k = (src.buf.len() as u64).min(left) as usize;
+    if k > 0 {
+        let head: Vec<u8> = src.buf.drain(..k).collect();
+        send_on(lim, dst, &head).await?;
+        left -= k as u64;
+    }
+    if left == 0 {
+        return Ok(());
+    }
+    let mut buf = lim.pool.take();
+    let r = async {
+        while left > 0 {
+            let want = allowance(src, dst, (buf.len() as u64).min(left) as usize).await?;
+            let n = match until(Instant::now() + lim.idle, src.stream.read(&mut buf[..want])).await
+            {
+                Some(Ok(n)) => n,
+                _ => return Err(BodyErr::Src),
+            };
+            if n == 0 {
+                return match limit {
+                    None => Ok(()),
+                    Some(_) => Err(BodyErr::Src),
+                };
+            }
+            src.meter.add_up(n);
+            send_on(lim, dst, &buf[..n]).await?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+    .await;
+    lim.pool.give(buf);
+    r
 }
 
-async fn copy_chunked(src: &mut Side, dst: &mut Side, dechunk: bool) -> Result<(), BodyErr> {
+/// A chunked body, re-chunked with clean framing (or de-chunked) on the way.
+async fn copy_chunked(
+    lim: &Limits<'_>,
+    src: &mut Side,
+    dst: &mut Side,
+    dechunk: bool,
+) -> Result<(), BodyErr> {
     let mut dec = ChunkedDecoder::default();
+    let mut out = Vec::new();
     loop {
         if src.buf.is_empty() {
             let want = allowance(src, dst, 64 * 1024).await?;
-            let n = src.fill(want).await.map_err(|_| BodyErr::Src)?;
-            if n == 0 {
-                return Err(BodyErr::Src);
+            match until(Instant::now() + lim.idle, src.fill(want)).await {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return Err(BodyErr::Src),
             }
-            dst.meter.read_for_client(n);
         }
         let fed = dec.feed(&src.buf).map_err(|_| BodyErr::Malformed)?;
-        if dechunk {
-            for r in &fed.data {
-                dst.send(&src.buf[r.clone()])
-                    .await
-                    .map_err(|_| BodyErr::Dst)?;
-            }
-        } else {
-            dst.send(&src.buf[..fed.consumed])
-                .await
-                .map_err(|_| BodyErr::Dst)?;
-        }
+        out.clear();
+        dec.reencode(&src.buf, &fed, dechunk, &mut out);
         src.consume(fed.consumed);
+        if !out.is_empty() {
+            send_on(lim, dst, &out).await?;
+        }
         if fed.done {
             return Ok(());
         }

@@ -8,7 +8,7 @@ use crate::auth::{self, Identity};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::plan::{self, Admission};
-use crate::relay::relay;
+use crate::relay::{relay, Meter};
 use crate::route::{self, Route};
 use crate::session::{Access, Ctx, Side};
 use crate::worker::{any_fired, until, Latch};
@@ -21,15 +21,19 @@ pub(crate) enum HeadStop {
     Gone,
     /// The bytes are not a valid head (or too large): answer this.
     Bad(ProxyError),
+    /// The client's plan has no bandwidth left for the bytes of the head.
+    Quota,
 }
 
 /// Read until `parse` finds a complete head in `side.buf`, bounded by `max` bytes and
-/// `deadline`; any of `stops` firing ends a wait that has no byte of the head yet.
+/// `deadline`; any of `stops` firing ends a wait that has no byte of the head yet. With
+/// `cap`, reads are capped at that client's plan (a head read on its behalf).
 pub(crate) async fn read_head<T>(
     side: &mut Side,
     max: usize,
     deadline: Instant,
     stops: &[&Latch],
+    cap: Option<&Meter>,
     parse: impl Fn(&[u8]) -> Result<Parsed<T>, ProxyError>,
 ) -> Result<(T, usize), HeadStop> {
     loop {
@@ -45,7 +49,14 @@ pub(crate) async fn read_head<T>(
         }
         let room = max - side.buf.len();
         let read = until(deadline, async {
-            if side.buf.is_empty() && !stops.is_empty() {
+            let room = match cap {
+                Some(m) => m.allow(room).await,
+                None => room,
+            };
+            if room == 0 {
+                return None;
+            }
+            Some(if side.buf.is_empty() && !stops.is_empty() {
                 futures_lite::future::or(side.fill(room), async {
                     any_fired(stops).await;
                     Ok(0)
@@ -53,11 +64,12 @@ pub(crate) async fn read_head<T>(
                 .await
             } else {
                 side.fill(room).await
-            }
+            })
         })
         .await;
         match read {
-            Some(Ok(n)) if n > 0 => {}
+            Some(Some(Ok(n))) if n > 0 => {}
+            Some(None) => return Err(HeadStop::Quota),
             _ => return Err(HeadStop::Gone),
         }
     }
@@ -104,15 +116,22 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     let max_head = ctx.snap.server.max_header_size.0 as usize;
     let idle = ctx.snap.server.idle_timeout.0;
     let mut origin: Option<forward::Origin> = None;
-    let mut first = true;
+    // Until a request has been admitted, the whole connection lives under the handshake
+    // deadline from accept, however many 407s it collects.
+    let mut admitted_once = false;
     // Each access line covers the bytes since the previous one, so they add up to the
     // connection's total.
-    let (mut up0, mut down0) = (0, 0);
-    loop {
-        let deadline = if first {
-            ctx.handshake_deadline
-        } else {
+    let mut mark = Mark {
+        started: Instant::now(),
+        up0: 0,
+        down0: 0,
+    };
+    for n in 0.. {
+        let first = n == 0;
+        let deadline = if admitted_once {
             Instant::now() + idle
+        } else {
+            ctx.handshake_deadline
         };
         if !first && ctx.w.drain.is_fired() {
             return;
@@ -123,122 +142,60 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         if !first {
             stops.push(&ctx.w.drain);
             stops.extend(cut.as_deref());
+            mark = Mark::now(client);
         }
-        let started = Instant::now();
-        if !first {
-            (up0, down0) = (client.meter.up(), client.meter.down());
-        }
-        let (req, head_len) =
-            match read_head(client, max_head, deadline, &stops, codec::parse_request).await {
-                Ok(v) => v,
-                Err(HeadStop::Gone) => return,
-                Err(HeadStop::Bad(e)) => {
-                    let _ = client.send(&e.http_response(false)).await;
-                    log(
-                        ctx,
-                        client,
-                        None,
-                        None,
-                        None,
-                        started,
-                        (up0, down0),
-                        Err(&e),
-                    );
-                    return;
-                }
-            };
-        first = false;
+        let read = read_head(
+            client,
+            max_head,
+            deadline,
+            &stops,
+            None,
+            codec::parse_request,
+        )
+        .await;
+        let (req, head_len) = match read {
+            Ok(v) => v,
+            Err(HeadStop::Gone | HeadStop::Quota) => return,
+            Err(HeadStop::Bad(e)) => {
+                refuse(ctx, client, mark, None, None, e, false).await;
+                return;
+            }
+        };
         client.consume(head_len);
         let target_s = HostPort(req.target.host_port());
+        let target = Some(&target_s as &dyn std::fmt::Display);
+        let idle_ok = req.keep_alive && req.body == Framing::None;
         let (ident, route, admission) = match Box::pin(admit(ctx, &req)).await {
             Ok(i) => i,
             Err((account, e)) => {
-                let keep = req.keep_alive && req.body == Framing::None && e.http_keeps_connection();
-                let _ = client.send(&e.http_response(keep)).await;
-                log(
-                    ctx,
-                    client,
-                    account.as_deref(),
-                    Some(&target_s),
-                    None,
-                    started,
-                    (up0, down0),
-                    Err(&e),
-                );
-                if keep {
+                if refuse(ctx, client, mark, account.as_deref(), target, e, idle_ok).await {
                     continue;
                 }
                 return;
             }
         };
         let account = Some(ident.account.as_str());
-        // Traffic from here on is this account's; its slot is held for this request (or
-        // for the tunnel's life).
-        client.meter.bind(admission.charge);
+        // Traffic from here on is this account's, the head already read included; its
+        // slot is held for this request (or for the tunnel's life).
         let _slot = admission.slot;
-        match &req.target {
+        if !client.meter.bind(admission.charge).await {
+            let e = ProxyError::BandwidthExceeded;
+            refuse(ctx, client, mark, account, target, e, false).await;
+            return;
+        }
+        admitted_once = true;
+        let keep = match &req.target {
             Target::Tunnel { host, port } => {
-                let target = TargetAddr::from_host(host, *port);
-                let mut out = match Box::pin(exit::dial(&ctx.w, &ctx.snap, &route, &target)).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        let keep = req.keep_alive && e.http_keeps_connection();
-                        let _ = client.send(&e.http_response(keep)).await;
-                        log(
-                            ctx,
-                            client,
-                            account,
-                            Some(&target_s),
-                            None,
-                            started,
-                            (up0, down0),
-                            Err(&e),
-                        );
-                        if keep {
-                            continue;
-                        }
-                        return;
+                let dest = TargetAddr::from_host(host, *port);
+                match Box::pin(exit::dial(&ctx.w, &ctx.snap, &route, &dest)).await {
+                    Ok(out) => {
+                        let exit = out.exit;
+                        tunnel(ctx, client, out, &target_s).await;
+                        log(ctx, client, mark, account, target, Some(exit), Ok(200));
+                        false
                     }
-                };
-                if client
-                    .send(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await
-                    .is_err()
-                    || client.send(&out.early).await.is_err()
-                {
-                    return;
+                    Err(e) => refuse(ctx, client, mark, account, target, e, req.keep_alive).await,
                 }
-                // Bytes after the CONNECT head go first; the head buffer is freed before the
-                // relay (an idle tunnel holds no buffer).
-                let early = std::mem::take(&mut client.buf);
-                if !early.is_empty()
-                    && futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early)
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                drop(early);
-                let end = relay(
-                    &ctx.w,
-                    &mut client.stream,
-                    &mut out.stream,
-                    &client.meter,
-                    idle,
-                )
-                .await;
-                tracing::debug!(?end, target = %target_s, "http tunnel ended");
-                log(
-                    ctx,
-                    client,
-                    account,
-                    Some(&target_s),
-                    Some(out.exit),
-                    started,
-                    (up0, down0),
-                    Ok(200),
-                );
-                return;
             }
             Target::Forward { .. } => {
                 let res = Box::pin(forward::exchange(ctx, client, &mut origin, &req, &route)).await;
@@ -249,43 +206,86 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                         exit,
                         replied,
                     }) => {
-                        let keep = !replied
-                            && req.keep_alive
-                            && req.body == Framing::None
-                            && error.http_keeps_connection();
+                        let keep = !replied && idle_ok && error.http_keeps_connection();
                         if !replied {
-                            let _ = client.send(&error.http_response(keep)).await;
+                            let _ = client.send_refusal(&error.http_response(keep)).await;
                         }
                         (Err(error), keep, *exit)
                     }
                 };
-                log(
-                    ctx,
-                    client,
-                    account,
-                    Some(&target_s),
-                    exit,
-                    started,
-                    (up0, down0),
-                    code,
-                );
-                if !keep {
-                    return;
-                }
+                log(ctx, client, mark, account, target, exit, code);
+                keep
             }
+        };
+        if !keep {
+            return;
+        }
+        // The next request may be another account's: its bytes wait for its admission.
+        client.meter.park();
+    }
+}
+
+/// A CONNECT tunnel, once dialled: the 200, the exit's early bytes (relayed, so within the
+/// plan), the client's early bytes, then the relay.
+async fn tunnel(ctx: &Ctx, client: &mut Side, mut out: exit::Outbound, target: &HostPort<'_>) {
+    // The tunnel is served: its request head is billed, and its 200 is part of it.
+    client.meter.commit();
+    if client
+        .send_relayed(b"HTTP/1.1 200 Connection established\r\n\r\n", true)
+        .await
+        .is_err()
+        || client.send_relayed(&out.early, false).await.is_err()
+    {
+        return;
+    }
+    // Bytes after the CONNECT head go first; the head buffer is freed before the relay (an
+    // idle tunnel holds no buffer).
+    let early = std::mem::take(&mut client.buf);
+    if !early.is_empty()
+        && futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early)
+            .await
+            .is_err()
+    {
+        return;
+    }
+    drop(early);
+    let idle = ctx.snap.server.idle_timeout.0;
+    let end = relay(
+        &ctx.w,
+        &mut client.stream,
+        &mut out.stream,
+        &client.meter,
+        idle,
+    )
+    .await;
+    tracing::debug!(?end, target = %target, "http tunnel ended");
+}
+
+/// Where one exchange's access line starts: its clock and the connection's byte counts.
+#[derive(Clone, Copy)]
+struct Mark {
+    started: Instant,
+    up0: u64,
+    down0: u64,
+}
+
+impl Mark {
+    fn now(client: &Side) -> Mark {
+        Mark {
+            started: Instant::now(),
+            up0: client.meter.up(),
+            down0: client.meter.down(),
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn log(
     ctx: &Ctx,
     client: &Side,
+    mark: Mark,
     account: Option<&str>,
     target: Option<&dyn std::fmt::Display>,
     exit: Option<usize>,
-    started: Instant,
-    (up0, down0): (u64, u64),
     outcome: Result<u16, &ProxyError>,
 ) {
     ctx.log_access(Access {
@@ -293,11 +293,28 @@ fn log(
         account,
         target,
         exit,
-        up: client.meter.up() - up0,
-        down: client.meter.down() - down0,
-        started,
+        up: client.meter.up() - mark.up0,
+        down: client.meter.down() - mark.down0,
+        started: mark.started,
         outcome,
     });
+}
+
+/// Answer a request with the gateway's own error response and log it; `true` when the
+/// connection stays open for the next request (`keep` and the error allow it).
+async fn refuse(
+    ctx: &Ctx,
+    client: &mut Side,
+    mark: Mark,
+    account: Option<&str>,
+    target: Option<&dyn std::fmt::Display>,
+    e: ProxyError,
+    keep: bool,
+) -> bool {
+    let keep = keep && e.http_keeps_connection();
+    let _ = client.send_refusal(&e.http_response(keep)).await;
+    log(ctx, client, mark, account, target, None, Err(&e));
+    keep
 }
 
 /// A request's target for the access line, formatted only when the line is written.

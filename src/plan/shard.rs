@@ -206,6 +206,21 @@ impl Charge {
         self.pending_down.set(self.pending_down.get() + n);
     }
 
+    /// Bill `n` bytes reserved earlier with [`Charge::read_for_client`] as received from
+    /// the client (the head of a request, once it is relayed).
+    pub fn commit_reserved(&self, n: u64) {
+        let n = n.min(self.pending_down.get());
+        self.pending_down.set(self.pending_down.get() - n);
+        self.local.bill(n);
+    }
+
+    /// Give back `n` bytes reserved earlier (the exchange was refused, nothing relayed).
+    pub fn release_reserved(&self, n: u64) {
+        let n = n.min(self.pending_down.get());
+        self.pending_down.set(self.pending_down.get() - n);
+        self.local.refund(n);
+    }
+
     /// Bytes written to the client.
     pub fn down(&self, n: u64) {
         let pending = self.pending_down.get();

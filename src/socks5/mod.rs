@@ -70,7 +70,7 @@ async fn refuse(client: &mut Side, err: &ProxyError) {
         SocksReply::Reply(code) => codec::encode_reply(code, Address::unspecified(), &mut out),
     }
     if !out.is_empty() {
-        let _ = client.send(&out).await;
+        let _ = client.send_refusal(&out).await;
     }
 }
 
@@ -182,11 +182,19 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         }
     };
     // Plan: 452/453 on the CONNECT reply. The slot is held until the tunnel closes.
-    let _slot = match plan::admit(&ctx.w, &ident.counters).await {
+    // The handshake bytes read so far are billed at bind, within the plan.
+    let admitted = match plan::admit(&ctx.w, &ident.counters).await {
         Ok(adm) => {
-            client.meter.bind(adm.charge);
-            adm.slot
+            if client.meter.bind(adm.charge).await {
+                Ok(adm.slot)
+            } else {
+                Err(ProxyError::BandwidthExceeded)
+            }
         }
+        Err(e) => Err(e),
+    };
+    let _slot = match admitted {
+        Ok(slot) => slot,
         Err(e) => {
             refuse(client, &e).await;
             fail(client, Some(&target), &e);
@@ -203,7 +211,11 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     };
     let mut reply = Vec::with_capacity(32);
     codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
-    if client.send(&reply).await.is_err() || client.send(&out.early).await.is_err() {
+    // The tunnel is served: its handshake is billed, and its reply is part of it.
+    client.meter.commit();
+    if client.send_relayed(&reply, true).await.is_err()
+        || client.send_relayed(&out.early, false).await.is_err()
+    {
         return;
     }
     // Bytes the client pipelined after its request go first; the handshake buffer is freed

@@ -208,3 +208,147 @@ fn serve(s: TcpStream, seen: Arc<Seen>) {
         }
     }
 }
+
+/// What a scripted origin does with one request.
+pub enum Answer {
+    /// Write these bytes, then read the next request on the connection.
+    Send(Vec<u8>),
+    /// Write these bytes, then close the connection.
+    Close(Vec<u8>),
+    /// Write these bytes, then neither read nor close until the test ends.
+    Hold(Vec<u8>),
+}
+
+/// An origin whose answers the test writes byte for byte, with what it received recorded.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    /// Every byte each connection received, in accept order.
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Requests read so far (over all connections).
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    pub fn connections(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+    /// Everything connection `i` received, as text.
+    pub fn received_text(&self, i: usize) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()[i]).into_owned()
+    }
+}
+
+/// Start an origin that answers the n-th request it reads (counted over all its
+/// connections, from 0) with `answer(n, head)`. Request bodies are read by Content-Length
+/// or chunked framing (CRLF or bare-LF lines) before answering.
+pub fn scripted_origin(answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'static) -> Scripted {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let answer = Arc::new(answer);
+    let (rec, reqs) = (received.clone(), requests.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let conn = {
+                let mut r = rec.lock().unwrap();
+                r.push(Vec::new());
+                r.len() - 1
+            };
+            let (rec, reqs, answer) = (rec.clone(), reqs.clone(), answer.clone());
+            std::thread::spawn(move || scripted_conn(s, conn, rec, reqs, answer));
+        }
+    });
+    Scripted {
+        addr,
+        received,
+        requests,
+    }
+}
+
+type AnswerFn = dyn Fn(usize, &str) -> Answer + Send + Sync;
+
+fn scripted_conn(
+    s: TcpStream,
+    conn: usize,
+    rec: Arc<Mutex<Vec<Vec<u8>>>>,
+    reqs: Arc<AtomicUsize>,
+    answer: Arc<AnswerFn>,
+) {
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let line = |r: &mut BufReader<TcpStream>| -> Option<String> {
+        let mut l = Vec::new();
+        match r.read_until(b'\n', &mut l) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                rec.lock().unwrap()[conn].extend_from_slice(&l);
+                Some(String::from_utf8_lossy(&l).into_owned())
+            }
+        }
+    };
+    loop {
+        let mut head = String::new();
+        loop {
+            let Some(l) = line(&mut r) else { return };
+            head.push_str(&l);
+            if l == "\r\n" || l == "\n" {
+                break;
+            }
+        }
+        let lower = head.to_ascii_lowercase();
+        if lower.contains("transfer-encoding: chunked") {
+            loop {
+                let Some(size) = line(&mut r) else { return };
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                    .unwrap_or(0);
+                if n == 0 {
+                    while let Some(t) = line(&mut r) {
+                        if t == "\r\n" || t == "\n" {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let mut data = vec![0u8; n + 2];
+                if r.read_exact(&mut data).is_err() {
+                    return;
+                }
+                rec.lock().unwrap()[conn].extend_from_slice(&data);
+            }
+        } else if let Some(cl) = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            let mut data = vec![0u8; cl];
+            if r.read_exact(&mut data).is_err() {
+                return;
+            }
+            rec.lock().unwrap()[conn].extend_from_slice(&data);
+        }
+        let n = reqs.fetch_add(1, Ordering::SeqCst);
+        match answer(n, &head) {
+            Answer::Send(b) => {
+                if w.write_all(&b).is_err() {
+                    return;
+                }
+            }
+            Answer::Close(b) => {
+                let _ = w.write_all(&b);
+                return;
+            }
+            Answer::Hold(b) => {
+                let _ = w.write_all(&b);
+                // Keep the socket open (and unread) until the process ends.
+                std::mem::forget(w);
+                std::mem::forget(r);
+                return;
+            }
+        }
+    }
+}

@@ -188,7 +188,7 @@ fn response_framing() {
     .is_err());
     let r = resp("HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nServer: s\r\nContent-Length: 0\r\n\r\n", false);
     let mut out = Vec::new();
-    r.encode_downstream(false, true, &mut out);
+    r.encode_downstream(Relay::Framed, true, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
