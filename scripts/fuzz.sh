@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each, every target
 #
-# Targets: sniff http_request_head http_response chunked socks5 username config.
+# Targets: sniff http_request_head http_response chunked socks5 username config forward.
 # New inputs go to fuzz/target/work/<target>/ (the committed seeds in fuzz/corpus/ are read);
 # crashes land in fuzz/artifacts/<target>/. cargo-fuzz needs nightly features; without a
 # nightly toolchain they are enabled on stable with RUSTC_BOOTSTRAP=1.
@@ -12,7 +12,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(sniff http_request_head http_response chunked socks5 username config)
+  targets=(sniff http_request_head http_response chunked socks5 username config forward)
 fi
 cd "$(dirname "$0")/../fuzz"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked

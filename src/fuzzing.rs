@@ -3,6 +3,8 @@
 //! parser must keep on any input: never panic, never claim more bytes than it was given,
 //! never loop.
 
+pub mod forward;
+
 use crate::http::codec::{self, ChunkedDecoder, Parsed};
 use crate::socks5::codec as socks;
 

@@ -56,3 +56,8 @@ fn username() {
 fn config() {
     run("config", fuzzing::config);
 }
+
+#[test]
+fn forward() {
+    run("forward", fuzzing::forward::run);
+}

@@ -253,3 +253,100 @@ fn authority_forms() {
     assert_eq!(split_authority(":80", None), None);
     assert_eq!(split_authority("a b:80", None), None);
 }
+
+#[test]
+fn transfer_encoding_overrides_content_length_and_framing_is_ours() {
+    let r = resp(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n",
+        false,
+    );
+    assert_eq!(r.body, Framing::Chunked);
+    assert!(!r.reusable, "a CL+TE response may be a split attempt");
+    let mut out = Vec::new();
+    r.encode_downstream(Relay::Framed, true, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\nX: y\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    r.encode_downstream(Relay::Dechunked, false, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\nX: y\r\nConnection: close\r\n\r\n"
+    );
+    // A Connection token cannot strip the framing.
+    let r = resp(
+        "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n",
+        false,
+    );
+    let mut out = Vec::new();
+    r.encode_downstream(Relay::Framed, true, &mut out);
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .contains("Content-Length: 5\r\n"));
+    // HEAD and 304 keep the resource's Content-Length.
+    let r = resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+    assert_eq!(r.body, Framing::None);
+    assert_eq!(
+        r.headers,
+        vec![("Content-Length".to_string(), b"5".to_vec())]
+    );
+    // Content-Length: 0 is a framed empty body, not "no framing".
+    let r = resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+    assert_eq!(r.body, Framing::Length(0));
+}
+
+#[test]
+fn connection_may_not_name_framing_headers_and_upgrade_is_kept() {
+    for h in ["content-length", "Transfer-Encoding", "host", "close, Host"] {
+        let raw =
+            format!("POST http://h/ HTTP/1.1\r\nConnection: {h}\r\nContent-Length: 1\r\n\r\n");
+        assert!(matches!(req(&raw), Err(ProxyError::BadRequest(_))), "{h}");
+    }
+    let r =
+        req("GET http://h/ HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    assert_eq!(r.upgrade.as_deref(), Some(&b"websocket"[..]));
+    let mut out = Vec::new();
+    r.encode_upstream(&mut out);
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.ends_with("Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+        "{out}"
+    );
+    // Upgrade without Connection: upgrade is not a request to upgrade.
+    let r = req("GET http://h/ HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    assert_eq!(r.upgrade, None);
+}
+
+#[test]
+fn chunked_bodies_are_re_encoded_with_clean_framing() {
+    let input = b"5;ext=\"x\"\r\nhello\r\n0\r\nA: 1\nB: 2\r\n\n";
+    for step in 1..input.len() {
+        let mut d = ChunkedDecoder::default();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while !d.is_done() {
+            let end = (pos + step).min(input.len());
+            let fed = d.feed(&input[pos..end]).unwrap();
+            d.reencode(&input[pos..end], &fed, false, &mut out);
+            pos += fed.consumed;
+        }
+        let out = String::from_utf8(out).unwrap();
+        // Split chunks may come out as several; the payload and trailers are exact.
+        let mut check = ChunkedDecoder::default();
+        let fed = check.feed(out.as_bytes()).unwrap();
+        assert!(fed.done && fed.consumed == out.len(), "{step}: {out:?}");
+        assert!(!out.contains("ext"), "{out:?}");
+        assert!(
+            out.ends_with("0\r\nA: 1\r\nB: 2\r\n\r\n"),
+            "{step}: {out:?}"
+        );
+    }
+    for bad in [
+        &b"0\r\n: no name\r\n\r\n"[..],
+        b"0\r\n folded\r\n\r\n",
+        b"0\r\nA: 1\rX\r\n\r\n",
+    ] {
+        assert!(decode_all(bad, 4).is_err(), "{bad:?}");
+    }
+}

@@ -1,0 +1,494 @@
+//! The forward path's invariant checker: the real connection handler ([`session::serve`],
+//! sniffer, HTTP handler, forwarder, plan) runs in this process on a glommio executor, with
+//! a scripted client and a scripted origin on loopback sockets. The input picks the plan,
+//! the client's requests and the origin's raw answers; the checker asserts, on any input:
+//!
+//! 1. every request the client sends gets exactly one well-framed final response, or the
+//!    connection closes (no hang: the origin's stalls end at `idle_timeout`);
+//! 2. no byte of one answer reaches another request: the origin marks every answer with
+//!    its request's number, and a response may carry only its own mark;
+//! 3. bytes relayed to the client never exceed the plan, and the account's billed usage
+//!    never exceeds it either.
+//!
+//! Input layout: byte 0 picks the plan, byte 1 the number of requests and the client's
+//! HTTP version, then one byte per request (method and body), then the origin's answers
+//! separated by `0xff 0xfe`. In an answer, `$` becomes the request's mark `Z<n>Z` (any other
+//! `Z` is dropped, so marks cannot be forged).
+
+// An invariant checker reports a broken invariant by panicking, as fuzzers expect; it never
+// runs in the gateway.
+#![allow(clippy::panic)]
+
+use crate::config::Snapshot;
+use crate::worker::Worker;
+use arc_swap::ArcSwap;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PLANS: [u64; 5] = [300, 2_000, 10_000, 100_000, 1 << 40];
+
+/// One scripted exchange.
+struct Script {
+    plan: u64,
+    http10: bool,
+    requests: Vec<u8>,
+    answers: Vec<Vec<u8>>,
+}
+
+fn script(data: &[u8]) -> Option<Script> {
+    let (&p, rest) = data.split_first()?;
+    let (&shape, rest) = rest.split_first()?;
+    let count = usize::from(shape & 3) + 1;
+    if rest.len() < count {
+        return None;
+    }
+    let (requests, rest) = rest.split_at(count);
+    let answers = rest
+        .split(|&b| b == 0xff)
+        .map(|part| part.strip_prefix(&[0xfe][..]).unwrap_or(part))
+        .map(|a| a.iter().copied().filter(|&b| b != b'Z').collect())
+        .collect();
+    Some(Script {
+        plan: PLANS[usize::from(p) % PLANS.len()],
+        http10: shape & 4 != 0,
+        requests: requests.to_vec(),
+        answers,
+    })
+}
+
+fn config(plan: u64) -> String {
+    format!(
+        r#"
+[server]
+workers = 1
+allow_private_targets = true
+idle_timeout = "100ms"
+handshake_timeout = "2s"
+connect_timeout = "1s"
+[[listener]]
+listen = "127.0.0.1:0"
+network = "n"
+[[network]]
+name = "n"
+[[exit]]
+network = "n"
+kind = "direct"
+[[plan]]
+name = "p"
+bandwidth = {plan}
+threads = 100
+[[user]]
+name = "u"
+password = "p"
+plan = "p"
+networks = ["n"]
+"#
+    )
+}
+
+struct Harness {
+    ex: glommio::LocalExecutor,
+    worker: RefCell<Option<Rc<Worker>>>,
+}
+
+thread_local! {
+    static HARNESS: Harness = Harness {
+        ex: match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make() {
+            Ok(ex) => ex,
+            Err(e) => panic!("cannot start a glommio executor: {e}"),
+        },
+        worker: RefCell::new(None),
+    };
+}
+
+/// Run one scripted exchange through the real forward path and check its invariants.
+pub fn run(data: &[u8]) {
+    let Some(s) = script(data) else { return };
+    let Ok(mut snap) = crate::config::parse(&config(s.plan)) else {
+        panic!("harness config invalid")
+    };
+    // A fresh plan for every run (the ledger's part at start-up).
+    for acc in snap.accounts.values_mut() {
+        acc.state = crate::plan::ledger::AccountState::new(&acc.name, s.plan, 100, 0, 0);
+    }
+    let snap = Arc::new(snap);
+    HARNESS.with(|h| {
+        h.ex.run(async {
+            let w = h
+                .worker
+                .borrow_mut()
+                .get_or_insert_with(|| worker(snap.clone()))
+                .clone();
+            w.config.store(snap.clone());
+            exchange(w, snap, &s).await;
+        })
+    });
+}
+
+fn worker(snap: Arc<Snapshot>) -> Rc<Worker> {
+    let shared = crate::runtime::Shared {
+        sessions: Arc::new(crate::route::sessions::SessionTable::new(1000)),
+        guard: Arc::new(crate::auth::guard::AuthGuard::default()),
+        cluster: None,
+    };
+    Worker::new(
+        0,
+        1,
+        Arc::new(ArcSwap::from(snap)),
+        shared,
+        Default::default(),
+    )
+}
+
+/// The request for step `i`: its method, head and body.
+fn request(i: usize, kind: u8, origin: std::net::SocketAddr, http10: bool) -> (bool, Vec<u8>) {
+    let auth = "Proxy-Authorization: Basic dTpw\r\n";
+    let v = if http10 { "1.0" } else { "1.1" };
+    let keep = if http10 {
+        "Connection: keep-alive\r\n"
+    } else {
+        ""
+    };
+    let url = format!("http://{origin}/r{i}");
+    let (head, req) = match kind % 6 {
+        0 => (false, format!("GET {url} HTTP/{v}\r\n{auth}{keep}\r\n")),
+        1 => (true, format!("HEAD {url} HTTP/{v}\r\n{auth}{keep}\r\n")),
+        2 => (
+            false,
+            format!("POST {url} HTTP/{v}\r\n{auth}{keep}Content-Length: 5\r\n\r\nhello"),
+        ),
+        3 => (
+            false,
+            format!(
+                "POST {url} HTTP/{v}\r\n{auth}{keep}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: 1\n\n"
+            ),
+        ),
+        4 => (
+            false,
+            format!("POST {url} HTTP/{v}\r\n{auth}{keep}Expect: 100-continue\r\nContent-Length: 2\r\n\r\nhi"),
+        ),
+        _ => (
+            false,
+            format!("GET {url} HTTP/{v}\r\n{auth}{keep}Connection: upgrade\r\nUpgrade: x\r\n\r\n"),
+        ),
+    };
+    (head, req.into_bytes())
+}
+
+async fn exchange(w: Rc<Worker>, snap: Arc<Snapshot>, s: &Script) {
+    let (Ok(gw), Ok(origin)) = (
+        TcpListener::bind("127.0.0.1:0"),
+        TcpListener::bind("127.0.0.1:0"),
+    ) else {
+        return;
+    };
+    let (Ok(gw_addr), Ok(origin_addr)) = (gw.local_addr(), origin.local_addr()) else {
+        return;
+    };
+    let answers = Rc::new(s.answers.clone());
+    let origin_task = glommio::spawn_local(serve_origin(origin, answers));
+    let gateway = glommio::spawn_local(async move {
+        if let Ok(stream) = gw.accept().await {
+            crate::session::serve(w, stream, 0).await;
+        }
+    });
+    let relayed = run_client(gw_addr, origin_addr, s).await;
+    // The handler returns once the client is gone: then every charge is settled.
+    gateway.await;
+    drop(origin_task);
+    let used = snap.accounts.get("u").map_or(0, |a| a.state.used());
+    assert!(
+        relayed <= s.plan,
+        "{relayed} bytes relayed to the client under a {}-byte plan",
+        s.plan
+    );
+    assert!(used <= s.plan, "billed {used} under a {}-byte plan", s.plan);
+}
+
+/// The client's side: one request at a time, each answer read with a strict reference
+/// parser. Returns the bytes of relayed (not gateway-generated) answers it received.
+async fn run_client(gw: std::net::SocketAddr, origin: std::net::SocketAddr, s: &Script) -> u64 {
+    let Ok(mut c) = TcpStream::connect(gw).await else {
+        return 0;
+    };
+    let mut relayed = 0u64;
+    let mut buf: Vec<u8> = Vec::new();
+    for (i, &kind) in s.requests.iter().enumerate() {
+        let (is_head, req) = request(i, kind, origin, s.http10);
+        if c.write_all(&req).await.is_err() {
+            return relayed;
+        }
+        let upgrade = kind % 6 == 5;
+        let within = crate::worker::within(
+            Duration::from_secs(5),
+            read_answer(&mut c, &mut buf, i, is_head, upgrade),
+        )
+        .await;
+        let Some(answer) = within else {
+            panic!("request {i} got neither an answer nor a close within 5 s");
+        };
+        match answer {
+            Answer::Closed => return relayed,
+            Answer::Final { bytes, own, last } => {
+                if !own {
+                    relayed += bytes;
+                }
+                if last {
+                    return relayed;
+                }
+            }
+        }
+    }
+    relayed
+}
+
+enum Answer {
+    /// The connection closed before a final response began.
+    Closed,
+    /// A final response of `bytes` (interim heads included); `own` when the gateway made
+    /// it; `last` when nothing may follow it (close-delimited, upgrade, `Connection: close`).
+    Final { bytes: u64, own: bool, last: bool },
+}
+
+async fn fill(c: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut tmp = [0u8; 8192];
+    match c.read(&mut tmp).await {
+        Ok(n) if n > 0 => {
+            buf.extend_from_slice(&tmp[..n]);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Marks in `bytes` other than request `i`'s.
+fn foreign_mark(bytes: &[u8], i: usize) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let own = format!("Z{i}Z");
+    let mut rest = &text[..];
+    while let Some(p) = rest.find('Z') {
+        let tail = &rest[p + 1..];
+        if let Some(q) = tail.find('Z') {
+            let mark = &rest[p..p + q + 2];
+            if mark != own && tail[..q].bytes().all(|b| b.is_ascii_digit()) && q > 0 {
+                return Some(mark.to_owned());
+            }
+            rest = &tail[q..];
+        } else {
+            break;
+        }
+    }
+    None
+}
+
+async fn read_answer(
+    c: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    i: usize,
+    is_head: bool,
+    upgrade: bool,
+) -> Answer {
+    let mut total = 0u64;
+    loop {
+        // One head.
+        let (code, head_len, framing, own, close) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 160];
+            let mut r = httparse::Response::new(&mut headers);
+            match r.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let code = r.code.unwrap_or(0);
+                    let mut cl = None;
+                    let mut chunked = false;
+                    let mut te = false;
+                    let mut own = false;
+                    let mut close = false;
+                    for h in r.headers.iter() {
+                        let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            assert!(cl.is_none(), "two Content-Length headers: {:?}", show(buf));
+                            cl =
+                                Some(v.trim().parse::<u64>().unwrap_or_else(|_| {
+                                    panic!("bad Content-Length: {:?}", show(buf))
+                                }));
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            te = true;
+                            chunked = v.trim().ends_with("chunked");
+                        } else if h.name.eq_ignore_ascii_case("proxy-status") {
+                            own = v.starts_with("tollgate");
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            close = v.contains("close");
+                        }
+                    }
+                    assert!(
+                        !(te && cl.is_some()),
+                        "both CL and TE sent: {:?}",
+                        show(buf)
+                    );
+                    let framing =
+                        if is_head || (100..200).contains(&code) || code == 204 || code == 304 {
+                            Body::None
+                        } else if chunked {
+                            Body::Chunked
+                        } else if let Some(n) = cl {
+                            Body::Length(n)
+                        } else {
+                            Body::Close
+                        };
+                    break (code, n, framing, own, close);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if !fill(c, buf).await {
+                        // Closed before (or inside) a head: the connection ended.
+                        return Answer::Closed;
+                    }
+                }
+                Err(e) => panic!("the gateway sent a malformed head ({e}): {:?}", show(buf)),
+            }
+        };
+        let head: Vec<u8> = buf.drain(..head_len).collect();
+        if let Some(m) = foreign_mark(&head, i) {
+            panic!("request {i} got {m} in its head: {:?}", show(&head));
+        }
+        total += head_len as u64;
+        if (100..200).contains(&code) && code != 101 {
+            continue;
+        }
+        if code == 101 {
+            assert!(
+                upgrade,
+                "a 101 reached a client that did not ask: {:?}",
+                show(&head)
+            );
+            total += buf.len() as u64;
+            return Answer::Final {
+                bytes: total,
+                own,
+                last: true,
+            };
+        }
+        let body = read_body(c, buf, framing).await;
+        let Some(body) = body else {
+            // Cut mid-body (the plan ran out, or the origin broke off): a close.
+            return Answer::Final {
+                bytes: total,
+                own,
+                last: true,
+            };
+        };
+        if let Some(m) = foreign_mark(&body, i) {
+            panic!("request {i} got {m} in its body: {:?}", show(&body));
+        }
+        total += body.len() as u64;
+        return Answer::Final {
+            bytes: total,
+            own,
+            last: close || matches!(framing, Body::Close),
+        };
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+/// The body's bytes as sent (framing included); `None` when the connection ended first.
+async fn read_body(c: &mut TcpStream, buf: &mut Vec<u8>, framing: Body) -> Option<Vec<u8>> {
+    match framing {
+        Body::None => Some(Vec::new()),
+        Body::Length(n) => {
+            while (buf.len() as u64) < n {
+                if !fill(c, buf).await {
+                    return None;
+                }
+            }
+            Some(buf.drain(..n as usize).collect())
+        }
+        Body::Close => {
+            while fill(c, buf).await {}
+            Some(std::mem::take(buf))
+        }
+        Body::Chunked => {
+            let mut dec = crate::http::codec::ChunkedDecoder::default();
+            let mut out = Vec::new();
+            loop {
+                if buf.is_empty() && !fill(c, buf).await {
+                    return None;
+                }
+                let fed = match dec.feed(buf) {
+                    Ok(f) => f,
+                    Err(e) => panic!(
+                        "the gateway sent malformed chunked framing ({e}): {:?}",
+                        show(buf)
+                    ),
+                };
+                out.extend(buf.drain(..fed.consumed));
+                if fed.done {
+                    assert!(
+                        !out.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+                        "bare LF in the chunked framing sent: {:?}",
+                        show(&out)
+                    );
+                    return Some(out);
+                }
+            }
+        }
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(600)]).into_owned()
+}
+
+/// The scripted origin: answers request `/r<n>` with answer `n` (marks filled in), on
+/// every connection it accepts, until the gateway closes.
+async fn serve_origin(l: TcpListener, answers: Rc<Vec<Vec<u8>>>) {
+    while let Ok(mut s) = l.accept().await {
+        let answers = answers.clone();
+        glommio::spawn_local(async move {
+            let mut buf = Vec::new();
+            loop {
+                // A head: enough to learn the request's number (its body is not needed).
+                let n = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let n = line
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|p| p.strip_prefix("/r"))
+                            .and_then(|n| n.parse::<usize>().ok());
+                        break n;
+                    }
+                    let mut tmp = [0u8; 4096];
+                    match s.read(&mut tmp).await {
+                        Ok(k) if k > 0 => buf.extend_from_slice(&tmp[..k]),
+                        _ => return,
+                    }
+                };
+                let Some(n) = n else { continue };
+                let Some(a) = answers.get(n) else { return };
+                let mark = format!("Z{n}Z");
+                let mut out = Vec::with_capacity(a.len() + 16);
+                for &b in a.iter() {
+                    if b == b'$' {
+                        out.extend_from_slice(mark.as_bytes());
+                    } else {
+                        out.push(b);
+                    }
+                }
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
+    }
+}
