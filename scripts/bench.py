@@ -2,7 +2,8 @@
 """Side-by-side proxy benchmark on loopback: tollgate and its peers in one run.
 
 usage: bench.py TOLLGATE_BIN LOADGEN_BIN   (env: BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=all
-       BENCH_NODE_MODULES=dir holding proxy-chain)
+       BENCH_NODE_MODULES=dir holding proxy-chain, BENCH_BASELINE=older tollgate binary to
+       measure beside this one, BENCH_MODES=comma-separated rows to run, default all)
 
 Every figure is also divided by the proxy's own CPU time (utime+stime of its whole process
 group, from /proc/PID/stat), because load generator, proxy and targets share the machine.
@@ -87,7 +88,7 @@ SOCKS_MODES = ["tunnels-socks5", "down-socks5", "up-socks5"]
 HTTP_MODES = ["tunnels-connect", "down-connect", "up-connect", "forward"]
 
 
-def start_tollgate(work, workers=2, name="tollgate", extra="", server=""):
+def start_tollgate(work, workers=2, name="tollgate", extra="", server="", binary=None):
     port = free_port()
     cfg = f"""
 [server]
@@ -118,7 +119,7 @@ networks = ["n"]
 """
     path = os.path.join(work, f"{name}.toml")
     open(path, "w").write(cfg)
-    return Proxy(name, [TOLLGATE, "--config", path], port, SOCKS_MODES + HTTP_MODES, work)
+    return Proxy(name, [binary or TOLLGATE, "--config", path], port, SOCKS_MODES + HTTP_MODES, work)
 
 
 def start_peers(work, wanted):
@@ -237,9 +238,17 @@ def main():
     # tollgate as shipped, and with executors busy-polling 200 us before they sleep
     # ([server] spin_before_park, for cores dedicated to it).
     proxies = [start_tollgate(work), start_tollgate(work, 2, "tollgate-spin200", server='spin_before_park = "200us"')]
+    # BENCH_BASELINE=path/to/an/older/tollgate: measured beside this build, interleaved.
+    baseline = os.environ.get("BENCH_BASELINE")
+    if baseline:
+        proxies.insert(1, start_tollgate(work, 2, "tollgate-baseline", binary=baseline))
     proxies += start_peers(work, wanted)
     modes = [("tunnels-socks5", 32), ("tunnels-connect", 32), ("down-socks5", 4), ("up-socks5", 4),
              ("down-connect", 4), ("up-connect", 4), ("forward", 32)]
+    # BENCH_MODES=forward,tunnels-socks5: only these rows.
+    only = [m for m in os.environ.get("BENCH_MODES", "").split(",") if m]
+    if only:
+        modes = [(m, c) for m, c in modes if m in only]
     results = {}
     try:
         for rep in range(REPS):

@@ -47,7 +47,8 @@ pub struct CoreMetrics {
     pub accepted: Mutex<AHashMap<(usize, &'static str), u64>>,
     pub active: AtomicI64,
     /// Status code → connections/requests that ended with it (0..600).
-    pub outcomes: Mutex<AHashMap<u16, u64>>,
+    /// By (status code, how it ended).
+    pub outcomes: Mutex<AHashMap<(u16, &'static str), u64>>,
     /// Network → (up, down) bytes.
     pub network_bytes: Pairs,
     /// Account → (up, down) bytes (when per-account metrics are on).
@@ -87,17 +88,17 @@ impl CoreMetrics {
         });
     }
 
-    /// One finished connection or request.
+    /// One finished connection or request: its outcome (status code, how it ended) and
+    /// its bytes `(up, down)`; per account when `per_account`.
     pub fn finished(
         &self,
-        code: u16,
+        outcome: (u16, &'static str),
         network: Option<&str>,
         account: Option<&str>,
-        up: u64,
-        down: u64,
+        (up, down): (u64, u64),
         per_account: bool,
     ) {
-        *self.outcomes.lock().entry(code).or_default() += 1;
+        *self.outcomes.lock().entry(outcome).or_default() += 1;
         if let Some(n) = network {
             bump(&mut self.network_bytes.lock(), n, |e| {
                 e.0 += up;
@@ -242,12 +243,14 @@ impl Collector for Metrics {
         );
         let mut m = enc.encode_descriptor(
             "tollgate_outcomes",
-            "Proxied connections and forwarded requests, by status code (200 = tunnel served)",
+            "Proxied connections and forwarded requests, by status code (200 = tunnel served, 499 = client left mid-request) and how they ended (closed, idle, quota, upstream_reset, client_reset, drain, refused)",
             None,
             MetricType::Counter,
         )?;
-        for (code, v) in outcomes {
-            ConstCounter::new(v).encode(m.encode_family(&[("code", code.to_string())])?)?;
+        for ((code, end), v) in outcomes {
+            ConstCounter::new(v).encode(
+                m.encode_family(&[("code", code.to_string()), ("end", end.to_string())])?,
+            )?;
         }
 
         directional(

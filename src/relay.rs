@@ -162,8 +162,33 @@ pub enum RelayEnd {
     Idle,
     /// The account's bandwidth ran out.
     Quota,
-    /// A read or write failed (reset, broken pipe).
-    Error(io::Error),
+    /// The gateway's drain timeout passed with the tunnel still open.
+    Drain,
+    /// Reading from or writing to the client failed (reset, broken pipe).
+    ClientReset(io::Error),
+    /// Reading from or writing to the upstream failed.
+    UpstreamReset(io::Error),
+}
+
+impl RelayEnd {
+    /// The access line's and `tollgate_outcomes_total`'s `end` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RelayEnd::Closed => "closed",
+            RelayEnd::Idle => "idle",
+            RelayEnd::Quota => "quota",
+            RelayEnd::Drain => "drain",
+            RelayEnd::ClientReset(_) => "client_reset",
+            RelayEnd::UpstreamReset(_) => "upstream_reset",
+        }
+    }
+}
+
+/// Which end of the relay an I/O error came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Party {
+    Client,
+    Upstream,
 }
 
 /// Bytes moved in one direction before checking whether the executor wants the CPU back.
@@ -199,19 +224,25 @@ struct Pump<'a> {
 }
 
 impl Pump<'_> {
-    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<io::Result<()>> {
+    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
         let (src, dst, half) = match dir {
             Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
             Dir::Down => (&mut *self.upstream, &mut *self.client, &mut self.down),
+        };
+        let (src_party, dst_party) = match dir {
+            Dir::Up => (Party::Client, Party::Upstream),
+            Dir::Down => (Party::Upstream, Party::Client),
         };
         let mut moved = 0usize;
         loop {
             if half.pos < half.len {
                 let Some(buf) = half.buf.as_ref() else {
-                    return Poll::Ready(Err(io::Error::other("relay buffer missing")));
+                    return Poll::Ready(Err((dst_party, io::Error::other("relay buffer missing"))));
                 };
                 match Pin::new(&mut *dst).poll_write(cx, &buf[half.pos..half.len]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err((dst_party, io::ErrorKind::WriteZero.into())))
+                    }
                     Poll::Ready(Ok(n)) => {
                         half.pos += n;
                         moved += n;
@@ -226,7 +257,7 @@ impl Pump<'_> {
                             half.len = 0;
                         }
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((dst_party, e))),
                     Poll::Pending => return Poll::Pending,
                 }
                 continue;
@@ -263,7 +294,7 @@ impl Pump<'_> {
             if cap == 0 {
                 self.pool.give(buf);
                 self.quota_hit.set(true);
-                return Poll::Ready(Err(io::Error::other("bandwidth used up")));
+                return Poll::Ready(Err((src_party, io::Error::other("bandwidth used up"))));
             }
             match Pin::new(&mut *src).poll_read(cx, &mut buf[..cap]) {
                 Poll::Ready(Ok(0)) => {
@@ -288,7 +319,7 @@ impl Pump<'_> {
                 }
                 Poll::Ready(Err(e)) => {
                     self.pool.give(buf);
-                    return Poll::Ready(Err(e));
+                    return Poll::Ready(Err((src_party, e)));
                 }
                 Poll::Pending => {
                     // Idle tunnels hold no buffer.
@@ -301,9 +332,9 @@ impl Pump<'_> {
 }
 
 impl Future for Pump<'_> {
-    type Output = io::Result<()>;
+    type Output = Result<(), (Party, io::Error)>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if !this.up.done {
             if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Up) {
@@ -371,15 +402,20 @@ pub async fn relay(
         }
         RelayEnd::Quota
     };
+    let stop_watch = async {
+        w.stop.wait().await;
+        RelayEnd::Drain
+    };
     futures_lite::future::or(
         async {
             match pump.await {
                 Ok(()) => RelayEnd::Closed,
                 Err(_) if quota_hit.get() => RelayEnd::Quota,
-                Err(e) => RelayEnd::Error(e),
+                Err((Party::Client, e)) => RelayEnd::ClientReset(e),
+                Err((Party::Upstream, e)) => RelayEnd::UpstreamReset(e),
             }
         },
-        futures_lite::future::or(watch, cut_watch),
+        futures_lite::future::or(watch, futures_lite::future::or(cut_watch, stop_watch)),
     )
     .await
 }

@@ -435,6 +435,9 @@ async fn worker_main(
                 left = w.active(),
                 "drain timeout; closing the rest"
             );
+            // Tunnels end and log `end=drain`; a moment for them to do so.
+            w.stop.fire();
+            let _ = within(Duration::from_secs(1), w.all_closed()).await;
         }
     }
 }

@@ -166,6 +166,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
     let name = match proto {
         Protocol::Socks5 => "socks5",
         Protocol::Http => "http",
+        Protocol::Socks4 => "socks4",
         Protocol::Unknown => "unknown",
     };
     *ctx.w
@@ -179,10 +180,34 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
     match proto {
         Protocol::Socks5 => Box::pin(crate::socks5::serve(&ctx, &mut client)).await,
         Protocol::Http => Box::pin(crate::http::serve(&ctx, &mut client)).await,
+        Protocol::Socks4 => Box::pin(refuse_socks4(&mut client, handshake_deadline)).await,
         Protocol::Unknown => {
             tracing::debug!(peer = ?ctx.peer, first = client.buf.first(), "closed: not SOCKS5 or HTTP");
         }
     }
+}
+
+/// SOCKS4 and SOCKS4a are not served: read the request (bounded, within the handshake
+/// deadline) and answer "request rejected or failed" (`0x5B`), so that clients report a
+/// refusal rather than a dropped connection.
+async fn refuse_socks4(client: &mut Side, deadline: Instant) {
+    // VN CD DSTPORT(2) DSTIP(4) USERID NUL, and for 4a (DSTIP 0.0.0.x, x ≠ 0) DOMAIN NUL.
+    let complete = |b: &[u8]| {
+        if b.len() < 9 {
+            return false;
+        }
+        let nuls = b[8..].iter().filter(|&&c| c == 0).count();
+        let socks4a = b[4..7] == [0, 0, 0] && b[7] != 0;
+        nuls >= if socks4a { 2 } else { 1 }
+    };
+    while !complete(&client.buf) && client.buf.len() < 1024 {
+        match until(deadline, client.fill(1024 - client.buf.len())).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+    let _ = client.send_refusal(&[0x00, 0x5B, 0, 0, 0, 0, 0, 0]).await;
+    tracing::debug!("refused a SOCKS4 request");
 }
 
 /// Read until the first bytes tell the protocol; `None` when the client left or stalled.
@@ -216,6 +241,10 @@ pub struct Access<'a> {
     pub down: u64,
     pub started: Instant,
     pub outcome: Result<u16, &'a ProxyError>,
+    /// How it ended: a tunnel's [`crate::relay::RelayEnd::label`], `closed` for a completed
+    /// exchange, `refused` for the gateway's own error reply, `client_reset` when the client
+    /// left mid-request.
+    pub end: &'static str,
 }
 
 impl Ctx {
@@ -235,11 +264,10 @@ impl Ctx {
             Err(e) => (e.code(), Some(e.to_string())),
         };
         self.w.metrics.finished(
-            code,
+            (code, a.end),
             network,
             a.account,
-            a.up,
-            a.down,
+            (a.up, a.down),
             self.snap.per_account_metrics,
         );
         tracing::info!(
@@ -250,13 +278,35 @@ impl Ctx {
             listener = self.listener,
             network,
             account = a.account,
-            target = a.target.map(tracing::field::display),
+            target = a.target.map(|t| tracing::field::display(Escaped(t))),
             exit,
             up = a.up,
             down = a.down,
             ms = a.started.elapsed().as_millis() as u64,
             code,
+            end = a.end,
             error,
         );
+    }
+}
+
+/// A client-supplied log field with control characters escaped (`\n` → `\\n`), so that no
+/// client can forge or split a log line.
+struct Escaped<'a>(&'a dyn std::fmt::Display);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.to_string();
+        if !text.chars().any(|c| c.is_control()) {
+            return f.write_str(&text);
+        }
+        for c in text.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }

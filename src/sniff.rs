@@ -6,9 +6,12 @@
 pub enum Protocol {
     /// `0x05`: a SOCKS5 greeting.
     Socks5,
-    /// An HTTP method token followed by a space.
+    /// `0x04`: a SOCKS4 or SOCKS4a request, answered "rejected" (`0x5B`), never served.
+    Socks4,
+    /// An HTTP method token followed by a space (or a line end: a malformed request line,
+    /// which the HTTP handler answers with 400).
     Http,
-    /// Neither (SOCKS4 `0x04`, TLS, garbage): closed without a reply.
+    /// Neither (TLS, garbage): closed without a reply.
     Unknown,
 }
 
@@ -19,11 +22,12 @@ const MAX_METHOD: usize = 16;
 pub fn sniff(buf: &[u8]) -> Option<Protocol> {
     match buf.first()? {
         0x05 => Some(Protocol::Socks5),
+        0x04 => Some(Protocol::Socks4),
         b'A'..=b'Z' => {
             for (i, &c) in buf.iter().enumerate().take(MAX_METHOD + 1) {
                 match c {
                     b'A'..=b'Z' | b'-' | b'_' if i < MAX_METHOD => continue,
-                    b' ' => return Some(Protocol::Http),
+                    b' ' | b'\r' | b'\n' => return Some(Protocol::Http),
                     _ => return Some(Protocol::Unknown),
                 }
             }
@@ -48,7 +52,9 @@ mod tests {
             (b"", None),
             (b"\x05\x01\x02", Some(Socks5)),
             (b"\x05", Some(Socks5)),
-            (b"\x04\x01\x00\x50", Some(Unknown)),
+            (b"\x04\x01\x00\x50", Some(Socks4)),
+            (b"GET\r\n", Some(Http)),
+            (b"GET\n", Some(Http)),
             (b"\x16\x03\x01", Some(Unknown)),
             (b"GET / HTTP/1.1\r\n", Some(Http)),
             (b"CONNECT a:443 HTTP/1.1", Some(Http)),

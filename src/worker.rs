@@ -32,6 +32,9 @@ pub struct Worker {
     pub metrics: Arc<CoreMetrics>,
     /// Fired once when the gateway starts draining.
     pub drain: Latch,
+    /// Fired when the drain timeout passes: the connections still open end now (and
+    /// write their access lines, `end=drain`).
+    pub stop: Latch,
     /// Live client connections on this core.
     active: Cell<usize>,
     /// Fired whenever `active` drops to zero.
@@ -66,6 +69,7 @@ impl Worker {
             quota: Shard::new(workers, metrics.clone()),
             metrics,
             drain: Latch::default(),
+            stop: Latch::default(),
             active: Cell::new(0),
             idle: RefCell::new(Vec::new()),
             sessions: shared.sessions,

@@ -38,7 +38,10 @@ fn metrics_count_known_traffic() {
     assert_eq!(gw.metric(&active), Some(1.0));
     assert_eq!(echo_through(&mut t, &pattern(n)).len(), n);
     drop(t);
-    let ok = series("tollgate_outcomes_total", &[("code", "200")]);
+    let ok = series(
+        "tollgate_outcomes_total",
+        &[("code", "200"), ("end", "closed")],
+    );
     eventually("the tunnel's outcome", || {
         (gw.metric(&ok) == Some(1.0)).then_some(())
     });
@@ -72,10 +75,20 @@ fn metrics_count_known_traffic() {
     let count =
         |name: &str, labels: &[(&str, &str)]| gw.metric(&series(name, labels)).unwrap_or(0.0);
     eventually("all outcomes", || {
-        (count("tollgate_outcomes_total", &[("code", "200")]) == 6.0).then_some(())
+        (count(
+            "tollgate_outcomes_total",
+            &[("code", "200"), ("end", "closed")],
+        ) == 6.0)
+            .then_some(())
     });
-    assert_eq!(count("tollgate_outcomes_total", &[("code", "407")]), 1.0);
-    assert_eq!(count("tollgate_outcomes_total", &[("code", "502")]), 1.0);
+    let refused = |code| {
+        count(
+            "tollgate_outcomes_total",
+            &[("code", code), ("end", "refused")],
+        )
+    };
+    assert_eq!(refused("407"), 1.0);
+    assert_eq!(refused("502"), 1.0);
     assert_eq!(
         count(
             "tollgate_connections_accepted_total",
@@ -131,7 +144,7 @@ fn per_account_metrics_can_be_switched_off() {
     let o = http_origin();
     assert_eq!(http_get(gw.addr(), &o.url("/")).code, 200);
     eventually("outcome", || {
-        gw.metric("tollgate_outcomes_total{code=\"200\"}")
+        gw.metric("tollgate_outcomes_total{code=\"200\",end=\"closed\"}")
             .map(|_| ())
     });
     assert!(!gw.admin_get("/metrics").1.contains("account="));

@@ -184,6 +184,9 @@ impl Snapshot {
             })?),
             None => None,
         };
+        if let Some(a) = admin {
+            not_v4_mapped(a).map_err(|e| format!("[admin] listen: {e}"))?;
+        }
         if !matches!(f.log.format.as_str(), "human" | "json") {
             return Err(format!(
                 "[log] format = {:?}: must be \"human\" or \"json\"",
@@ -192,11 +195,14 @@ impl Snapshot {
         }
         // Filter directives are ASCII; tracing-subscriber's parser panics on some non-ASCII
         // input (found by fuzzing), so it never sees any.
-        if !f.log.level.is_ascii() || tracing_subscriber::EnvFilter::try_new(&f.log.level).is_err()
+        if !f.log.level.is_ascii()
+            || !valid_levels(&f.log.level)
+            || tracing_subscriber::EnvFilter::try_new(&f.log.level).is_err()
         {
             return Err(format!(
-                "[log] level = {:?}: not a level (error, warn, info, debug, trace) or filter",
-                f.log.level
+                "[log] level = {:?}: not a level; use one of {} (or directives such as \"info,tollgate=debug\")",
+                f.log.level,
+                LEVELS.join(", ")
             ));
         }
         if f.security.auth_failures == 0 {
@@ -373,6 +379,7 @@ fn build_listeners(
         let listen: SocketAddr = l.listen.parse().map_err(|_| {
             format!("{at}: listen: not an IP:port address (e.g. \"127.0.0.1:13337\")")
         })?;
+        not_v4_mapped(listen).map_err(|e| format!("{at}: listen: {e}"))?;
         let network = find(net_names, &l.network).ok_or_else(|| {
             format!(
                 "{at}: network = {:?} is not defined; defined networks: {}",
@@ -391,6 +398,34 @@ fn build_listeners(
         out.push(Listener { listen, network });
     }
     Ok(out)
+}
+
+/// An IPv4-mapped IPv6 address (`[::ffff:a.b.c.d]`) cannot be bound as a listener: say so,
+/// and what to write instead, rather than failing at start with "address in use".
+fn not_v4_mapped(addr: SocketAddr) -> Result<(), String> {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => Err(format!(
+                "{addr} is an IPv4-mapped IPv6 address, which cannot be listened on; write {v4}:{} instead (or [::]:{} for every address)",
+                a.port(),
+                a.port()
+            )),
+            None => Ok(()),
+        },
+        SocketAddr::V4(_) => Ok(()),
+    }
+}
+
+/// `[log] level` names: a directive without `=` must be one of these.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Each comma-separated directive is a level, or `target=level`: tracing would take
+/// `warning` as a target name and silently drop every line.
+fn valid_levels(spec: &str) -> bool {
+    spec.split(',').all(|d| {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l).trim();
+        LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level))
+    })
 }
 
 /// Two listen addresses collide when they share a non-zero port and their addresses overlap
@@ -623,6 +658,14 @@ fn build_account(
                     "{at}: password_hash: only argon2 hashes are supported"
                 ));
             }
+            // The whole string, so that no account is configured that can never log in.
+            if parsed.salt.is_none() || parsed.hash.is_none() {
+                return Err(format!(
+                    "{at}: password_hash: incomplete, needs $argon2id$v=19$m=…,t=…,p=…$<salt>$<hash> (make one with `argon2` or Python's argon2-cffi)"
+                ));
+            }
+            argon2::Params::try_from(&parsed)
+                .map_err(|e| format!("{at}: password_hash: bad argon2 parameters ({e})"))?;
             Password::Argon2(h.clone())
         }
     };

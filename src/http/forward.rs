@@ -64,6 +64,8 @@ pub struct Done {
     pub code: u16,
     pub client_keep_alive: bool,
     pub exit: usize,
+    /// `closed`, or how an upgraded connection's tunnel ended.
+    pub end: &'static str,
 }
 
 /// A failed exchange: what went wrong and whether the client already got a response head
@@ -72,6 +74,9 @@ pub struct Failed {
     pub error: ProxyError,
     pub exit: Option<usize>,
     pub replied: bool,
+    /// For the access line: `refused` (the gateway answers with `error`), `client_reset`
+    /// (the client left mid-request), `upstream_reset`, `idle` or `quota` (cut mid-answer).
+    pub end: &'static str,
 }
 
 enum Attempt {
@@ -79,12 +84,14 @@ enum Attempt {
         code: u16,
         client_keep_alive: bool,
         origin_reusable: bool,
+        end: &'static str,
     },
     /// A reused origin connection had been closed by the origin before it saw the request.
     Stale,
     Failed {
         error: ProxyError,
         replied: bool,
+        end: &'static str,
     },
 }
 
@@ -133,6 +140,7 @@ pub async fn exchange(
             error,
             exit: None,
             replied: false,
+            end: "refused",
         })?;
     let mut side = Side::new(out.stream);
     side.buf = out.early;
@@ -157,6 +165,7 @@ fn settle(
             code,
             client_keep_alive,
             origin_reusable,
+            end,
         } => {
             if !origin_reusable || !client_keep_alive {
                 *slot = None;
@@ -167,6 +176,7 @@ fn settle(
                 code,
                 client_keep_alive,
                 exit,
+                end,
             })
         }
         Attempt::Stale => {
@@ -175,14 +185,20 @@ fn settle(
                 error: ProxyError::Upstream("origin closed the connection".into()),
                 exit: Some(exit),
                 replied: false,
+                end: "refused",
             })
         }
-        Attempt::Failed { error, replied } => {
+        Attempt::Failed {
+            error,
+            replied,
+            end,
+        } => {
             *slot = None;
             Err(Failed {
                 error,
                 exit: Some(exit),
                 replied,
+                end,
             })
         }
     }
@@ -192,20 +208,25 @@ fn upstream(msg: &str) -> Attempt {
     Attempt::Failed {
         error: ProxyError::Upstream(msg.to_owned()),
         replied: false,
+        end: "refused",
     }
 }
 
+/// The plan ran out once the exchange was relayed: it is cut (no reply).
 fn quota(replied: bool) -> Attempt {
     Attempt::Failed {
         error: ProxyError::BandwidthExceeded,
         replied,
+        end: "quota",
     }
 }
 
+/// The client left (or stopped reading) mid-request.
 fn gone_client() -> Attempt {
     Attempt::Failed {
         error: ProxyError::BadRequest("client went away"),
         replied: true,
+        end: "client_reset",
     }
 }
 
@@ -287,13 +308,16 @@ async fn attempt(
     if !body_sent {
         if let Err(e) = copy_body(&lim, client, &mut o.side, req.body, Relay::Framed).await {
             return match e {
-                BodyErr::Src => Attempt::Failed {
-                    error: ProxyError::BadRequest("request body incomplete"),
+                BodyErr::Src => gone_client(),
+                BodyErr::Idle => Attempt::Failed {
+                    error: ProxyError::BadRequest("request body stalled"),
                     replied: true,
+                    end: "idle",
                 },
                 BodyErr::Malformed => Attempt::Failed {
                     error: ProxyError::BadRequest("malformed chunked request body"),
                     replied: false,
+                    end: "refused",
                 },
                 BodyErr::Dst => upstream("origin stopped reading the request body"),
                 BodyErr::Quota => quota(true),
@@ -446,14 +470,22 @@ async fn respond(
             client_keep_alive,
             // Reused only if the response ended exactly where its framing says.
             origin_reusable: resp.reusable && body_sent && o.side.buf.is_empty(),
+            end: "closed",
         },
+        Err(BodyErr::Quota) => quota(true),
+        Err(BodyErr::Dst) => gone_client(),
         Err(e) => Attempt::Failed {
             error: match e {
-                BodyErr::Quota => ProxyError::BandwidthExceeded,
                 BodyErr::Malformed => ProxyError::Upstream("malformed chunked response".into()),
+                BodyErr::Idle => ProxyError::Upstream("response body stalled".into()),
                 _ => ProxyError::Upstream("response body cut short".into()),
             },
             replied: true,
+            end: if matches!(e, BodyErr::Idle) {
+                "idle"
+            } else {
+                "upstream_reset"
+            },
         },
     }
 }
@@ -489,7 +521,7 @@ async fn upgrade(
                 Some(Ok(()))
             ));
     drop((from_origin, from_client));
-    if sent {
+    let end = if sent {
         let end = relay(
             &ctx.w,
             &mut client.stream,
@@ -499,20 +531,26 @@ async fn upgrade(
         )
         .await;
         tracing::debug!(?end, "upgraded connection ended");
-    }
+        end.label()
+    } else {
+        "client_reset"
+    };
     Attempt::Done {
         code: 101,
         client_keep_alive: false,
         origin_reusable: false,
+        end,
     }
 }
 
 #[derive(Debug)]
 enum BodyErr {
-    /// Reading the source failed, stalled or ended early.
+    /// Reading the source failed or it ended early.
     Src,
-    /// Writing the destination failed or stalled.
+    /// Writing the destination failed.
     Dst,
+    /// No progress either way for `idle_timeout`.
+    Idle,
     /// The chunked framing is broken.
     Malformed,
     /// The client's plan ran out of bandwidth mid-body.
@@ -547,10 +585,10 @@ async fn copy_body(
 
 /// Write relayed bytes to `dst` within `idle`.
 async fn send_on(lim: &Limits<'_>, dst: &mut Side, data: &[u8]) -> Result<(), BodyErr> {
-    until(Instant::now() + lim.idle, dst.send_relayed(data, false))
-        .await
-        .unwrap_or(Err(SendError::Io))
-        .map_err(BodyErr::from)
+    match until(Instant::now() + lim.idle, dst.send_relayed(data, false)).await {
+        Some(r) => r.map_err(BodyErr::from),
+        None => Err(BodyErr::Idle),
+    }
 }
 
 /// Bytes that may be read from `src` for `dst` now: the client's plan caps reads on
@@ -587,7 +625,8 @@ async fn copy_raw(
             let n = match until(Instant::now() + lim.idle, src.stream.read(&mut buf[..want])).await
             {
                 Some(Ok(n)) => n,
-                _ => return Err(BodyErr::Src),
+                Some(Err(_)) => return Err(BodyErr::Src),
+                None => return Err(BodyErr::Idle),
             };
             if n == 0 {
                 return match limit {
@@ -620,7 +659,8 @@ async fn copy_chunked(
             let want = allowance(src, dst, 64 * 1024).await?;
             match until(Instant::now() + lim.idle, src.fill(want)).await {
                 Some(Ok(n)) if n > 0 => {}
-                _ => return Err(BodyErr::Src),
+                Some(_) => return Err(BodyErr::Src),
+                None => return Err(BodyErr::Idle),
             }
         }
         let fed = dec.feed(&src.buf).map_err(|_| BodyErr::Malformed)?;

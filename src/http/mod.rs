@@ -8,9 +8,9 @@ use crate::auth::{self, Identity};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::plan::{self, Admission};
-use crate::relay::{relay, Meter};
+use crate::relay::{relay, Meter, RelayEnd};
 use crate::route::{self, Route};
-use crate::session::{Access, Ctx, Side};
+use crate::session::{Access, Ctx, SendError, Side};
 use crate::worker::{any_fired, until, Latch};
 use codec::{Framing, Parsed, Request, Target};
 use std::time::Instant;
@@ -189,9 +189,15 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 let dest = TargetAddr::from_host(host, *port);
                 match Box::pin(exit::dial(&ctx.w, &ctx.snap, &route, &dest)).await {
                     Ok(out) => {
-                        let exit = out.exit;
-                        tunnel(ctx, client, out, &target_s).await;
-                        log(ctx, client, mark, account, target, Some(exit), Ok(200));
+                        let exit = Some(out.exit);
+                        let end = tunnel(ctx, client, out, &target_s).await.label();
+                        let rec = Record {
+                            account,
+                            target,
+                            exit,
+                            end,
+                        };
+                        log(ctx, client, mark, rec, Ok(200));
                         false
                     }
                     Err(e) => refuse(ctx, client, mark, account, target, e, req.keep_alive).await,
@@ -199,21 +205,25 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             }
             Target::Forward { .. } => {
                 let res = Box::pin(forward::exchange(ctx, client, &mut origin, &req, &route)).await;
-                let (code, keep, exit) = match &res {
-                    Ok(done) => (Ok(done.code), done.client_keep_alive, Some(done.exit)),
-                    Err(forward::Failed {
-                        error,
-                        exit,
-                        replied,
-                    }) => {
-                        let keep = !replied && idle_ok && error.http_keeps_connection();
-                        if !replied {
-                            let _ = client.send_refusal(&error.http_response(keep)).await;
+                let (code, keep, exit, end) = match &res {
+                    Ok(d) => (Ok(d.code), d.client_keep_alive, Some(d.exit), d.end),
+                    // A client that left mid-request: its own outcome (499, as nginx logs it).
+                    Err(f) if f.end == "client_reset" => (Ok(499), false, f.exit, f.end),
+                    Err(f) => {
+                        let keep = !f.replied && idle_ok && f.error.http_keeps_connection();
+                        if !f.replied {
+                            let _ = client.send_refusal(&f.error.http_response(keep)).await;
                         }
-                        (Err(error), keep, *exit)
+                        (Err(&f.error), keep, f.exit, f.end)
                     }
                 };
-                log(ctx, client, mark, account, target, exit, code);
+                let rec = Record {
+                    account,
+                    target,
+                    exit,
+                    end,
+                };
+                log(ctx, client, mark, rec, code);
                 keep
             }
         };
@@ -227,26 +237,33 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
 
 /// A CONNECT tunnel, once dialled: the 200, the exit's early bytes (relayed, so within the
 /// plan), the client's early bytes, then the relay.
-async fn tunnel(ctx: &Ctx, client: &mut Side, mut out: exit::Outbound, target: &HostPort<'_>) {
+async fn tunnel(
+    ctx: &Ctx,
+    client: &mut Side,
+    mut out: exit::Outbound,
+    target: &HostPort<'_>,
+) -> RelayEnd {
     // The tunnel is served: its request head is billed, and its 200 is part of it.
     client.meter.commit();
-    if client
-        .send_relayed(b"HTTP/1.1 200 Connection established\r\n\r\n", true)
-        .await
-        .is_err()
-        || client.send_relayed(&out.early, false).await.is_err()
-    {
-        return;
+    for data in [
+        &b"HTTP/1.1 200 Connection established\r\n\r\n"[..],
+        &out.early,
+    ] {
+        match client.send_relayed(data, true).await {
+            Ok(()) => {}
+            Err(SendError::Quota) => return RelayEnd::Quota,
+            Err(SendError::Io) => {
+                return RelayEnd::ClientReset(std::io::ErrorKind::BrokenPipe.into())
+            }
+        }
     }
     // Bytes after the CONNECT head go first; the head buffer is freed before the relay (an
     // idle tunnel holds no buffer).
     let early = std::mem::take(&mut client.buf);
-    if !early.is_empty()
-        && futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early)
-            .await
-            .is_err()
-    {
-        return;
+    if !early.is_empty() {
+        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await {
+            return RelayEnd::UpstreamReset(e);
+        }
     }
     drop(early);
     let idle = ctx.snap.server.idle_timeout.0;
@@ -259,6 +276,7 @@ async fn tunnel(ctx: &Ctx, client: &mut Side, mut out: exit::Outbound, target: &
     )
     .await;
     tracing::debug!(?end, target = %target, "http tunnel ended");
+    end
 }
 
 /// Where one exchange's access line starts: its clock and the connection's byte counts.
@@ -279,16 +297,23 @@ impl Mark {
     }
 }
 
-fn log(
-    ctx: &Ctx,
-    client: &Side,
-    mark: Mark,
-    account: Option<&str>,
-    target: Option<&dyn std::fmt::Display>,
+/// One exchange's record: who, where, through which exit, and how it ended.
+struct Record<'a> {
+    account: Option<&'a str>,
+    target: Option<&'a dyn std::fmt::Display>,
     exit: Option<usize>,
-    outcome: Result<u16, &ProxyError>,
-) {
+    end: &'static str,
+}
+
+fn log(ctx: &Ctx, client: &Side, mark: Mark, rec: Record<'_>, outcome: Result<u16, &ProxyError>) {
+    let Record {
+        account,
+        target,
+        exit,
+        end,
+    } = rec;
     ctx.log_access(Access {
+        end,
         proto: "http",
         account,
         target,
@@ -313,7 +338,13 @@ async fn refuse(
 ) -> bool {
     let keep = keep && e.http_keeps_connection();
     let _ = client.send_refusal(&e.http_response(keep)).await;
-    log(ctx, client, mark, account, target, None, Err(&e));
+    let rec = Record {
+        account,
+        target,
+        exit: None,
+        end: "refused",
+    };
+    log(ctx, client, mark, rec, Err(&e));
     keep
 }
 

@@ -174,10 +174,12 @@ pub fn resolve(snap: &Snapshot, ident: &Identity) -> Result<Route, ProxyError> {
     };
     let ttl = ident.ttl_minutes(snap)?;
     let sticky = ttl.map(|minutes| Sticky {
+        // The network by name: a reload that reorders [[network]], or another node whose
+        // file lists them in another order, finds the same session.
         key: format!(
             "{}|{}|{}|{}|{}|{}",
             ident.account,
-            net,
+            snap.networks.get(net).map_or("", |n| n.name.as_str()),
             country.as_deref().unwrap_or(""),
             state.as_deref().unwrap_or(""),
             // A city-ran session sticks to the exit it got, not to the city drawn.
@@ -324,13 +326,13 @@ networks = ["res", "dc"]
         i.session = Some("abc".into());
         let s = resolve(&snap, &i).unwrap().sticky.unwrap();
         assert_eq!(s.ttl, Duration::from_secs(600)); // ttl_default = 10
-        assert_eq!(s.key, "alice|0|us|||abc");
+        assert_eq!(s.key, "alice|res|us|||abc");
         i.session = None;
         i.ttl = Some("30".into());
         let s = resolve(&snap, &i).unwrap().sticky.unwrap();
         assert_eq!(
             (s.key.as_str(), s.ttl),
-            ("alice|0|us|||", Duration::from_secs(1800))
+            ("alice|res|us|||", Duration::from_secs(1800))
         );
         i.ttl = Some("0".into());
         assert_eq!(resolve(&snap, &i).unwrap_err(), ProxyError::InvalidTtl);

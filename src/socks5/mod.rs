@@ -11,6 +11,7 @@ use crate::exit::{self, TargetAddr};
 use crate::plan;
 use crate::relay::{relay, RelayEnd};
 use crate::route::{self, Route};
+use crate::session::SendError;
 use crate::session::{Access, Ctx, Side};
 use crate::worker::until;
 use codec::Parsed;
@@ -127,13 +128,8 @@ async fn request(
     let route = route::resolve(&ctx.snap, ident)?;
     let target = match address {
         Address::SocketAddress(a) => TargetAddr::Ip(a),
-        Address::DomainAddress(name, port) => {
-            let host = std::str::from_utf8(&name)
-                .ok()
-                .filter(|h| !h.is_empty())
-                .ok_or(ProxyError::BadRequest("domain name not UTF-8"))?;
-            TargetAddr::from_host(host, port)
-        }
+        Address::DomainAddress(name, port) => TargetAddr::from_socks_name(&name, port)
+            .ok_or(ProxyError::BadRequest("not a host name"))?,
     };
     Ok((target, route))
 }
@@ -156,6 +152,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 down: client.meter.down(),
                 started,
                 outcome: Err(&e),
+                end: "refused",
             });
             return;
         }
@@ -170,6 +167,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             down: client.meter.down(),
             started,
             outcome: Err(e),
+            end: "refused",
         })
     };
     let (target, route) = match Box::pin(request(ctx, client, &ident)).await {
@@ -213,30 +211,10 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
     // The tunnel is served: its handshake is billed, and its reply is part of it.
     client.meter.commit();
-    if client.send_relayed(&reply, true).await.is_err()
-        || client.send_relayed(&out.early, false).await.is_err()
-    {
-        return;
-    }
-    // Bytes the client pipelined after its request go first; the handshake buffer is freed
-    // before the relay (an idle tunnel holds no buffer).
-    let early = std::mem::take(&mut client.buf);
-    let sent = early.is_empty()
-        || futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early)
-            .await
-            .is_ok();
-    drop(early);
-    let end = if !sent {
-        RelayEnd::Error(std::io::ErrorKind::BrokenPipe.into())
-    } else {
-        relay(
-            &ctx.w,
-            &mut client.stream,
-            &mut out.stream,
-            &client.meter,
-            ctx.snap.server.idle_timeout.0,
-        )
-        .await
+    let end = match client.send_relayed(&reply, true).await {
+        Ok(()) => tunnel(ctx, client, &mut out).await,
+        Err(SendError::Quota) => RelayEnd::Quota,
+        Err(SendError::Io) => RelayEnd::ClientReset(std::io::ErrorKind::BrokenPipe.into()),
     };
     tracing::debug!(?end, target = %target, "socks5 tunnel ended");
     ctx.log_access(Access {
@@ -248,5 +226,33 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         down: client.meter.down(),
         started,
         outcome: Ok(200),
+        end: end.label(),
     });
+}
+
+/// The served tunnel: the exit's early bytes (relayed, within the plan), the client's early
+/// bytes, then the relay.
+async fn tunnel(ctx: &Ctx, client: &mut Side, out: &mut exit::Outbound) -> RelayEnd {
+    match client.send_relayed(&out.early, false).await {
+        Ok(()) => {}
+        Err(SendError::Quota) => return RelayEnd::Quota,
+        Err(SendError::Io) => return RelayEnd::ClientReset(std::io::ErrorKind::BrokenPipe.into()),
+    }
+    // Bytes the client pipelined after its request go first; the handshake buffer is freed
+    // before the relay (an idle tunnel holds no buffer).
+    let early = std::mem::take(&mut client.buf);
+    if !early.is_empty() {
+        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await {
+            return RelayEnd::UpstreamReset(e);
+        }
+    }
+    drop(early);
+    relay(
+        &ctx.w,
+        &mut client.stream,
+        &mut out.stream,
+        &client.meter,
+        ctx.snap.server.idle_timeout.0,
+    )
+    .await
 }
