@@ -141,7 +141,7 @@ fn per_core_connection_cap_closes_the_overflow_cleanly() {
 }
 
 #[test]
-fn password_guessing_blocks_the_guesser_only() {
+fn password_guessing_is_slowed_and_a_natd_farm_keeps_working() {
     let cfg = hardened("", DIRECT_EXIT).replace(
         "[log]",
         "[security]\nauth_failures = 5\nauth_block = \"1m\"\nauth_delay = \"200ms\"\n\n[log]",
@@ -158,20 +158,39 @@ fn password_guessing_blocks_the_guesser_only() {
         s.write_all(raw.as_bytes()).unwrap();
         read_response(&mut s, false).code
     };
-    for i in 0..5 {
-        assert_eq!(get_from("127.0.0.7", "alice", &format!("guess{i}")), 407);
+    // A farm behind one address: one worker with a stale password retries 60 times...
+    for _ in 0..60 {
+        assert_eq!(get_from("127.0.0.1", "alice", "stale"), 407);
     }
-    // Blocked: even the right password is refused from that address...
-    assert_eq!(get_from("127.0.0.7", "alice", "secret"), 407);
-    let mut s = connect_from("127.0.0.7", gw.addr());
+    // ...and the correctly configured workers of that address are served, both protocols.
+    assert_eq!(get_from("127.0.0.1", "alice", "secret"), 200);
+    let mut s = connect_from("127.0.0.1", gw.addr());
     s.write_all(b"\x05\x01\x02\x01\x05alice\x06secret").unwrap();
     let mut r = [0u8; 4];
     s.read_exact(&mut r).unwrap();
-    assert_eq!(r, [5, 2, 1, 1]);
-    // ...while everyone else is served.
+    assert_eq!(r, [5, 2, 1, 0]);
+
+    // A guesser with different passwords: after 5 failures each check waits for a slot,
+    // one per auth_delay (the bound: 60 s / 200 ms = 300 checks a minute here)...
+    for i in 0..5 {
+        assert_eq!(get_from("127.0.0.7", "alice", &format!("guess{i}")), 407);
+    }
+    let slowed = std::time::Instant::now();
+    for i in 5..15 {
+        assert_eq!(get_from("127.0.0.7", "alice", &format!("guess{i}")), 407);
+    }
+    assert!(
+        slowed.elapsed() >= std::time::Duration::from_millis(9 * 200),
+        "guessing was not slowed: 10 checks in {:?}",
+        slowed.elapsed()
+    );
+    // ...yet the right password from that address is still checked and served...
+    assert_eq!(get_from("127.0.0.7", "alice", "secret"), 200);
+    // ...and everyone else is served at once.
     assert_eq!(get_from("127.0.0.8", "alice", "secret"), 200);
-    assert!(gw.stderr().contains("address blocked"));
+    assert!(gw.stderr().contains("address slowed"));
     assert!(!gw.stderr().contains("guess"), "a password reached the log");
+    assert!(!gw.stderr().contains("stale"), "a password reached the log");
 }
 
 #[test]

@@ -93,8 +93,9 @@ pub async fn authenticate(
     identity(snap, account, network, &parsed.mods)
 }
 
-/// Authenticate with the password-guessing guard around it: a blocked address is refused
-/// (late, without checking the password); failures count towards a block.
+/// Authenticate with the password-guessing guard around it ([`guard`]): a credential that
+/// already failed from this address is refused without a check; a slowed address waits for
+/// its check slot; failures count towards slowing the address.
 #[allow(clippy::too_many_arguments)]
 pub async fn login(
     snap: &Snapshot,
@@ -106,24 +107,34 @@ pub async fn login(
     password: &[u8],
 ) -> Result<Identity, ProxyError> {
     let sec = &snap.security;
-    let now = std::time::Instant::now();
-    if let Some(ip) = peer.map(|p| p.ip()) {
-        if guard.is_blocked(ip, now) {
-            glommio::timer::sleep(sec.auth_delay.0).await;
-            return Err(ProxyError::AuthFailed(
-                "address blocked after repeated failures",
-            ));
+    let policy = guard::Policy {
+        failures: sec.auth_failures,
+        window: sec.auth_window.0,
+        block: sec.auth_block.0,
+        delay: sec.auth_delay.0,
+    };
+    let ip = peer.map(|p| p.ip());
+    // The snapshot's address stands for the configuration generation.
+    let fp = guard.fingerprint(user, password, network, snap as *const Snapshot as usize);
+    if let Some(ip) = ip {
+        match guard.admit(ip, fp, &policy, std::time::Instant::now()) {
+            guard::Admit::Check => {}
+            guard::Admit::After(wait) => glommio::timer::sleep(wait).await,
+            guard::Admit::KnownBad => {
+                return Err(ProxyError::AuthFailed("credentials that already failed"))
+            }
+            guard::Admit::Busy => {
+                glommio::timer::sleep(sec.auth_delay.0).await;
+                return Err(ProxyError::AuthFailed(
+                    "address slowed after repeated failures",
+                ));
+            }
         }
     }
     let res = authenticate(snap, cache, network, user, password).await;
-    if let (Err(ProxyError::AuthFailed(_)), Some(peer)) = (&res, peer) {
-        let policy = guard::Policy {
-            failures: sec.auth_failures,
-            window: sec.auth_window.0,
-            block: sec.auth_block.0,
-        };
-        if guard.failure(peer.ip(), &policy, now) {
-            tracing::warn!(peer = %peer.ip(), block = ?sec.auth_block.0, "repeated authentication failures: address blocked");
+    if let (Err(ProxyError::AuthFailed(_)), Some(ip)) = (&res, ip) {
+        if guard.failure(ip, fp, &policy, std::time::Instant::now()) {
+            tracing::warn!(peer = %ip, block = ?sec.auth_block.0, "repeated authentication failures: address slowed");
         }
     }
     res

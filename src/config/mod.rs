@@ -181,12 +181,12 @@ impl Default for RoutingSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySection {
-    /// Failed logins from one address within `auth_window` that block it...
+    /// Different failed credentials from one address within `auth_window` that slow it...
     pub auth_failures: u32,
     pub auth_window: Dur,
     /// ...for this long.
     pub auth_block: Dur,
-    /// How long the answer to a blocked address's attempt is held back.
+    /// While slowed: one password check per this interval.
     pub auth_delay: Dur,
 }
 

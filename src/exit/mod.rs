@@ -13,6 +13,7 @@ use crate::worker::{within, Worker};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use std::cell::Cell;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
@@ -141,8 +142,16 @@ pub struct Outbound {
 /// Whose fault a failed attempt was: the exit's (try another, count towards benching) or
 /// the target's (report it; another exit would not help).
 pub enum Fail {
+    /// The exit's own failure (its upstream unreachable, its handshake or credentials
+    /// refused): retried elsewhere, counts towards benching the exit.
     Exit(ProxyError),
+    /// The target's failure: reported at once, retried nowhere, never benches the exit.
     Target(ProxyError),
+    /// Could be either (an upstream's 503, or no answer to our CONNECT within
+    /// `connect_timeout`): reported at once like a target's failure; benches the exit only
+    /// when several targets of several accounts fail this way (one tenant cannot bench a
+    /// shared exit).
+    Unclear(ProxyError),
 }
 
 /// The exit sticky session `st` is bound to, binding one first if it has none. In a
@@ -223,9 +232,11 @@ pub async fn dial(
         tried_buf[n_tried] = exit;
         let health = &snap.exits[exit].health;
         let t0 = Instant::now();
+        // Set once our CONNECT request is with the upstream: a timeout after it is unclear.
+        let asked = Cell::new(false);
         let res = within(
             snap.server.connect_timeout.0,
-            connect_via(w, snap, exit, target),
+            connect_via(w, snap, exit, target, &asked),
         )
         .await;
         w.metrics
@@ -250,6 +261,15 @@ pub async fn dial(
             None if matches!(snap.exits[exit].kind, ExitKind::Direct { .. }) => {
                 return Err(ProxyError::ConnectTimeout);
             }
+            Some(Err(Fail::Unclear(e))) => {
+                unclear(snap, exit, target, route, &e, now);
+                return Err(e);
+            }
+            None if asked.get() => {
+                let e = ProxyError::ConnectTimeout;
+                unclear(snap, exit, target, route, &e, now);
+                return Err(e);
+            }
             outcome => {
                 let e = match outcome {
                     Some(Err(Fail::Exit(e))) => e,
@@ -270,12 +290,52 @@ pub async fn dial(
     Err(last.unwrap_or(ProxyError::Unavailable("every matching exit is benched")))
 }
 
+/// A failure that may be the target's or the exit's: counted per target and account.
+fn unclear(
+    snap: &Snapshot,
+    exit: usize,
+    target: &TargetAddr,
+    route: &Route,
+    e: &ProxyError,
+    now: Instant,
+) {
+    let name = snap.exits[exit].name.as_str();
+    tracing::info!(exit = name, error = %e, "exit or target failed (unclear which)");
+    let health = &snap.exits[exit].health;
+    let r = &snap.routing;
+    if health.unclear_failure(
+        target_key(target),
+        route.tenant,
+        r.bench_after,
+        r.bench_for.0,
+        now,
+    ) {
+        tracing::warn!(
+            exit = name,
+            cooldown = ?r.bench_for.0,
+            "exit benched: several accounts' targets failed through it"
+        );
+    }
+}
+
+/// A target's identity for health bookkeeping.
+fn target_key(target: &TargetAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = ahash::AHasher::default();
+    match target {
+        TargetAddr::Ip(a) => a.hash(&mut h),
+        TargetAddr::Name(n, p) => (n, p).hash(&mut h),
+    }
+    h.finish()
+}
+
 /// One attempt through one exit.
 async fn connect_via(
     w: &Worker,
     snap: &Snapshot,
     exit: usize,
     target: &TargetAddr,
+    asked: &Cell<bool>,
 ) -> Result<Outbound, Fail> {
     #[cfg(feature = "fault-injection")]
     if matches!(target, TargetAddr::Name(h, _) if h == "panic.fault-injection.invalid") {
@@ -335,9 +395,9 @@ async fn connect_via(
         )))
     })?;
     let early = if is_socks {
-        upstream::socks5(&mut stream, up, target).await?
+        upstream::socks5(&mut stream, up, target, asked).await?
     } else {
-        upstream::http_connect(&mut stream, up, target).await?
+        upstream::http_connect(&mut stream, up, target, asked).await?
     };
     Ok(Outbound {
         stream,

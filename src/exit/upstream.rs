@@ -9,6 +9,7 @@ use crate::socks5::codec::{self, Parsed};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use socks5_proto::{handshake::Method, Address};
+use std::cell::Cell;
 
 /// Largest upstream handshake reply we buffer.
 const MAX_REPLY: usize = 16 * 1024;
@@ -57,6 +58,7 @@ pub async fn socks5(
     s: &mut TcpStream,
     up: &Upstream,
     target: &TargetAddr,
+    asked: &Cell<bool>,
 ) -> Result<Vec<u8>, Fail> {
     let mut out = Vec::with_capacity(64);
     let offered = if up.username.is_some() {
@@ -91,6 +93,7 @@ pub async fn socks5(
     };
     codec::encode_connect(address, &mut out);
     write(s, &out).await?;
+    asked.set(true);
     let code = read_msg(s, &mut buf, codec::parse_reply).await?;
     let upstream = |m: &str| Fail::Target(ProxyError::Upstream(format!("upstream socks5: {m}")));
     match code {
@@ -132,6 +135,7 @@ pub async fn http_connect(
     s: &mut TcpStream,
     up: &Upstream,
     target: &TargetAddr,
+    asked: &Cell<bool>,
 ) -> Result<Vec<u8>, Fail> {
     let authority = target.to_string();
     let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
@@ -143,6 +147,7 @@ pub async fn http_connect(
     }
     req.push_str("\r\n");
     write(s, req.as_bytes()).await?;
+    asked.set(true);
     let mut buf = Vec::new();
     let (code, mapped) = read_msg(s, &mut buf, |b| {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -172,6 +177,10 @@ pub async fn http_connect(
         400..=499 => Err(Fail::Target(ProxyError::Upstream(format!(
             "upstream http proxy answered {code}"
         )))),
+        // squid answers 503 for a target it cannot reach, and an overloaded proxy does too.
+        500..=599 => Err(Fail::Unclear(mapped.unwrap_or_else(|| {
+            ProxyError::Upstream(format!("upstream http proxy answered {code}"))
+        }))),
         _ => Err(exit_err(format!("upstream http proxy answered {code}"))),
     }
 }

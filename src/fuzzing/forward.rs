@@ -190,7 +190,8 @@ async fn exchange(w: Rc<Worker>, snap: Arc<Snapshot>, s: &Script) {
         return;
     };
     let answers = Rc::new(s.answers.clone());
-    let origin_task = glommio::spawn_local(serve_origin(origin, answers));
+    let done = Rc::new(crate::worker::Latch::default());
+    let origin_task = glommio::spawn_local(serve_origin(origin, answers, done.clone()));
     let gateway = glommio::spawn_local(async move {
         if let Ok(stream) = gw.accept().await {
             crate::session::serve(w, stream, 0).await;
@@ -199,7 +200,8 @@ async fn exchange(w: Rc<Worker>, snap: Arc<Snapshot>, s: &Script) {
     let relayed = run_client(gw_addr, origin_addr, s).await;
     // The handler returns once the client is gone: then every charge is settled.
     gateway.await;
-    drop(origin_task);
+    done.fire();
+    origin_task.await;
     let used = snap.accounts.get("u").map_or(0, |a| a.state.used());
     assert!(
         relayed <= s.plan,
@@ -449,8 +451,14 @@ fn show(b: &[u8]) -> String {
 
 /// The scripted origin: answers request `/r<n>` with answer `n` (marks filled in), on
 /// every connection it accepts, until the gateway closes.
-async fn serve_origin(l: TcpListener, answers: Rc<Vec<Vec<u8>>>) {
-    while let Ok(mut s) = l.accept().await {
+async fn serve_origin(l: TcpListener, answers: Rc<Vec<Vec<u8>>>, done: Rc<crate::worker::Latch>) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(l.accept().await) }, async {
+            done.wait().await;
+            None
+        })
+        .await;
+        let Some(Ok(mut s)) = accepted else { return };
         let answers = answers.clone();
         glommio::spawn_local(async move {
             let mut buf = Vec::new();

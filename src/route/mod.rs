@@ -82,7 +82,20 @@ pub struct Health {
     consecutive_failures: AtomicU32,
     /// Benched until this many ms after [`epoch`]; 0 = not benched.
     benched_until_ms: AtomicU64,
+    /// Unclear failures since the last success ([`Health::unclear_failure`]).
+    has_unclear: std::sync::atomic::AtomicBool,
+    unclear: parking_lot::Mutex<Unclear>,
 }
+
+/// The targets and accounts of an exit's unclear failures since its last success.
+#[derive(Debug, Default)]
+struct Unclear {
+    targets: Vec<u64>,
+    tenants: Vec<u64>,
+}
+
+/// Distinct targets and accounts remembered per exit.
+const UNCLEAR_KEPT: usize = 16;
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -102,6 +115,41 @@ impl Health {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
+        if self.has_unclear.load(Ordering::Relaxed) {
+            self.has_unclear.store(false, Ordering::Relaxed);
+            *self.unclear.lock() = Unclear::default();
+        }
+    }
+
+    /// Count a failure that may be the target's or the exit's: the exit is benched only
+    /// when `bench_after` different targets of at least two different accounts failed
+    /// through it since its last success. Returns true when this failure benched it.
+    pub fn unclear_failure(
+        &self,
+        target: u64,
+        tenant: u64,
+        bench_after: u32,
+        bench_for: Duration,
+        now: Instant,
+    ) -> bool {
+        let mut guard = self.unclear.lock();
+        let u = &mut *guard;
+        self.has_unclear.store(true, Ordering::Relaxed);
+        for (set, v) in [(&mut u.targets, target), (&mut u.tenants, tenant)] {
+            if !set.contains(&v) {
+                if set.len() >= UNCLEAR_KEPT {
+                    set.remove(0);
+                }
+                set.push(v);
+            }
+        }
+        if u.targets.len() >= bench_after as usize && u.tenants.len() >= 2 {
+            *u = Unclear::default();
+            let until = ms_since_epoch(now) + bench_for.as_millis() as u64;
+            self.benched_until_ms.store(until.max(1), Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Count a failure; returns true when this failure benched the exit.
@@ -123,6 +171,8 @@ pub struct Route {
     /// Id of the candidate list in the snapshot's [`ExitIndex`].
     pub list: usize,
     pub sticky: Option<Sticky>,
+    /// The account, hashed: exit health tells one tenant's failures from many.
+    pub tenant: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +238,17 @@ pub fn resolve(snap: &Snapshot, ident: &Identity) -> Result<Route, ProxyError> {
         ),
         ttl: Duration::from_secs(u64::from(minutes) * 60),
     });
-    Ok(Route { list, sticky })
+    let tenant = {
+        use std::hash::{Hash, Hasher};
+        let mut h = ahash::AHasher::default();
+        ident.account.hash(&mut h);
+        h.finish()
+    };
+    Ok(Route {
+        list,
+        sticky,
+        tenant,
+    })
 }
 
 #[cfg(test)]
