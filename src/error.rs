@@ -250,6 +250,13 @@ impl ProxyError {
 
     /// Encode the full HTTP/1.1 response for this error.
     pub fn http_response(&self, keep_alive: bool) -> Vec<u8> {
+        self.http_response_to(keep_alive, false)
+    }
+
+    /// [`ProxyError::http_response`] for a request of method HEAD when `head`: the same
+    /// head, and no body (RFC 9110 9.3.2), or a HEAD client would read the body as the next
+    /// response.
+    pub fn http_response_to(&self, keep_alive: bool, head: bool) -> Vec<u8> {
         let st = self.http_status();
         let mut out = String::with_capacity(256);
         let _ = write!(
@@ -271,7 +278,9 @@ impl ProxyError {
         } else {
             "Connection: close\r\n\r\n"
         });
-        out.push_str(st.body);
+        if !head {
+            out.push_str(st.body);
+        }
         out.into_bytes()
     }
 

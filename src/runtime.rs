@@ -157,7 +157,10 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
     let flush_every = snap.server.usage_flush.0;
     let resolver_threads = snap.dns.resolver_threads;
     let spin = snap.server.spin_before_park.0;
-    let sessions = Arc::new(SessionTable::new(snap.routing.max_sessions));
+    let sessions = Arc::new(SessionTable::new(
+        snap.routing.max_sessions,
+        snap.routing.max_sessions_per_account,
+    ));
     let guard = Arc::new(crate::auth::guard::AuthGuard::default());
     let config = Arc::new(ArcSwap::from_pointee(snap));
     spawn_signal_thread(opts.config_path, config.clone(), ledger.clone())?;

@@ -373,3 +373,24 @@ fn an_unauthenticated_keep_alive_client_stays_under_handshake_timeout() {
     // Closed by the handshake deadline, not by idle_timeout (5 minutes) or our read timeout.
     assert!(started.elapsed() < WAIT);
 }
+
+/// Found by the forward fuzz target: the gateway's own error answer to a HEAD carried a
+/// body, which a keep-alive client then read as the next response.
+#[test]
+fn the_gateways_error_answer_to_head_has_no_body() {
+    let o = scripted_origin(|_, _| Answer::Send(ok("fine")));
+    let gw = gateway();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut s = connect(gw.addr());
+    let head = get(&format!("http://{refused}/"), "").replacen("GET", "HEAD", 1);
+    s.write_all(head.as_bytes()).unwrap();
+    let r = read_response(&mut s, true);
+    assert_eq!(r.code, 502);
+    assert_eq!(r.header("content-length"), Some("11"));
+    s.write_all(get(&o.url("/"), "").as_bytes()).unwrap();
+    let r = read_response(&mut s, false);
+    assert_eq!((r.code, r.text().as_str()), (200, "fine"));
+}

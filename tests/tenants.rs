@@ -366,3 +366,38 @@ fn one_tenants_failing_targets_never_bench_a_shared_exit() {
         "benched after 3 targets of 2 accounts"
     );
 }
+
+#[test]
+fn one_account_creating_sessions_never_moves_anothers() {
+    let exits: String = (2..=6)
+        .map(|i| format!("[[exit]]\nnetwork = \"residential\"\nkind = \"direct\"\nsource_ip = \"127.0.0.{i}\"\n"))
+        .collect();
+    let users = "[[user]]\nname = \"greedy\"\npassword = \"pw\"\nplan = \"basic\"\nnetworks = [\"residential\"]\n\n[routing]\nmax_sessions = 640\n";
+    let gw = Gateway::start(&config("", &format!("{exits}\n{users}")));
+    let o = http_origin();
+    // Keep-alive connections: one request per session.
+    let ip_of = |s: &mut std::net::TcpStream, user: &str, pass: &str| {
+        let raw = format!(
+            "GET {} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+            o.url("/ip"),
+            basic(user, pass)
+        );
+        s.write_all(raw.as_bytes()).unwrap();
+        read_response(s, false).text()
+    };
+    let mut v = connect(gw.addr());
+    let before: Vec<String> = (0..16)
+        .map(|i| ip_of(&mut v, &format!("alice-session-v{i}"), "secret"))
+        .collect();
+    let mut g = connect(gw.addr());
+    for i in 0..1500 {
+        ip_of(&mut g, &format!("greedy-session-g{i}"), "pw");
+    }
+    let after: Vec<String> = (0..16)
+        .map(|i| ip_of(&mut v, &format!("alice-session-v{i}"), "secret"))
+        .collect();
+    assert_eq!(
+        before, after,
+        "another account's sessions moved the victim's"
+    );
+}

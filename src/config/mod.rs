@@ -164,6 +164,8 @@ pub struct RoutingSection {
     pub bench_for: Dur,
     /// Sticky sessions kept at most (expired ones are swept first).
     pub max_sessions: usize,
+    /// Sticky sessions one account keeps at most; past it, its own oldest goes.
+    pub max_sessions_per_account: usize,
 }
 
 impl Default for RoutingSection {
@@ -173,6 +175,7 @@ impl Default for RoutingSection {
             bench_after: 3,
             bench_for: Dur(std::time::Duration::from_secs(30)),
             max_sessions: 1_000_000,
+            max_sessions_per_account: 100_000,
         }
     }
 }

@@ -217,6 +217,9 @@ impl Snapshot {
         if f.routing.max_sessions == 0 {
             return Err("[routing] max_sessions: must be at least 1".into());
         }
+        if f.routing.max_sessions_per_account == 0 {
+            return Err("[routing] max_sessions_per_account: must be at least 1".into());
+        }
         if f.dns.resolver_threads == 0 || f.dns.resolver_threads > 64 {
             return Err("[dns] resolver_threads: must be between 1 and 64".into());
         }

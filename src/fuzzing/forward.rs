@@ -66,7 +66,7 @@ fn config(plan: u64) -> String {
 [server]
 workers = 1
 allow_private_targets = true
-idle_timeout = "100ms"
+idle_timeout = "20ms"
 handshake_timeout = "2s"
 connect_timeout = "1s"
 [[listener]]
@@ -131,7 +131,7 @@ pub fn run(data: &[u8]) {
 
 fn worker(snap: Arc<Snapshot>) -> Rc<Worker> {
     let shared = crate::runtime::Shared {
-        sessions: Arc::new(crate::route::sessions::SessionTable::new(1000)),
+        sessions: Arc::new(crate::route::sessions::SessionTable::new(1000, 1000)),
         guard: Arc::new(crate::auth::guard::AuthGuard::default()),
         cluster: None,
     };

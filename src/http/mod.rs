@@ -157,7 +157,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             Ok(v) => v,
             Err(HeadStop::Gone | HeadStop::Quota) => return,
             Err(HeadStop::Bad(e)) => {
-                refuse(ctx, client, mark, None, None, e, false).await;
+                refuse(ctx, client, mark, None, None, e, Keep::CLOSE).await;
                 return;
             }
         };
@@ -165,10 +165,12 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         let target_s = HostPort(req.target.host_port());
         let target = Some(&target_s as &dyn std::fmt::Display);
         let idle_ok = req.keep_alive && req.body == Framing::None;
+        let is_head = req.method.eq_ignore_ascii_case("HEAD");
         let (ident, route, admission) = match Box::pin(admit(ctx, &req)).await {
             Ok(i) => i,
             Err((account, e)) => {
-                if refuse(ctx, client, mark, account.as_deref(), target, e, idle_ok).await {
+                let keep = Keep::when(idle_ok, is_head);
+                if refuse(ctx, client, mark, account.as_deref(), target, e, keep).await {
                     continue;
                 }
                 return;
@@ -180,7 +182,16 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         let _slot = admission.slot;
         if !client.meter.bind(admission.charge).await {
             let e = ProxyError::BandwidthExceeded;
-            refuse(ctx, client, mark, account, target, e, false).await;
+            refuse(
+                ctx,
+                client,
+                mark,
+                account,
+                target,
+                e,
+                Keep::when(false, is_head),
+            )
+            .await;
             return;
         }
         admitted_once = true;
@@ -200,7 +211,10 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                         log(ctx, client, mark, rec, Ok(200));
                         false
                     }
-                    Err(e) => refuse(ctx, client, mark, account, target, e, req.keep_alive).await,
+                    Err(e) => {
+                        let keep = Keep::when(req.keep_alive, is_head);
+                        refuse(ctx, client, mark, account, target, e, keep).await
+                    }
                 }
             }
             Target::Forward { .. } => {
@@ -212,7 +226,8 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                     Err(f) => {
                         let keep = !f.replied && idle_ok && f.error.http_keeps_connection();
                         if !f.replied {
-                            let _ = client.send_refusal(&f.error.http_response(keep)).await;
+                            let reply = f.error.http_response_to(keep, is_head);
+                            let _ = client.send_refusal(&reply).await;
                         }
                         (Err(&f.error), keep, f.exit, f.end)
                     }
@@ -325,6 +340,25 @@ fn log(ctx: &Ctx, client: &Side, mark: Mark, rec: Record<'_>, outcome: Result<u1
     });
 }
 
+/// How to answer a refused request: whether its connection may stay open, and whether it
+/// was a HEAD (its answer then has no body).
+#[derive(Clone, Copy)]
+struct Keep {
+    open: bool,
+    head: bool,
+}
+
+impl Keep {
+    const CLOSE: Keep = Keep {
+        open: false,
+        head: false,
+    };
+
+    fn when(open: bool, head: bool) -> Keep {
+        Keep { open, head }
+    }
+}
+
 /// Answer a request with the gateway's own error response and log it; `true` when the
 /// connection stays open for the next request (`keep` and the error allow it).
 async fn refuse(
@@ -334,10 +368,12 @@ async fn refuse(
     account: Option<&str>,
     target: Option<&dyn std::fmt::Display>,
     e: ProxyError,
-    keep: bool,
+    keep: Keep,
 ) -> bool {
-    let keep = keep && e.http_keeps_connection();
-    let _ = client.send_refusal(&e.http_response(keep)).await;
+    let open = keep.open && e.http_keeps_connection();
+    let _ = client
+        .send_refusal(&e.http_response_to(open, keep.head))
+        .await;
     let rec = Record {
         account,
         target,
@@ -345,7 +381,7 @@ async fn refuse(
         end: "refused",
     };
     log(ctx, client, mark, rec, Err(&e));
-    keep
+    open
 }
 
 /// A request's target for the access line, formatted only when the line is written.

@@ -1,13 +1,20 @@
-//! Sticky sessions shared by every core: (account, targeting, session) → exit, for the
-//! session's TTL. One sharded lookup per connection, never per byte. Time is passed in
+//! Sticky sessions shared by every core: (account, network, targeting, session) → exit, for
+//! the session's TTL. One sharded lookup per connection, never per byte. Time is passed in
 //! by the caller, so expiry is testable without waiting minutes.
+//!
+//! Bounded per tenant: each account holds at most `per_account` sessions and, when the
+//! whole table is full, a new session evicts its own account's oldest one. Only an account
+//! that has none yet evicts another's (the largest account's oldest), so one account
+//! creating sessions never moves another's while it has sessions of its own to give up.
 
 use ahash::RandomState;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 64;
+const OWNER_SHARDS: usize = 16;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -16,28 +23,51 @@ struct Entry {
     expires: Instant,
 }
 
-/// The table. Bounded: past `max` entries, expired ones are swept and then the entries
-/// closest to expiry are evicted.
+/// An account's sessions in the order they were created (with their expiry, to tell a
+/// record from a later binding of the same key).
+type Owned = VecDeque<(String, Instant)>;
+
+/// The table.
 pub struct SessionTable {
     hasher: RandomState,
     shards: Vec<Mutex<HashMap<String, Entry, RandomState>>>,
-    max_per_shard: usize,
+    /// Per account, its sessions oldest first; touched only when a session is created.
+    owners: Vec<Mutex<HashMap<String, Owned, RandomState>>>,
+    total: AtomicUsize,
+    max: usize,
+    per_account: usize,
+}
+
+/// The account a session key belongs to (keys start with `account|`).
+fn account_of(key: &str) -> &str {
+    key.split('|').next().unwrap_or(key)
 }
 
 impl SessionTable {
-    pub fn new(max: usize) -> SessionTable {
+    /// At most `max` sessions in all, and `per_account` for any one account.
+    pub fn new(max: usize, per_account: usize) -> SessionTable {
         SessionTable {
             hasher: RandomState::new(),
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(HashMap::with_hasher(RandomState::new())))
                 .collect(),
-            max_per_shard: (max / SHARDS).max(1),
+            owners: (0..OWNER_SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(RandomState::new())))
+                .collect(),
+            total: AtomicUsize::new(0),
+            max: max.max(1),
+            per_account: per_account.clamp(1, max.max(1)),
         }
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, Entry, RandomState>> {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
         &self.shards[i]
+    }
+
+    fn owners_of(&self, account: &str) -> &Mutex<HashMap<String, Owned, RandomState>> {
+        let i = (self.hasher.hash_one(account) as usize) % OWNER_SHARDS;
+        &self.owners[i]
     }
 
     /// The exit bound to `key`, if the binding is still live at `now`.
@@ -52,18 +82,15 @@ impl SessionTable {
     /// Bind `key` to `exit` for `ttl` unless a live binding exists; returns the binding
     /// that holds (so two cores racing on a new session agree on one exit).
     pub fn bind(&self, key: &str, exit: &str, ttl: Duration, now: Instant) -> String {
-        let mut shard = self.shard(key).lock();
-        if let Some(e) = shard.get(key).filter(|e| e.expires > now) {
-            return e.exit.clone();
+        if let Some(e) = self.get(key, now) {
+            return e;
         }
-        self.insert_bounded(&mut shard, key, exit, now + ttl, now);
-        exit.to_owned()
+        self.insert(key, exit, now + ttl, now, false)
     }
 
     /// Mirror a binding decided elsewhere (the cluster): `key` is on `exit` for `left` more.
     pub fn put(&self, key: &str, exit: &str, left: Duration, now: Instant) {
-        let mut shard = self.shard(key).lock();
-        self.insert_bounded(&mut shard, key, exit, now + left, now);
+        self.insert(key, exit, now + left, now, true);
     }
 
     /// Move a session off a failed exit: rebind to `exit`, keeping the session's expiry,
@@ -76,50 +103,109 @@ impl SessionTable {
         ttl: Duration,
         now: Instant,
     ) -> String {
+        {
+            let mut shard = self.shard(key).lock();
+            match shard.get_mut(key) {
+                Some(e) if e.expires > now && e.exit == failed => {
+                    e.exit = exit.to_owned();
+                    return e.exit.clone();
+                }
+                Some(e) if e.expires > now => return e.exit.clone(),
+                _ => {}
+            }
+        }
+        self.insert(key, exit, now + ttl, now, false)
+    }
+
+    /// Insert a new binding within the bounds (`overwrite`: replace a live one too).
+    fn insert(
+        &self,
+        key: &str,
+        exit: &str,
+        expires: Instant,
+        now: Instant,
+        overwrite: bool,
+    ) -> String {
+        let victims = self.make_room(key, expires, now);
+        for (k, at) in victims {
+            self.evict(&k, at);
+        }
         let mut shard = self.shard(key).lock();
         match shard.get_mut(key) {
-            Some(e) if e.expires > now && e.exit == failed => {
+            Some(e) if e.expires > now && !overwrite => e.exit.clone(),
+            Some(e) => {
                 e.exit = exit.to_owned();
-                e.exit.clone()
+                e.expires = expires;
+                exit.to_owned()
             }
-            Some(e) if e.expires > now => e.exit.clone(),
-            _ => {
-                self.insert_bounded(&mut shard, key, exit, now + ttl, now);
+            None => {
+                shard.insert(
+                    key.to_owned(),
+                    Entry {
+                        exit: exit.to_owned(),
+                        expires,
+                    },
+                );
+                self.total.fetch_add(1, Ordering::Relaxed);
                 exit.to_owned()
             }
         }
     }
 
-    /// Insert within the shard's bound: sweep expired entries, then evict those closest to
-    /// expiry.
-    fn insert_bounded(
-        &self,
-        shard: &mut HashMap<String, Entry, RandomState>,
-        key: &str,
-        exit: &str,
-        expires: Instant,
-        now: Instant,
-    ) {
-        if !shard.contains_key(key) && shard.len() >= self.max_per_shard {
-            shard.retain(|_, e| e.expires > now);
-            while shard.len() >= self.max_per_shard {
-                let Some(oldest) = shard
-                    .iter()
-                    .min_by_key(|(_, e)| e.expires)
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                shard.remove(&oldest);
+    /// Record `key` as its account's newest session and pick the sessions it displaces:
+    /// the account's own oldest past its share, or when the table is full; only an
+    /// account with none of its own takes the largest account's oldest.
+    fn make_room(&self, key: &str, expires: Instant, now: Instant) -> Vec<(String, Instant)> {
+        let account = account_of(key);
+        let mut victims = Vec::new();
+        let full = self.total.load(Ordering::Relaxed) >= self.max;
+        let own_empty = {
+            let mut owners = self.owners_of(account).lock();
+            let owned = owners.entry(account.to_owned()).or_default();
+            while owned.front().is_some_and(|(_, at)| *at <= now) {
+                owned.pop_front();
+            }
+            while owned.len() >= self.per_account
+                || (full && victims.is_empty() && !owned.is_empty())
+            {
+                match owned.pop_front() {
+                    Some(v) => victims.push(v),
+                    None => break,
+                }
+            }
+            let own_empty = victims.is_empty() && owned.is_empty();
+            owned.push_back((key.to_owned(), expires));
+            own_empty
+        };
+        if full && own_empty {
+            if let Some(v) = self.largest_accounts_oldest(account) {
+                victims.push(v);
             }
         }
-        shard.insert(
-            key.to_owned(),
-            Entry {
-                exit: exit.to_owned(),
-                expires,
-            },
-        );
+        victims
+    }
+
+    /// The oldest session of the account with the most (other than `except`).
+    fn largest_accounts_oldest(&self, except: &str) -> Option<(String, Instant)> {
+        let mut best: Option<(usize, usize, String)> = None;
+        for (i, o) in self.owners.iter().enumerate() {
+            for (acc, owned) in o.lock().iter() {
+                if acc != except && best.as_ref().is_none_or(|b| owned.len() > b.0) {
+                    best = Some((owned.len(), i, acc.clone()));
+                }
+            }
+        }
+        let (_, i, acc) = best?;
+        self.owners[i].lock().get_mut(&acc)?.pop_front()
+    }
+
+    /// Remove `key` if it is still the binding recorded with expiry `at`.
+    fn evict(&self, key: &str, at: Instant) {
+        let mut shard = self.shard(key).lock();
+        if shard.get(key).is_some_and(|e| e.expires == at) {
+            shard.remove(key);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Drop expired entries in every shard.
@@ -131,6 +217,13 @@ impl SessionTable {
             s.retain(|_, e| e.expires > now);
             removed += before - s.len();
         }
+        self.total.fetch_sub(removed, Ordering::Relaxed);
+        for o in &self.owners {
+            o.lock().retain(|_, owned| {
+                owned.retain(|(_, at)| *at > now);
+                !owned.is_empty()
+            });
+        }
         removed
     }
 
@@ -141,6 +234,14 @@ impl SessionTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Live sessions of `account` (at the last sweep or creation).
+    pub fn count_for(&self, account: &str) -> usize {
+        self.owners_of(account)
+            .lock()
+            .get(account)
+            .map_or(0, VecDeque::len)
+    }
 }
 
 #[cfg(test)]
@@ -149,7 +250,7 @@ mod tests {
 
     #[test]
     fn binding_holds_for_its_ttl_then_expires() {
-        let t = SessionTable::new(1000);
+        let t = SessionTable::new(1000, 1000);
         let t0 = Instant::now();
         let ttl = Duration::from_secs(30 * 60);
         assert_eq!(t.get("alice|s1", t0), None);
@@ -173,7 +274,7 @@ mod tests {
 
     #[test]
     fn replacement_keeps_expiry_and_is_idempotent() {
-        let t = SessionTable::new(1000);
+        let t = SessionTable::new(1000, 1000);
         let t0 = Instant::now();
         let ttl = Duration::from_secs(60);
         t.bind("k", "bad", ttl, t0);
@@ -195,13 +296,63 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let t = SessionTable::new(SHARDS * 2);
+        let t = SessionTable::new(128, 128);
         let t0 = Instant::now();
         for i in 0..10_000 {
-            t.bind(&format!("k{i}"), "e", Duration::from_secs(60 + i), t0);
+            t.bind(
+                &format!("a{}|k{i}", i % 7),
+                "e",
+                Duration::from_secs(60 + i),
+                t0,
+            );
             // Replacing a session with no live binding inserts too, within the same bound.
-            t.replace(&format!("r{i}"), "x", "e", Duration::from_secs(60 + i), t0);
+            t.replace(
+                &format!("a{}|r{i}", i % 5),
+                "x",
+                "e",
+                Duration::from_secs(60 + i),
+                t0,
+            );
         }
-        assert!(t.len() <= SHARDS * 2, "{}", t.len());
+        assert!(t.len() <= 128, "{}", t.len());
+    }
+
+    #[test]
+    fn one_account_never_evicts_anothers_sessions() {
+        let t = SessionTable::new(640, 640);
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(600);
+        for i in 0..16 {
+            t.bind(&format!("victim|n|||||v{i}"), "e1", ttl, t0);
+        }
+        for i in 0..10_000 {
+            t.bind(&format!("greedy|n|||||g{i}"), "e2", ttl, t0);
+        }
+        assert!(t.len() <= 640);
+        for i in 0..16 {
+            assert_eq!(
+                t.get(&format!("victim|n|||||v{i}"), t0).as_deref(),
+                Some("e1"),
+                "v{i}"
+            );
+        }
+        // The greedy account kept its newest sessions.
+        assert_eq!(t.get("greedy|n|||||g9999", t0).as_deref(), Some("e2"));
+        assert_eq!(t.get("greedy|n|||||g0", t0), None);
+        // A per-account share applies before the table is full.
+        let t = SessionTable::new(1000, 10);
+        for i in 0..50 {
+            t.bind(&format!("a|s{i}"), "e", ttl, t0);
+        }
+        assert_eq!(t.count_for("a"), 10);
+        assert_eq!(t.len(), 10);
+        // A new account at a full table takes from the largest.
+        let t = SessionTable::new(20, 20);
+        for i in 0..20 {
+            t.bind(&format!("big|s{i}"), "e", ttl, t0);
+        }
+        t.bind("small|s0", "e", ttl, t0);
+        assert_eq!(t.get("small|s0", t0).as_deref(), Some("e"));
+        assert_eq!(t.len(), 20);
     }
 }
