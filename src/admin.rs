@@ -1,9 +1,16 @@
-//! The admin listener: `/metrics` (OpenMetrics text) and `/healthz`. A small blocking
-//! server on its own thread, so a scrape never competes with an executor.
+//! The admin listener: `/metrics` (OpenMetrics text) and `/healthz`, served by axum on
+//! hyper with a current-thread tokio runtime on the admin's own thread: a scrape never
+//! competes with an executor, connections are served concurrently (a client trickling
+//! bytes holds only its own connection), and every request has deadlines.
 
 use crate::metrics::{render, Metrics};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,73 +20,93 @@ pub trait Health: Send + Sync {
     fn check(&self) -> Result<(), String>;
 }
 
+/// A request head must arrive within this long.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole connection (keep-alive included) lasts at most this long.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// Admin connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+
+#[derive(Clone)]
+struct State {
+    metrics: Arc<Metrics>,
+    health: Arc<dyn Health>,
+}
+
 /// Bind the admin address and serve it on a thread. Returns the bound address.
 pub fn start(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<dyn Health>,
 ) -> Result<SocketAddr, String> {
-    let listener =
-        TcpListener::bind(addr).map_err(|e| format!("[admin] listen = \"{addr}\": {e}"))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("[admin] listen = \"{addr}\": {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("[admin] listen = \"{addr}\": {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("cannot start the admin runtime: {e}"))?;
+    let state = State { metrics, health };
     std::thread::Builder::new()
         .name("tollgate-admin".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                serve(conn, &metrics, health.as_ref());
-            }
-        })
+        .spawn(move || runtime.block_on(serve(listener, state)))
         .map_err(|e| format!("cannot start admin thread: {e}"))?;
     Ok(bound)
 }
 
-fn serve(mut conn: TcpStream, metrics: &Arc<Metrics>, health: &dyn Health) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut buf = [0u8; 2048];
-    let mut len = 0;
-    let path = loop {
-        match conn.read(&mut buf[len..]) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => len += n,
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_owned(),
-            Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            _ => {
-                respond(&mut conn, "400 Bad Request", "text/plain", "bad request\n");
-                return;
-            }
-        }
-    };
-    match path.split('?').next().unwrap_or("") {
-        "/metrics" => respond(
-            &mut conn,
-            "200 OK",
+fn router(state: State) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(state)
+}
+
+async fn metrics(axum::extract::State(s): axum::extract::State<State>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            &render(metrics.clone()),
-        ),
-        "/healthz" => match health.check() {
-            Ok(()) => respond(&mut conn, "200 OK", "text/plain", "ok\n"),
-            Err(why) => respond(
-                &mut conn,
-                "503 Service Unavailable",
-                "text/plain",
-                &format!("{why}\n"),
-            ),
-        },
-        _ => respond(&mut conn, "404 Not Found", "text/plain", "not found\n"),
+        )],
+        render(s.metrics.clone()),
+    )
+}
+
+async fn healthz(axum::extract::State(s): axum::extract::State<State>) -> impl IntoResponse {
+    match s.health.check() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-fn respond(conn: &mut TcpStream, status: &str, ctype: &str, body: &str) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes());
-    let _ = conn.write_all(body.as_bytes());
+async fn serve(listener: std::net::TcpListener, state: State) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        tracing::error!("admin listener unusable");
+        return;
+    };
+    let app = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // over the cap: closed at once
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
+            drop(permit);
+        });
+    }
 }

@@ -401,3 +401,36 @@ fn one_account_creating_sessions_never_moves_anothers() {
         "another account's sessions moved the victim's"
     );
 }
+
+#[test]
+fn the_admin_endpoint_serves_while_other_clients_trickle() {
+    let gw = Gateway::start(&with_admin("", DIRECT_EXIT));
+    let admin = gw.admin.unwrap();
+    // Ten clients that send half a request line and stall.
+    let mut tricklers: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = connect(admin);
+            s.write_all(b"GET /metr").unwrap();
+            s
+        })
+        .collect();
+    for _ in 0..5 {
+        assert_eq!(gw.admin_get("/healthz"), (200, "ok\n".to_string()));
+    }
+    // The health checks were answered while every trickler was still connected.
+    for t in &mut tricklers {
+        t.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let still_open =
+            matches!(t.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(
+            still_open,
+            "a trickling admin client was closed to serve /healthz"
+        );
+    }
+    assert_eq!(gw.admin_get("/nope").0, 404);
+    assert!(gw
+        .admin_get("/metrics")
+        .1
+        .contains("tollgate_connections_active"));
+}

@@ -12,8 +12,8 @@
 //!
 //! Input layout: byte 0 picks the plan, byte 1 the number of requests and the client's
 //! HTTP version, then one byte per request (method and body), then the origin's answers
-//! separated by `0xff 0xfe`. In an answer, `$` becomes the request's mark `Z<n>Z` (any other
-//! `Z` is dropped, so marks cannot be forged).
+//! separated by `0xff 0xfe`. In an answer, `$` becomes the request's mark `Z<n>Y` (any other
+//! `Z` or `Y` is dropped, so marks cannot be forged).
 
 // An invariant checker reports a broken invariant by panicking, as fuzzers expect; it never
 // runs in the gateway.
@@ -50,7 +50,12 @@ fn script(data: &[u8]) -> Option<Script> {
     let answers = rest
         .split(|&b| b == 0xff)
         .map(|part| part.strip_prefix(&[0xfe][..]).unwrap_or(part))
-        .map(|a| a.iter().copied().filter(|&b| b != b'Z').collect())
+        .map(|a| {
+            a.iter()
+                .copied()
+                .filter(|&b| b != b'Z' && b != b'Y')
+                .collect()
+        })
         .collect();
     Some(Script {
         plan: PLANS[usize::from(p) % PLANS.len()],
@@ -267,22 +272,24 @@ async fn fill(c: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-/// Marks in `bytes` other than request `i`'s.
+/// A mark in `bytes` other than request `i`'s (`Z<digits>Y`).
 fn foreign_mark(bytes: &[u8], i: usize) -> Option<String> {
-    let text = String::from_utf8_lossy(bytes);
-    let own = format!("Z{i}Z");
-    let mut rest = &text[..];
-    while let Some(p) = rest.find('Z') {
-        let tail = &rest[p + 1..];
-        if let Some(q) = tail.find('Z') {
-            let mark = &rest[p..p + q + 2];
-            if mark != own && tail[..q].bytes().all(|b| b.is_ascii_digit()) && q > 0 {
-                return Some(mark.to_owned());
+    let own = format!("Z{i}Y");
+    let mut at = 0;
+    while let Some(p) = bytes[at..].iter().position(|&b| b == b'Z') {
+        let start = at + p;
+        let digits = bytes[start + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let end = start + 1 + digits;
+        if digits > 0 && bytes.get(end) == Some(&b'Y') {
+            let mark = String::from_utf8_lossy(&bytes[start..=end]).into_owned();
+            if mark != own {
+                return Some(mark);
             }
-            rest = &tail[q..];
-        } else {
-            break;
         }
+        at = start + 1;
     }
     None
 }
@@ -483,7 +490,7 @@ async fn serve_origin(l: TcpListener, answers: Rc<Vec<Vec<u8>>>, done: Rc<crate:
                 };
                 let Some(n) = n else { continue };
                 let Some(a) = answers.get(n) else { return };
-                let mark = format!("Z{n}Z");
+                let mark = format!("Z{n}Y");
                 let mut out = Vec::with_capacity(a.len() + 16);
                 for &b in a.iter() {
                     if b == b'$' {
