@@ -110,3 +110,43 @@ fn python_requests_and_pysocks() {
     );
     assert!(stdout.contains("all python checks passed"), "{stdout}");
 }
+
+/// The README's corrected snippet (`tests/clients/proxy_code.py`, embedded verbatim in
+/// README "How clients see each code") gets every code over forwarding and CONNECT.
+#[test]
+fn the_readmes_snippet_gets_every_code_over_forward_and_connect() {
+    let snippet = include_str!("clients/proxy_code.py");
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(snippet),
+        "README's snippet differs from tests/clients/proxy_code.py"
+    );
+    let users = "[[plan]]\nname = \"empty\"\nbandwidth = 0\nthreads = 10\n\n[[plan]]\nname = \"one\"\nbandwidth = \"1GiB\"\nthreads = 1\n\n[[user]]\nname = \"broke\"\npassword = \"secret\"\nplan = \"empty\"\nnetworks = [\"residential\"]\n\n[[user]]\nname = \"busy\"\npassword = \"secret\"\nplan = \"one\"\nnetworks = [\"residential\"]\n";
+    let gw = Gateway::start(&config("", &format!("{DIRECT_EXIT}\n{users}")));
+    let echo = common::origin::echo_server("127.0.0.1:0");
+    // busy's only thread is held by a tunnel.
+    let (_held, out) = socks5(gw.addr(), "busy", "secret", 1, &Target::Addr(echo));
+    assert!(matches!(out, SocksOutcome::Reply(0, _)));
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = run(Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/proxy_code_check.py"
+        ))
+        .arg(gw.addr().to_string())
+        .arg(refused.port().to_string()));
+    let stdout = text(&out);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        18,
+        "{stdout}"
+    );
+}
