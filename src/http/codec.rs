@@ -338,6 +338,9 @@ pub struct Response {
     pub te: Option<Vec<u8>>,
     /// The `Upgrade` value of a `101 Switching Protocols`.
     pub upgrade: Option<Vec<u8>>,
+    /// For a HEAD or 304 answer: the resource's length, when the origin gave a valid one
+    /// (and no `Transfer-Encoding`); re-sent as `Content-Length`.
+    pub described_length: Option<u64>,
     /// Whether the origin lets us reuse the connection after this response (its framing
     /// is sound and it did not ask to close).
     pub reusable: bool,
@@ -417,15 +420,23 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
         .filter(|h| {
             let framing = eq(h.name, "content-length") || eq(h.name, "transfer-encoding");
             if framing {
-                // Framing headers are never stripped by a `Connection` token: for a body
-                // the gateway writes its own; for HEAD/304 they describe the resource.
-                return no_body;
+                // The gateway writes every framing header itself (a `Connection` token
+                // cannot strip one, and an invalid one never reaches the client).
+                return false;
             }
             !is_hop_by_hop(h.name) && !conn_tokens.iter().any(|t| eq(t, h.name))
         })
         .map(|h| (h.name.to_owned(), h.value.to_vec()))
         .collect();
-    let te = (!no_body && !te.is_empty()).then(|| te.join(&b", "[..]));
+    // HEAD and 304 answers may describe the resource: its length (valid, and without
+    // Transfer-Encoding) or its codings. 1xx and 204 carry neither (RFC 9110 8.6).
+    let describes = no_body && (head_request || code == 304);
+    let described_length = if describes && te.is_empty() {
+        content_length(&cl).ok().flatten()
+    } else {
+        None
+    };
+    let te = (!te.is_empty() && (!no_body || describes)).then(|| te.join(&b", "[..]));
     Ok(Parsed::Done(
         Response {
             code,
@@ -434,6 +445,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
             body,
             te,
             upgrade: upgrade.filter(|_| code == 101),
+            described_length,
             reusable: keep && sound && body != Framing::UntilClose,
         },
         consumed,
@@ -468,7 +480,18 @@ impl Response {
                     out.extend_from_slice(b"\r\n");
                 }
             }
-            (Framing::Chunked, Relay::Dechunked) | (Framing::None, _) => {}
+            (Framing::Chunked, Relay::Dechunked) => {}
+            (Framing::None, _) => {
+                if let Some(n) = self.described_length {
+                    out.extend_from_slice(b"Content-Length: ");
+                    out.extend_from_slice(n.to_string().as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                } else if let Some(te) = &self.te {
+                    out.extend_from_slice(b"Transfer-Encoding: ");
+                    out.extend_from_slice(te);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
         }
         if let Some(proto) = &self.upgrade {
             out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
