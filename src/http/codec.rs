@@ -366,6 +366,10 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
         Err(_) => return Err(ProxyError::Upstream("malformed response head".into())),
     };
     let code = resp.code.unwrap_or(0);
+    // Three digits, 1xx to 5xx (RFC 9110 15): `020` would go out as an invalid `20`.
+    if !(100..=599).contains(&code) {
+        return Err(ProxyError::Upstream("invalid response status code".into()));
+    }
     let minor = resp.version.unwrap_or(1);
     let mut cl: Vec<&[u8]> = Vec::new();
     let mut te: Vec<&[u8]> = Vec::new();
@@ -436,7 +440,16 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
     } else {
         None
     };
-    let te = (!te.is_empty() && (!no_body || describes)).then(|| te.join(&b", "[..]));
+    // The codings as a clean list (empty elements dropped), so no client reads them otherwise.
+    let te = (!te.is_empty() && (!no_body || describes))
+        .then(|| {
+            te.iter()
+                .flat_map(|v| tokens(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+                .into_bytes()
+        })
+        .filter(|v| !v.is_empty());
     Ok(Parsed::Done(
         Response {
             code,

@@ -368,3 +368,15 @@ fn chunked_bodies_are_re_encoded_with_clean_framing() {
         assert!(decode_all(bad, 4).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn response_status_codes_are_three_digits() {
+    for bad in [
+        "HTTP/1.1 020 OK\r\n\r\n",
+        "HTTP/1.1 099 X\r\n\r\n",
+        "HTTP/1.1 600 X\r\n\r\n",
+    ] {
+        assert!(parse_response(bad.as_bytes(), false).is_err(), "{bad:?}");
+    }
+    assert!(parse_response(b"HTTP/1.1 599 X\r\n\r\n", false).is_ok());
+}
