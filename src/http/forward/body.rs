@@ -1,0 +1,143 @@
+//! Message bodies on the forward path: copied with the client's plan capping the reads and
+//! covering the writes, every read and write within `idle_timeout`, chunked bodies
+//! re-chunked (or de-chunked) on the way.
+
+use super::Limits;
+use crate::http::codec::{ChunkedDecoder, Framing, Relay};
+use crate::session::{SendError, Side};
+use crate::worker::until;
+use futures_lite::AsyncReadExt;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub(super) enum BodyErr {
+    /// Reading the source failed or it ended early.
+    Src,
+    /// Writing the destination failed.
+    Dst,
+    /// No progress either way for `idle_timeout`.
+    Idle,
+    /// The chunked framing is broken.
+    Malformed,
+    /// The client's plan ran out of bandwidth mid-body.
+    Quota,
+}
+
+impl From<SendError> for BodyErr {
+    fn from(e: SendError) -> BodyErr {
+        match e {
+            SendError::Quota => BodyErr::Quota,
+            SendError::Io => BodyErr::Dst,
+        }
+    }
+}
+
+/// Copy one message body from `src` (buffered bytes first) to `dst`. Whichever side is
+/// the client, its plan caps the reads and covers the writes.
+pub(super) async fn copy_body(
+    lim: &Limits<'_>,
+    src: &mut Side,
+    dst: &mut Side,
+    framing: Framing,
+    relay_as: Relay,
+) -> Result<(), BodyErr> {
+    match framing {
+        Framing::None => Ok(()),
+        Framing::Chunked => copy_chunked(lim, src, dst, relay_as == Relay::Dechunked).await,
+        Framing::Length(n) => copy_raw(lim, src, dst, Some(n)).await,
+        Framing::UntilClose => copy_raw(lim, src, dst, None).await,
+    }
+}
+
+/// Write relayed bytes to `dst` within `idle`.
+async fn send_on(lim: &Limits<'_>, dst: &mut Side, data: &[u8]) -> Result<(), BodyErr> {
+    match until(Instant::now() + lim.idle, dst.send_relayed(data, false)).await {
+        Some(r) => r.map_err(BodyErr::from),
+        None => Err(BodyErr::Idle),
+    }
+}
+
+/// Bytes that may be read from `src` for `dst` now: the client's plan caps reads on
+/// whichever side it is.
+async fn allowance(src: &Side, dst: &Side, want: usize) -> Result<usize, BodyErr> {
+    let a = src.meter.allow(want).await;
+    match if a == 0 { 0 } else { dst.meter.allow(a).await } {
+        0 => Err(BodyErr::Quota),
+        n => Ok(n),
+    }
+}
+
+/// `limit` bytes, or until the source closes when `None`.
+async fn copy_raw(
+    lim: &Limits<'_>,
+    src: &mut Side,
+    dst: &mut Side,
+    limit: Option<u64>,
+) -> Result<(), BodyErr> {
+    let mut left = limit.unwrap_or(u64::MAX);
+    let k = (src.buf.len() as u64).min(left) as usize;
+    if k > 0 {
+        let head: Vec<u8> = src.buf.drain(..k).collect();
+        send_on(lim, dst, &head).await?;
+        left -= k as u64;
+    }
+    if left == 0 {
+        return Ok(());
+    }
+    let mut buf = lim.pool.take();
+    let r = async {
+        while left > 0 {
+            let want = allowance(src, dst, (buf.len() as u64).min(left) as usize).await?;
+            let n = match until(Instant::now() + lim.idle, src.stream.read(&mut buf[..want])).await
+            {
+                Some(Ok(n)) => n,
+                Some(Err(_)) => return Err(BodyErr::Src),
+                None => return Err(BodyErr::Idle),
+            };
+            if n == 0 {
+                return match limit {
+                    None => Ok(()),
+                    Some(_) => Err(BodyErr::Src),
+                };
+            }
+            src.meter.add_up(n);
+            send_on(lim, dst, &buf[..n]).await?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+    .await;
+    lim.pool.give(buf);
+    r
+}
+
+/// A chunked body, re-chunked with clean framing (or de-chunked) on the way.
+async fn copy_chunked(
+    lim: &Limits<'_>,
+    src: &mut Side,
+    dst: &mut Side,
+    dechunk: bool,
+) -> Result<(), BodyErr> {
+    let mut dec = ChunkedDecoder::default();
+    let mut out = Vec::new();
+    loop {
+        if src.buf.is_empty() {
+            let want = allowance(src, dst, 64 * 1024).await?;
+            match until(Instant::now() + lim.idle, src.fill(want)).await {
+                Some(Ok(n)) if n > 0 => {}
+                Some(_) => return Err(BodyErr::Src),
+                None => return Err(BodyErr::Idle),
+            }
+        }
+        let fed = dec.feed(&src.buf).map_err(|_| BodyErr::Malformed)?;
+        out.clear();
+        dec.reencode(&src.buf, &fed, dechunk, &mut out);
+        src.consume(fed.consumed);
+        if !out.is_empty() {
+            send_on(lim, dst, &out).await?;
+        }
+        if fed.done {
+            return Ok(());
+        }
+    }
+}
