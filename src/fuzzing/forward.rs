@@ -324,8 +324,13 @@ async fn read_answer(
                                     panic!("bad Content-Length: {:?}", show(buf))
                                 }));
                         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            // RFC 9112 6.3: chunked only when it is the last coding.
                             te = true;
-                            chunked = v.trim().ends_with("chunked");
+                            chunked = v
+                                .split(',')
+                                .map(str::trim)
+                                .rfind(|t| !t.is_empty())
+                                .is_some_and(|t| t == "chunked");
                         } else if h.name.eq_ignore_ascii_case("proxy-status") {
                             own = v.starts_with("tollgate");
                         } else if h.name.eq_ignore_ascii_case("connection") {

@@ -75,6 +75,25 @@ fn content_length(values: &[&[u8]]) -> Result<Option<u64>, ProxyError> {
     Ok(found)
 }
 
+/// Whether every transfer coding is well formed: a token, perhaps with parameters
+/// (RFC 9112 7). A list like `?chunked` would be read as chunked by a lenient peer and as an
+/// unknown coding by a strict one.
+fn codings_valid(values: &[&[u8]]) -> bool {
+    values.iter().all(|v| {
+        v.split(|&c| c == b',').all(|el| {
+            let el = el.trim_ascii();
+            let name_end = el.iter().position(|&c| c == b';').unwrap_or(el.len());
+            let name = el[..name_end].trim_ascii();
+            el.is_empty()
+                || (!name.is_empty()
+                    && name.iter().all(|&c| is_tchar(c))
+                    && el[name_end..]
+                        .iter()
+                        .all(|&c| is_tchar(c) || b";= \t\"".contains(&c)))
+        })
+    })
+}
+
 /// Whether the last transfer coding is `chunked` (`None` when no Transfer-Encoding).
 fn chunked_last(values: &[&[u8]]) -> Option<bool> {
     let all: Vec<String> = values.iter().flat_map(|v| tokens(v)).collect();

@@ -1,7 +1,8 @@
 //! Request heads: target forms, hop-by-hop headers, framing and smuggling defences.
 
 use super::{
-    chunked_last, content_length, eq, is_hop_by_hop, tokens, Framing, Parsed, MAX_HEADERS,
+    chunked_last, codings_valid, content_length, eq, is_hop_by_hop, tokens, Framing, Parsed,
+    MAX_HEADERS,
 };
 use crate::auth::parse_basic;
 use crate::error::ProxyError;
@@ -162,6 +163,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, ProxyError> {
         ));
     }
     let upgrade = upgrade.filter(|_| conn_tokens.iter().any(|t| t == "upgrade"));
+    if !codings_valid(&te) {
+        return Err(ProxyError::BadRequest("malformed Transfer-Encoding"));
+    }
     let body = match (chunked_last(&te), content_length(&cl)?) {
         (Some(_), Some(_)) => {
             return Err(ProxyError::BadRequest(

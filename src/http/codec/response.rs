@@ -1,7 +1,8 @@
 //! Response heads from origins, and how the gateway re-frames them for the client.
 
 use super::{
-    chunked_last, content_length, eq, is_hop_by_hop, tokens, Framing, Parsed, MAX_HEADERS,
+    chunked_last, codings_valid, content_length, eq, is_hop_by_hop, tokens, Framing, Parsed,
+    MAX_HEADERS,
 };
 use crate::error::ProxyError;
 
@@ -76,6 +77,9 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
     let body = if no_body {
         Framing::None
     } else {
+        if !codings_valid(&te) {
+            return Err(ProxyError::Upstream("malformed Transfer-Encoding".into()));
+        }
         match chunked_last(&te) {
             Some(chunked) => {
                 sound = cl.is_empty() && minor >= 1;

@@ -380,3 +380,21 @@ fn response_status_codes_are_three_digits() {
     }
     assert!(parse_response(b"HTTP/1.1 599 X\r\n\r\n", false).is_ok());
 }
+
+#[test]
+fn transfer_codings_must_be_tokens() {
+    assert!(parse_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ?chunked\r\n\r\n",
+        false
+    )
+    .is_err());
+    assert!(parse_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip;q=1, chunked\r\n\r\n",
+        false
+    )
+    .is_ok());
+    assert!(matches!(
+        parse_request(b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding: chunked\x0b\r\n\r\n"),
+        Err(ProxyError::BadRequest(_))
+    ));
+}
