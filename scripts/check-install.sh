@@ -22,13 +22,14 @@ make_bin() { # make_bin DIR AS_ROOT(0|1)
   mkdir -p "$bin"
   # The few real tools the script itself uses; nothing it would install.
   for t in dirname env; do ln -s "$(command -v "$t")" "$bin/$t"; done
+  # npm alone (as if half-installed): node is missing, so both are installed.
   # `id -u`: the fake user's id, 0 inside sudo.
   cat >"$bin/id" <<STUB
 #!$BASH
 [ "\${FAKE_ROOT:-$as_root}" = 1 ] && echo 0 || echo 1000
 STUB
   # A recorder for each program that would change the machine.
-  for t in apt-get systemctl cargo rustup; do
+  for t in apt-get systemctl cargo rustup npm; do
     cat >"$bin/$t" <<STUB
 #!$BASH
 echo "root=\${FAKE_ROOT:-$as_root} DEBIAN_FRONTEND=\${DEBIAN_FRONTEND:-} $t \$*" >>"$work/calls"
@@ -84,11 +85,12 @@ run_set() { # run_set SET AS_ROOT EXPECTED_PACKAGES...
   fi
   if [ "$set" = test ]; then
     grep -q "pip install.* requests pysocks" "$work/calls" || fail "test (root=$as_root): no pip install"
+    grep -q "npm install.* ws@8 http-proxy-agent@7" "$work/calls" || fail "test (root=$as_root): no npm install"
   fi
 }
 
 for as_root in 1 0; do
-  run_set test "$as_root" curl chromium redis-server
+  run_set test "$as_root" curl chromium redis-server nodejs npm
   run_set bench "$as_root" microsocks dante-server squid tinyproxy nodejs npm
   run_set cluster "$as_root" redis-server
 done

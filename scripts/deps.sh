@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what a script of this project needs, when it is missing:
-#   scripts/deps.sh test      curl, Python requests + PySocks, chromium, redis-server, rustfmt, clippy
+#   scripts/deps.sh test      curl, Python requests + PySocks, chromium, redis-server, node + npm
+#                             (ws, http-proxy-agent under target/test-node), rustfmt, clippy
 #   scripts/deps.sh bench     the peer proxies of scripts/bench.sh (microsocks, dante, squid, tinyproxy, npm)
 #   scripts/deps.sh cluster   redis-server (scripts/bench.sh cluster, scripts/soak.sh … cluster)
 # As root it calls apt-get itself; as another user, through sudo. scripts/check-install.sh
@@ -22,13 +23,15 @@ test)
   have chromium || have chromium-browser || apt_pkgs+=(chromium)
   # The cluster tests start their own redis-server on ephemeral ports.
   have redis-server || apt_pkgs+=(redis-server)
+  # A real WebSocket client (node ws + http-proxy-agent) for plain-forwarding upgrades.
+  { have node && have npm; } || apt_pkgs+=(nodejs npm)
   ;;
 bench)
   have microsocks || apt_pkgs+=(microsocks)
   have danted || apt_pkgs+=(dante-server)
   have squid || apt_pkgs+=(squid)
   have tinyproxy || apt_pkgs+=(tinyproxy)
-  have npm || apt_pkgs+=(nodejs npm)
+  { have node && have npm; } || apt_pkgs+=(nodejs npm)
   ;;
 cluster)
   have redis-server || apt_pkgs+=(redis-server)
@@ -47,6 +50,12 @@ fi
 
 if [ "$what" = test ]; then
   python3 -c 'import requests, socks' >/dev/null 2>&1 || pip_install requests pysocks
+  # Node packages for the tests, kept under target/ (tests/clients.rs finds them there).
+  node_dir="$here/../target/test-node"
+  if [ ! -d "$node_dir/node_modules/ws" ] || [ ! -d "$node_dir/node_modules/http-proxy-agent" ]; then
+    echo "installing (npm): ws, http-proxy-agent"
+    npm install --silent --no-audit --no-fund --prefix "$node_dir" ws@8 http-proxy-agent@7
+  fi
   for c in rustfmt clippy; do
     if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
       rustup component add "$c"

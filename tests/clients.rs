@@ -150,3 +150,29 @@ fn the_readmes_snippet_gets_every_code_over_forward_and_connect() {
         "{stdout}"
     );
 }
+
+/// node `ws` through `http-proxy-agent`: ws:// by plain forwarding, upgraded by the origin,
+/// tunnelled by the gateway (scripts/deps.sh test installs them under target/test-node).
+#[test]
+fn websocket_clients_upgrade_through_plain_forwarding() {
+    let gw = Gateway::start(&config("", DIRECT_EXIT));
+    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-node/node_modules");
+    let out = run(Command::new("node")
+        .env("NODE_PATH", modules)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/ws_through_proxy.js"
+        ))
+        .arg(format!("http://alice:secret@{}", gw.addr())));
+    let stdout = text(&out);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n(scripts/deps.sh test installs node, ws and http-proxy-agent)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "echo:hello through tollgate");
+    // The access line records the upgrade (101) and how the tunnel ended.
+    eventually("the access line", || {
+        gw.stderr().contains("code=101").then_some(())
+    });
+}

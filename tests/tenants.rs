@@ -407,7 +407,9 @@ fn the_admin_endpoint_serves_while_other_clients_trickle() {
     let gw = Gateway::start(&with_admin("", DIRECT_EXIT));
     let admin = gw.admin.unwrap();
     // Healthy once every executor has ticked.
-    eventually("healthy", || (gw.admin_get("/healthz").0 == 200).then_some(()));
+    eventually("healthy", || {
+        (gw.admin_get("/healthz").0 == 200).then_some(())
+    });
     // Ten clients that send half a request line and stall.
     let mut tricklers: Vec<std::net::TcpStream> = (0..10)
         .map(|_| {
