@@ -126,7 +126,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         up0: 0,
         down0: 0,
     };
-    for n in 0.. {
+    for n in 0u64.. {
         let first = n == 0;
         let deadline = if admitted_once {
             Instant::now() + idle
