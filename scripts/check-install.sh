@@ -61,7 +61,7 @@ run_set() { # run_set SET AS_ROOT EXPECTED_PACKAGES...
   local bin="$work/bin-$as_root"
   [ -d "$bin" ] || make_bin "$bin" "$as_root"
   : >"$work/calls"
-  env -i HOME="$work" PATH="$bin" "$BASH" "$root/scripts/deps.sh" "$set" >"$work/out" 2>&1 ||
+  env -i HOME="$work" PATH="$bin" TOLLGATE_NODE_DIR="$work/node" "$BASH" "$root/scripts/deps.sh" "$set" >"$work/out" 2>&1 ||
     { cat "$work/out" >&2; fail "deps.sh $set (root=$as_root) exited non-zero"; }
   grep -q "apt-get update" "$work/calls" || fail "$set (root=$as_root): no apt-get update"
   local install

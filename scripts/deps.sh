@@ -51,7 +51,7 @@ fi
 if [ "$what" = test ]; then
   python3 -c 'import requests, socks' >/dev/null 2>&1 || pip_install requests pysocks
   # Node packages for the tests, kept under target/ (tests/clients.rs finds them there).
-  node_dir="$here/../target/test-node"
+  node_dir="${TOLLGATE_NODE_DIR:-$here/../target/test-node}"
   if [ ! -d "$node_dir/node_modules/ws" ] || [ ! -d "$node_dir/node_modules/http-proxy-agent" ]; then
     echo "installing (npm): ws, http-proxy-agent"
     npm install --silent --no-audit --no-fund --prefix "$node_dir" ws@8 http-proxy-agent@7
