@@ -15,6 +15,7 @@
 //! - [`relay`] moves bytes both ways with pooled buffers and counts them.
 //! - [`metrics`] and [`admin`]: per-core counters, `/metrics` and `/healthz`.
 //! - [`error`] is the one error type and its reply table; [`config`] the validated snapshot.
+//! - [`util`]: primitives with no proxy knowledge (latch, buffer pool, deadlines).
 
 pub mod admin;
 pub mod auth;
@@ -33,4 +34,5 @@ pub mod runtime;
 pub mod session;
 pub mod sniff;
 pub mod socks5;
+pub mod util;
 pub mod worker;

@@ -4,7 +4,8 @@
 //! direction in one place ([`Meter`]).
 
 use crate::plan::shard::Charge;
-use crate::worker::{BufPool, Latch, Worker, RELAY_BUF, RELAY_BUF_BULK};
+use crate::util::{BufPool, Latch, RELAY_BUF, RELAY_BUF_BULK};
+use crate::worker::Worker;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};

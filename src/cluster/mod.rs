@@ -148,7 +148,7 @@ impl Cluster {
         if !self.send(make(reply)) {
             return Err(Down);
         }
-        match crate::worker::within(self.patience(), rx.recv_async()).await {
+        match crate::util::within(self.patience(), rx.recv_async()).await {
             Some(Ok(answer)) => answer,
             _ => Err(Down),
         }

@@ -129,7 +129,7 @@ pub fn run(data: &[u8]) {
                 .get_or_insert_with(|| worker(snap.clone()))
                 .clone();
             w.config.store(snap.clone());
-            exchange(w, snap, &s).await;
+            Box::pin(exchange(w, snap, &s)).await;
         })
     });
 }
@@ -195,14 +195,14 @@ async fn exchange(w: Rc<Worker>, snap: Arc<Snapshot>, s: &Script) {
         return;
     };
     let answers = Rc::new(s.answers.clone());
-    let done = Rc::new(crate::worker::Latch::default());
+    let done = Rc::new(crate::util::Latch::default());
     let origin_task = glommio::spawn_local(serve_origin(origin, answers, done.clone()));
     let gateway = glommio::spawn_local(async move {
         if let Ok(stream) = gw.accept().await {
             crate::session::serve(w, stream, 0).await;
         }
     });
-    let relayed = run_client(gw_addr, origin_addr, s).await;
+    let relayed = Box::pin(run_client(gw_addr, origin_addr, s)).await;
     // The handler returns once the client is gone: then every charge is settled.
     gateway.await;
     done.fire();
@@ -230,9 +230,9 @@ async fn run_client(gw: std::net::SocketAddr, origin: std::net::SocketAddr, s: &
             return relayed;
         }
         let upgrade = kind % 6 == 5;
-        let within = crate::worker::within(
+        let within = crate::util::within(
             Duration::from_secs(5),
-            read_answer(&mut c, &mut buf, i, is_head, upgrade),
+            Box::pin(read_answer(&mut c, &mut buf, i, is_head, upgrade)),
         )
         .await;
         let Some(answer) = within else {
@@ -463,7 +463,7 @@ fn show(b: &[u8]) -> String {
 
 /// The scripted origin: answers request `/r<n>` with answer `n` (marks filled in), on
 /// every connection it accepts, until the gateway closes.
-async fn serve_origin(l: TcpListener, answers: Rc<Vec<Vec<u8>>>, done: Rc<crate::worker::Latch>) {
+async fn serve_origin(l: TcpListener, answers: Rc<Vec<Vec<u8>>>, done: Rc<crate::util::Latch>) {
     loop {
         let accepted = futures_lite::future::or(async { Some(l.accept().await) }, async {
             done.wait().await;

@@ -11,7 +11,7 @@ use crate::plan::{self, Admission};
 use crate::relay::{relay, Meter, RelayEnd};
 use crate::route::{self, Route};
 use crate::session::{Access, Ctx, SendError, Side};
-use crate::worker::{any_fired, until, Latch};
+use crate::util::{any_fired, until, Latch};
 use codec::{Framing, Parsed, Request, Target};
 use std::time::Instant;
 

@@ -4,7 +4,7 @@
 
 use super::ledger::AccountState;
 use crate::metrics::CoreMetrics;
-use crate::worker::Latch;
+use crate::util::Latch;
 use ahash::AHashMap;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -13,7 +13,7 @@ use crate::relay::{relay, RelayEnd};
 use crate::route::{self, Route};
 use crate::session::SendError;
 use crate::session::{Access, Ctx, Side};
-use crate::worker::until;
+use crate::util::until;
 use codec::Parsed;
 use socks5_proto::{handshake::Method, Address, Command};
 use std::time::Instant;

@@ -5,7 +5,7 @@
 use super::Limits;
 use crate::http::codec::{ChunkedDecoder, Framing, Relay};
 use crate::session::{SendError, Side};
-use crate::worker::until;
+use crate::util::until;
 use futures_lite::AsyncReadExt;
 use std::time::Instant;
 

@@ -24,7 +24,7 @@ use crate::exit::{self, TargetAddr};
 use crate::relay::relay;
 use crate::route::Route;
 use crate::session::{SendError, Side};
-use crate::worker::{until, BufPool};
+use crate::util::{until, BufPool};
 use body::{copy_body, BodyErr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};

@@ -1,0 +1,126 @@
+//! A one-shot, single-threaded broadcast.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+/// A one-shot, single-threaded broadcast: `fire()` once, every `wait()` resolves. A wait
+/// that is dropped unresolved takes its waker back out, so a latch that never fires (the
+/// drain latch, an account's cut latch) does not collect the wakers of every connection that
+/// ever waited on it.
+#[derive(Default)]
+pub struct Latch {
+    fired: Cell<bool>,
+    next_key: Cell<u64>,
+    waiters: RefCell<ahash::AHashMap<u64, Waker>>,
+}
+
+impl Latch {
+    pub fn fire(&self) {
+        if !self.fired.replace(true) {
+            let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+            for (_, w) in waiters {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    pub fn wait(&self) -> LatchWait<'_> {
+        LatchWait {
+            latch: self,
+            key: None,
+        }
+    }
+
+    /// Wakers registered now (for tests).
+    pub fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+}
+
+pub struct LatchWait<'a> {
+    latch: &'a Latch,
+    key: Option<u64>,
+}
+
+impl Future for LatchWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.latch.fired.get() {
+            return Poll::Ready(());
+        }
+        let mut waiters = this.latch.waiters.borrow_mut();
+        match this.key {
+            Some(k) => {
+                if let Some(w) = waiters.get_mut(&k) {
+                    if !w.will_wake(cx.waker()) {
+                        *w = cx.waker().clone();
+                    }
+                }
+            }
+            None => {
+                let k = this.latch.next_key.get();
+                this.latch.next_key.set(k.wrapping_add(1));
+                waiters.insert(k, cx.waker().clone());
+                this.key = Some(k);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for LatchWait<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.latch.waiters.borrow_mut().remove(&k);
+        }
+    }
+}
+
+/// Resolves when any of `latches` has fired.
+pub async fn any_fired(latches: &[&Latch]) {
+    let mut waits: Vec<LatchWait<'_>> = latches.iter().map(|l| l.wait()).collect();
+    std::future::poll_fn(|cx| {
+        for w in waits.iter_mut() {
+            if Pin::new(w).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Waker};
+
+    #[test]
+    fn latch_waits_deregister_when_dropped() {
+        let latch = Latch::default();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..1000 {
+            let mut w = latch.wait();
+            assert!(Pin::new(&mut w).poll(&mut cx).is_pending());
+            assert!(Pin::new(&mut w).poll(&mut cx).is_pending());
+        }
+        assert_eq!(latch.waiting(), 0);
+        let mut a = latch.wait();
+        let mut b = latch.wait();
+        assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut b).poll(&mut cx).is_pending());
+        assert_eq!(latch.waiting(), 2);
+        latch.fire();
+        assert!(Pin::new(&mut a).poll(&mut cx).is_ready());
+        assert!(Pin::new(&mut b).poll(&mut cx).is_ready());
+        assert!(Pin::new(&mut latch.wait()).poll(&mut cx).is_ready());
+    }
+}

@@ -1,0 +1,19 @@
+//! Deadlines on futures (glommio timers).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Run `fut` until `deadline`; `None` when the deadline passed first.
+pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    within(left, fut).await
+}
+
+/// Run `fut` for at most `dur`; `None` when it took longer.
+pub async fn within<F: Future>(dur: Duration, fut: F) -> Option<F::Output> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(dur).await;
+        None
+    })
+    .await
+}
