@@ -6,7 +6,8 @@
 //!   [`worker`] is one core's context (buffers, DNS cache, credential cache, counters).
 //! - [`listener`] owns each core's SO_REUSEPORT sockets and accept loop.
 //! - [`session`] runs one client connection top to bottom: [`sniff`] the first bytes, then
-//!   the [`socks5`] or [`http`] handler.
+//!   the [`socks5`] or [`http`] handler; [`conn`] is what every stage knows of the
+//!   connection (its context, its two sides, its access line).
 //! - [`auth`] checks credentials and parses the username's modifiers.
 //! - [`plan`] admits (thread slots) and meters (bandwidth leases) each account's traffic,
 //!   and keeps usage durable.
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod exit;
 pub mod fuzzing;

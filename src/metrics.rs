@@ -3,7 +3,6 @@
 //! OpenMetrics text by prometheus-client's encoder. Labelled counters that change once per
 //! connection sit behind an uncontended per-core mutex.
 
-use crate::plan::Ledger;
 use ahash::AHashMap;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -127,11 +126,18 @@ fn bump<V: Default>(map: &mut AHashMap<String, V>, key: &str, f: impl FnOnce(&mu
     }
 }
 
+/// Per-account live state a scrape reads; the plan ledger provides it (metrics sit below
+/// plans, which count into [`CoreMetrics`]).
+pub trait LiveAccounts: Send + Sync + std::fmt::Debug {
+    /// (account, concurrent connections, bytes leased to cores and unspent).
+    fn live_by_account(&self) -> Vec<(String, u32, u64)>;
+}
+
 /// Everything a scrape reads.
 #[derive(Debug)]
 pub struct Metrics {
     pub cores: Vec<Arc<CoreMetrics>>,
-    pub ledger: Arc<Ledger>,
+    pub accounts: Arc<dyn LiveAccounts>,
     /// Set on a cluster node: the Redis link's counters.
     pub cluster: Option<Arc<crate::cluster::Stats>>,
     /// Listener index → address, for labels.
@@ -275,7 +281,7 @@ impl Collector for Metrics {
                 None,
                 MetricType::Gauge,
             )?;
-            let live = self.ledger.live_by_account();
+            let live = self.accounts.live_by_account();
             for (name, active, _) in &live {
                 ConstGauge::new(i64::from(*active))
                     .encode(m.encode_family(&[("account", name.clone())])?)?;

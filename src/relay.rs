@@ -5,7 +5,6 @@
 
 use crate::plan::shard::Charge;
 use crate::util::{BufPool, Latch, RELAY_BUF, RELAY_BUF_BULK};
-use crate::worker::Worker;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -365,9 +364,11 @@ impl Drop for Pump<'_> {
     }
 }
 
-/// Relay until both directions are finished, an error, or `idle` without a byte.
+/// Relay until both directions are finished, an error, `idle` without a byte, or `stop`
+/// (the drain timeout) fires. Buffers come from the core's `pool`.
 pub async fn relay(
-    w: &Worker,
+    pool: &BufPool,
+    stop: &Latch,
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     meter: &Meter,
@@ -377,7 +378,7 @@ pub async fn relay(
     let quota_hit = Cell::new(false);
     let cut = meter.cut();
     let pump = Pump {
-        pool: &w.buffers,
+        pool,
         client,
         upstream,
         meter,
@@ -404,7 +405,7 @@ pub async fn relay(
         RelayEnd::Quota
     };
     let stop_watch = async {
-        w.stop.wait().await;
+        stop.wait().await;
         RelayEnd::Drain
     };
     futures_lite::future::or(

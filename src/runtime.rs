@@ -9,7 +9,7 @@ use crate::plan::store::SqliteStore;
 use crate::plan::Ledger;
 use crate::route::sessions::SessionTable;
 use crate::util::within;
-use crate::worker::Worker;
+use crate::worker::{Shared, Worker};
 use arc_swap::ArcSwap;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use std::os::fd::{IntoRawFd, RawFd};
@@ -174,7 +174,7 @@ pub fn run(opts: Options, mut snap: Snapshot) -> Result<(), String> {
         Some(addr) => {
             let metrics = Arc::new(Metrics {
                 cores: core_metrics.clone(),
-                ledger: ledger.clone(),
+                accounts: ledger.clone(),
                 cluster: cluster.as_ref().map(|c| c.stats.clone()),
                 listeners: bound.iter().map(|(a, _, _)| a.to_string()).collect(),
                 per_account: snap_now.per_account_metrics,
@@ -372,13 +372,6 @@ impl admin::Health for ExecutorHealth {
 
 /// How often each core settles spent bytes and returns idle leases.
 const QUOTA_TICK: Duration = Duration::from_secs(1);
-
-/// What every core shares with the others.
-pub struct Shared {
-    pub sessions: Arc<SessionTable>,
-    pub guard: Arc<crate::auth::guard::AuthGuard>,
-    pub cluster: Option<Arc<Cluster>>,
-}
 
 async fn worker_main(
     id: usize,

@@ -9,7 +9,6 @@ use crate::exit::dns::DnsCache;
 use crate::metrics::CoreMetrics;
 use crate::plan::shard::Shard;
 use crate::route::sessions::SessionTable;
-use crate::runtime::Shared;
 use crate::util::{BufPool, Latch, RELAY_BUF, RELAY_BUF_BULK};
 use arc_swap::ArcSwap;
 use std::cell::{Cell, RefCell};
@@ -17,6 +16,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
+
+/// What every core shares with the others.
+pub struct Shared {
+    pub sessions: Arc<SessionTable>,
+    pub guard: Arc<AuthGuard>,
+    pub cluster: Option<Arc<Cluster>>,
+}
 
 /// Per-core state. One per executor, shared by its connections through `Rc`.
 pub struct Worker {

@@ -135,7 +135,7 @@ pub fn run(data: &[u8]) {
 }
 
 fn worker(snap: Arc<Snapshot>) -> Rc<Worker> {
-    let shared = crate::runtime::Shared {
+    let shared = crate::worker::Shared {
         sessions: Arc::new(crate::route::sessions::SessionTable::new(1000, 1000)),
         guard: Arc::new(crate::auth::guard::AuthGuard::default()),
         cluster: None,

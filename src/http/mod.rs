@@ -5,12 +5,12 @@ pub mod codec;
 mod forward;
 
 use crate::auth::{self, Identity};
+use crate::conn::{Access, Ctx, SendError, Side};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::plan::{self, Admission};
 use crate::relay::{relay, Meter, RelayEnd};
 use crate::route::{self, Route};
-use crate::session::{Access, Ctx, SendError, Side};
 use crate::util::{any_fired, until, Latch};
 use codec::{Framing, Parsed, Request, Target};
 use std::time::Instant;
@@ -100,7 +100,7 @@ async fn admit(
     }
     .map_err(|e| (None, e))?;
     let checks = match route::resolve(&ctx.snap, &ident) {
-        Ok(route) => plan::admit(&ctx.w, &ident.counters)
+        Ok(route) => plan::admit(&ctx.w.quota, &ident.counters)
             .await
             .map(|adm| (route, adm)),
         Err(e) => Err(e),
@@ -283,7 +283,8 @@ async fn tunnel(
     drop(early);
     let idle = ctx.snap.server.idle_timeout.0;
     let end = relay(
-        &ctx.w,
+        &ctx.w.buffers,
+        &ctx.w.stop,
         &mut client.stream,
         &mut out.stream,
         &client.meter,

@@ -14,11 +14,10 @@ pub mod store;
 use crate::cluster::{Cluster, Down};
 use crate::config::{DownPolicy, Snapshot};
 use crate::error::ProxyError;
-use crate::worker::Worker;
 use ahash::AHashMap;
 use ledger::{AccountState, Adjustment, ThreadSlot};
 use parking_lot::Mutex;
-use shard::Charge;
+use shard::{Charge, Shard};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,8 +33,8 @@ pub struct Admission {
 /// 452 when the bandwidth is used up, 453 when every thread is taken. In a cluster the
 /// slot is also taken in Redis; while Redis is down, `on_redis_down` decides (503, or this
 /// node's own count only).
-pub async fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, ProxyError> {
-    let mut local = w.quota.local(state);
+pub async fn admit(quota: &Shard, state: &Arc<AccountState>) -> Result<Admission, ProxyError> {
+    let mut local = quota.local(state);
     if local.exhausted() {
         return Err(ProxyError::BandwidthExceeded);
     }
@@ -45,7 +44,7 @@ pub async fn admit(w: &Worker, state: &Arc<AccountState>) -> Result<Admission, P
         // While this admission waited for Redis, the quota tick may have retired the
         // core's view of the account (idle here): charge the live one, or the leases it
         // takes would never be handed back.
-        local = w.quota.local(state);
+        local = quota.local(state);
     }
     Ok(Admission {
         slot,
@@ -156,7 +155,15 @@ impl Ledger {
             .map(|(n, s)| (n.clone(), s.active(), s.outstanding()))
             .collect()
     }
+}
 
+impl crate::metrics::LiveAccounts for Ledger {
+    fn live_by_account(&self) -> Vec<(String, u32, u64)> {
+        Ledger::live_by_account(self)
+    }
+}
+
+impl Ledger {
     /// Apply queued adjustments, then write every account whose usage or live count changed.
     pub fn flush(&self) -> Result<(), String> {
         let mut backend = self.backend.lock();

@@ -6,13 +6,13 @@
 pub mod codec;
 
 use crate::auth::{self, Identity};
+use crate::conn::SendError;
+use crate::conn::{Access, Ctx, Side};
 use crate::error::{ProxyError, SocksReply};
 use crate::exit::{self, TargetAddr};
 use crate::plan;
 use crate::relay::{relay, RelayEnd};
 use crate::route::{self, Route};
-use crate::session::SendError;
-use crate::session::{Access, Ctx, Side};
 use crate::util::until;
 use codec::Parsed;
 use socks5_proto::{handshake::Method, Address, Command};
@@ -181,7 +181,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     };
     // Plan: 452/453 on the CONNECT reply. The slot is held until the tunnel closes.
     // The handshake bytes read so far are billed at bind, within the plan.
-    let admitted = match plan::admit(&ctx.w, &ident.counters).await {
+    let admitted = match plan::admit(&ctx.w.quota, &ident.counters).await {
         Ok(adm) => {
             if client.meter.bind(adm.charge).await {
                 Ok(adm.slot)
@@ -248,7 +248,8 @@ async fn tunnel(ctx: &Ctx, client: &mut Side, out: &mut exit::Outbound) -> Relay
     }
     drop(early);
     relay(
-        &ctx.w,
+        &ctx.w.buffers,
+        &ctx.w.stop,
         &mut client.stream,
         &mut out.stream,
         &client.meter,

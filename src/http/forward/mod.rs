@@ -19,11 +19,11 @@ mod body;
 
 use super::codec::{parse_response, Framing, Relay, Request, Response};
 use super::{read_head, Ctx, HeadStop};
+use crate::conn::{SendError, Side};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::relay::relay;
 use crate::route::Route;
-use crate::session::{SendError, Side};
 use crate::util::{until, BufPool};
 use body::{copy_body, BodyErr};
 use std::os::fd::AsRawFd;
@@ -525,7 +525,8 @@ async fn upgrade(
     drop((from_origin, from_client));
     let end = if sent {
         let end = relay(
-            &ctx.w,
+            &ctx.w.buffers,
+            &ctx.w.stop,
             &mut client.stream,
             &mut o.side.stream,
             &client.meter,
