@@ -126,6 +126,17 @@ impl SessionTable {
         now: Instant,
         overwrite: bool,
     ) -> String {
+        // A live binding already counts in its account's share: it is kept, or (a mirror
+        // of the cluster's binding) moved to `exit` in place, expiry unchanged.
+        {
+            let mut shard = self.shard(key).lock();
+            if let Some(e) = shard.get_mut(key).filter(|e| e.expires > now) {
+                if overwrite {
+                    exit.clone_into(&mut e.exit);
+                }
+                return e.exit.clone();
+            }
+        }
         let victims = self.make_room(key, expires, now);
         for (k, at) in victims {
             self.evict(&k, at);
@@ -354,5 +365,24 @@ mod tests {
         t.bind("small|s0", "e", ttl, t0);
         assert_eq!(t.get("small|s0", t0).as_deref(), Some("e"));
         assert_eq!(t.len(), 20);
+    }
+
+    #[test]
+    fn mirroring_a_live_binding_adds_no_record() {
+        // A cluster node mirrors the binding on every connection of the session.
+        let t = SessionTable::new(1000, 10);
+        let t0 = Instant::now();
+        let left = Duration::from_secs(600);
+        for i in 0..10_000 {
+            t.put("a|s", if i % 2 == 0 { "e1" } else { "e2" }, left, t0);
+        }
+        assert_eq!(t.count_for("a"), 1);
+        assert_eq!(t.get("a|s", t0).as_deref(), Some("e2"));
+        for i in 0..9 {
+            t.bind(&format!("a|other{i}"), "e", left, t0);
+        }
+        // The account is at its share of 10; the mirrored session is still there.
+        assert_eq!(t.get("a|s", t0).as_deref(), Some("e2"));
+        assert_eq!(t.len(), 10);
     }
 }
