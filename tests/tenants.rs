@@ -92,29 +92,7 @@ fn numeric_host_forms_are_private_targets_on_upstream_exits_too() {
 }
 
 fn http_connect_to(gw: std::net::SocketAddr, authority: &str) -> (std::net::TcpStream, Resp) {
-    connect_as(gw, "alice", "secret", authority)
-}
-
-/// CONNECT as `user`: the stream and the response (its body read when not 200).
-fn connect_as(
-    gw: std::net::SocketAddr,
-    user: &str,
-    pass: &str,
-    authority: &str,
-) -> (std::net::TcpStream, Resp) {
-    let mut s = connect(gw);
-    let raw = format!(
-        "CONNECT {authority} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
-        basic(user, pass)
-    );
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut r = read_response(&mut s, true);
-    if r.code != 200 {
-        let n: usize = r.header("content-length").unwrap().parse().unwrap();
-        r.body = vec![0; n];
-        s.read_exact(&mut r.body).unwrap();
-    }
-    (s, r)
+    http_connect_as(gw, "alice", "secret", authority)
 }
 
 fn check(text: &str) -> (Option<i32>, String) {
@@ -330,7 +308,8 @@ fn one_tenants_failing_targets_never_bench_a_shared_exit() {
         a.addr, b.addr
     );
     let gw = Gateway::start(&config("connect_timeout = \"500ms\"", &exits));
-    let conn = |user: &str, pass: &str, target: &str| connect_as(gw.addr(), user, pass, target).1;
+    let conn =
+        |user: &str, pass: &str, target: &str| http_connect_as(gw.addr(), user, pass, target).1;
     for target in ["unreachable.example:443", "hangs.example:443"] {
         for _ in 0..4 {
             let r = conn("alice", "secret", target);
@@ -355,8 +334,9 @@ fn one_tenants_failing_targets_never_bench_a_shared_exit() {
         broken.addr
     );
     let gw2 = Gateway::start(&config("", &exits));
-    let connect2 =
-        |user: &str, pass: &str, target: &str| connect_as(gw2.addr(), user, pass, target).1.code;
+    let connect2 = |user: &str, pass: &str, target: &str| {
+        http_connect_as(gw2.addr(), user, pass, target).1.code
+    };
     assert_eq!(connect2("alice", "secret", "a.example:443"), 502);
     assert_eq!(connect2("bob", "pw", "b.example:443"), 502);
     assert_eq!(connect2("alice", "secret", "c.example:443"), 502);

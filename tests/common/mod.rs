@@ -586,10 +586,21 @@ impl Counted {
 
 /// HTTP CONNECT as alice: the stream and the response (its body read when not 200).
 pub fn http_connect(gw: SocketAddr, target: SocketAddr) -> (TcpStream, Resp) {
+    http_connect_as(gw, "alice", "secret", &target.to_string())
+}
+
+/// HTTP CONNECT to `authority` as `user`: the stream and the response (its body read when
+/// not 200).
+pub fn http_connect_as(
+    gw: SocketAddr,
+    user: &str,
+    pass: &str,
+    authority: &str,
+) -> (TcpStream, Resp) {
     let mut s = connect(gw);
     let req = format!(
-        "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
-        basic("alice", "secret")
+        "CONNECT {authority} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(user, pass)
     );
     s.write_all(req.as_bytes()).unwrap();
     let mut r = read_response(&mut s, true);

@@ -75,6 +75,24 @@ fn content_length(values: &[&[u8]]) -> Result<Option<u64>, ProxyError> {
     Ok(found)
 }
 
+/// Append one `name: value` header line.
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a message of HTTP/1.`minor` with these `Connection` tokens keeps its connection
+/// open (RFC 9112 9.3: 1.1 unless `close`, 1.0 only with `keep-alive`).
+fn persistent(minor: u8, conn_tokens: &[String]) -> bool {
+    if minor == 0 {
+        conn_tokens.iter().any(|t| t == "keep-alive")
+    } else {
+        !conn_tokens.iter().any(|t| t == "close")
+    }
+}
+
 /// Whether every transfer coding is well formed: a token, perhaps with parameters
 /// (RFC 9112 7). A list like `?chunked` would be read as chunked by a lenient peer and as an
 /// unknown coding by a strict one.

@@ -1,8 +1,8 @@
 //! Request heads: target forms, hop-by-hop headers, framing and smuggling defences.
 
 use super::{
-    chunked_last, codings_valid, content_length, eq, is_hop_by_hop, tokens, Framing, Parsed,
-    MAX_HEADERS,
+    chunked_last, codings_valid, content_length, eq, is_hop_by_hop, persistent, put_header, tokens,
+    Framing, Parsed, MAX_HEADERS,
 };
 use crate::auth::parse_basic;
 use crate::error::ProxyError;
@@ -181,11 +181,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, ProxyError> {
         (None, Some(0)) | (None, None) => Framing::None,
         (None, Some(n)) => Framing::Length(n),
     };
-    let keep_alive = if minor == 0 {
-        conn_tokens.iter().any(|t| t == "keep-alive")
-    } else {
-        !conn_tokens.iter().any(|t| t == "close")
-    };
+    let keep_alive = persistent(minor, &conn_tokens);
     let forwarded = req
         .headers
         .iter()
@@ -229,18 +225,14 @@ impl Request {
         out.extend_from_slice(authority.as_bytes());
         out.extend_from_slice(b"\r\n");
         for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            put_header(out, name.as_bytes(), value);
         }
         if self.expect_continue && self.body != Framing::None {
             out.extend_from_slice(b"Expect: 100-continue\r\n");
         }
         if let Some(proto) = &self.upgrade {
-            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-            out.extend_from_slice(proto);
-            out.extend_from_slice(b"\r\n");
+            put_header(out, b"Connection", b"upgrade");
+            put_header(out, b"Upgrade", proto);
         }
         out.extend_from_slice(b"\r\n");
     }

@@ -1,8 +1,8 @@
 //! Response heads from origins, and how the gateway re-frames them for the client.
 
 use super::{
-    chunked_last, codings_valid, content_length, eq, is_hop_by_hop, tokens, Framing, Parsed,
-    MAX_HEADERS,
+    chunked_last, codings_valid, content_length, eq, is_hop_by_hop, persistent, put_header, tokens,
+    Framing, Parsed, MAX_HEADERS,
 };
 use crate::error::ProxyError;
 
@@ -97,11 +97,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
             },
         }
     };
-    let keep = if minor == 0 {
-        conn_tokens.iter().any(|t| t == "keep-alive")
-    } else {
-        !conn_tokens.iter().any(|t| t == "close")
-    };
+    let keep = persistent(minor, &conn_tokens);
     let headers = resp
         .headers
         .iter()
@@ -159,41 +155,29 @@ impl Response {
         out.extend_from_slice(self.reason.as_bytes());
         out.extend_from_slice(b"\r\n");
         for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            put_header(out, name.as_bytes(), value);
         }
         match (self.body, relay) {
             (Framing::Length(n), _) => {
-                out.extend_from_slice(b"Content-Length: ");
-                out.extend_from_slice(n.to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
+                put_header(out, b"Content-Length", n.to_string().as_bytes());
             }
             (Framing::Chunked, Relay::Framed) | (Framing::UntilClose, _) => {
                 if let Some(te) = &self.te {
-                    out.extend_from_slice(b"Transfer-Encoding: ");
-                    out.extend_from_slice(te);
-                    out.extend_from_slice(b"\r\n");
+                    put_header(out, b"Transfer-Encoding", te);
                 }
             }
             (Framing::Chunked, Relay::Dechunked) => {}
             (Framing::None, _) => {
                 if let Some(n) = self.described_length {
-                    out.extend_from_slice(b"Content-Length: ");
-                    out.extend_from_slice(n.to_string().as_bytes());
-                    out.extend_from_slice(b"\r\n");
+                    put_header(out, b"Content-Length", n.to_string().as_bytes());
                 } else if let Some(te) = &self.te {
-                    out.extend_from_slice(b"Transfer-Encoding: ");
-                    out.extend_from_slice(te);
-                    out.extend_from_slice(b"\r\n");
+                    put_header(out, b"Transfer-Encoding", te);
                 }
             }
         }
         if let Some(proto) = &self.upgrade {
-            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-            out.extend_from_slice(proto);
-            out.extend_from_slice(b"\r\n");
+            put_header(out, b"Connection", b"upgrade");
+            put_header(out, b"Upgrade", proto);
         }
         if (100..200).contains(&self.code) {
             out.extend_from_slice(b"\r\n");
