@@ -206,17 +206,33 @@ struct Escaped<'a>(&'a dyn std::fmt::Display);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = self.0.to_string();
-        if !text.chars().any(|c| c.is_control()) {
-            return f.write_str(&text);
-        }
-        for c in text.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                write!(f, "{c}")?;
+        // Escapes as it writes: no string is built for the common, clean case.
+        struct Escaping<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+        impl std::fmt::Write for Escaping<'_, '_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                for part in s.split_inclusive(char::is_control) {
+                    match part.char_indices().last() {
+                        Some((i, c)) if c.is_control() => {
+                            self.0.write_str(&part[..i])?;
+                            write!(self.0, "{}", c.escape_default())?;
+                        }
+                        _ => self.0.write_str(part)?,
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
+        std::fmt::write(&mut Escaping(f), format_args!("{}", self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn client_fields_are_escaped_in_log_lines() {
+        let shown = |s: &str| super::Escaped(&s).to_string();
+        assert_eq!(shown("example.com:80"), "example.com:80");
+        assert_eq!(shown("a\nforged line"), "a\\nforged line");
+        assert_eq!(shown("a\r\n\0b"), "a\\r\\n\\u{0}b");
     }
 }

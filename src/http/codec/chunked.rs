@@ -1,6 +1,7 @@
 //! Chunked bodies (RFC 9112 section 7.1): a streaming decoder and the clean re-encoding.
 
 use super::is_tchar;
+use std::io::Write;
 
 /// Streaming chunked-body decoder (RFC 9112 section 7.1). Feed it bytes; it says which of
 /// them are payload and where the message ends, so a body can be passed through verbatim
@@ -92,7 +93,7 @@ impl ChunkedDecoder {
             if dechunk {
                 out.extend_from_slice(&input[r.clone()]);
             } else {
-                out.extend_from_slice(format!("{:x}\r\n", r.len()).as_bytes());
+                let _ = write!(out, "{:x}\r\n", r.len());
                 out.extend_from_slice(&input[r.clone()]);
                 out.extend_from_slice(b"\r\n");
             }

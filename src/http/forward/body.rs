@@ -77,8 +77,8 @@ async fn copy_raw(
     let mut left = limit.unwrap_or(u64::MAX);
     let k = (src.buf.len() as u64).min(left) as usize;
     if k > 0 {
-        let head: Vec<u8> = src.buf.drain(..k).collect();
-        send_on(lim, dst, &head).await?;
+        send_on(lim, dst, &src.buf[..k]).await?;
+        src.consume(k);
         left -= k as u64;
     }
     if left == 0 {
