@@ -213,17 +213,22 @@ fn the_record_says_how_each_tunnel_ended() {
     let mut t = socks5_tunnel(gw.addr(), &Target::Addr(echo));
     gw.signal(libc::SIGTERM);
     let mut b = [0u8; 1];
-    let cut = loop {
-        // Keep it busy so idle_timeout never fires first.
+    // Keep it busy so idle_timeout never fires first, until the gateway cuts it (bounded:
+    // the read timeout is WAIT, and the loop count too).
+    let mut cut = false;
+    for _ in 0..1_000_000 {
         if t.write_all(b"x").is_err() {
-            break true;
+            cut = true;
+            break;
         }
         match t.read(&mut b) {
             Ok(1) => continue,
-            _ => break true,
+            Ok(_) => cut = true,
+            Err(e) => cut = e.kind() != std::io::ErrorKind::WouldBlock,
         }
-    };
-    assert!(cut);
+        break;
+    }
+    assert!(cut, "the tunnel was not cut at the drain timeout");
     gw.wait_exit();
     assert!(gw.stderr().contains("end=\"drain\""), "{}", gw.stderr());
 }
