@@ -1,23 +1,26 @@
-//! One client connection as every stage sees it: its context ([`Ctx`]), its two ends
-//! ([`Side`]: stream, buffered bytes, meter), and its access line ([`Access`]). Below the
-//! protocol handlers, which share it; above the relay and the plan.
+//! One client connection as every stage sees it: its context ([`Ctx`]: the world it
+//! loaded, where it came from, and narrow views of its core for each stage) and the record
+//! of each exchange on it ([`Exchange`]), written once as its access line. Below the
+//! pipeline and the protocol handlers, which share it.
 
+use crate::auth::Gate;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
-use crate::relay::Meter;
-use crate::worker::Worker;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use crate::exit::Egress;
+use crate::route::choose::Chooser;
+use crate::side::Side;
+use crate::worker::{Core, Worker};
+use crate::world::World;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// What a handler knows about the connection it serves.
 pub struct Ctx {
-    pub w: Rc<Worker>,
-    pub snap: Arc<Snapshot>,
+    w: Rc<Worker>,
+    /// The world loaded at accept: every index the connection uses comes from it.
+    pub world: Arc<World>,
     /// Index of the listener (and so of its network) the client came in on.
     pub listener: usize,
     pub network: usize,
@@ -26,175 +29,147 @@ pub struct Ctx {
     pub handshake_deadline: Instant,
 }
 
-/// One end of a proxied exchange: a stream, the bytes read from it but not yet used, and
-/// the meter its bytes are counted on.
-pub struct Side {
-    pub stream: TcpStream,
-    pub buf: Vec<u8>,
-    pub meter: Meter,
-}
+impl Ctx {
+    /// The context of a connection accepted on `listener`, on `w`'s core; `None` when the
+    /// current world has no such listener.
+    pub fn new(w: Rc<Worker>, listener: usize, peer: Option<SocketAddr>) -> Option<Ctx> {
+        let world = w.services.world.load_full();
+        let network = world.config.listeners.get(listener)?.network;
+        let handshake_deadline = Instant::now() + world.config.server.handshake_timeout.0;
+        Some(Ctx {
+            w,
+            world,
+            listener,
+            network,
+            peer,
+            handshake_deadline,
+        })
+    }
 
-/// Why [`Side::send_relayed`] did not deliver everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendError {
-    /// The bound account's bandwidth is used up.
-    Quota,
-    /// The write failed (the peer reset or stopped reading).
-    Io,
-}
+    pub fn config(&self) -> &Snapshot {
+        &self.world.config
+    }
 
-/// Bytes asked of the kernel per head read.
-pub const READ_CHUNK: usize = 8 * 1024;
+    /// This core: buffers, quota shard, counters, drain and stop latches.
+    pub fn core(&self) -> &Core {
+        &self.w.core
+    }
 
-impl Side {
-    pub fn new(stream: TcpStream) -> Side {
-        Side {
-            stream,
-            buf: Vec::new(),
-            meter: Meter::default(),
+    /// What a login reads.
+    pub fn gate(&self) -> Gate<'_> {
+        Gate {
+            snap: &self.world.config,
+            cache: &self.w.core.creds,
+            guard: &self.w.services.guard,
+            network: self.network,
+            peer: self.peer,
         }
     }
 
-    /// Read up to `max` more bytes into `buf`; `Ok(0)` at end of stream.
-    pub async fn fill(&mut self, max: usize) -> std::io::Result<usize> {
-        let old = self.buf.len();
-        self.buf.resize(old + max.clamp(1, READ_CHUNK), 0);
-        let res = self.stream.read(&mut self.buf[old..]).await;
-        let n = *res.as_ref().unwrap_or(&0);
-        self.buf.truncate(old + n);
-        self.meter.add_up(n);
-        res
-    }
-
-    /// First read of a fresh connection: one direct non-blocking `recv`, which saves the
-    /// reactor round trip a new glommio stream's first read costs; falls back to `fill`.
-    pub async fn fill_first(&mut self) -> std::io::Result<usize> {
-        match self.recv_now() {
-            Some(res) => res,
-            None => self.fill(READ_CHUNK).await,
+    /// What choosing an exit reads.
+    pub fn chooser(&self) -> Chooser<'_> {
+        Chooser {
+            snap: &self.world.config,
+            exits: &self.world.exits,
+            rotation: &self.w.core.rotation,
+            sessions: &self.w.services.sessions,
         }
     }
 
-    /// A non-blocking `recv`; `None` when nothing has arrived yet.
-    fn recv_now(&mut self) -> Option<std::io::Result<usize>> {
-        let mut tmp = [0u8; 1024];
-        // SAFETY: valid fd, buffer and length.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                tmp.as_mut_ptr() as *mut libc::c_void,
-                tmp.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            let n = n as usize;
-            self.buf.extend_from_slice(&tmp[..n]);
-            self.meter.add_up(n);
-            return Some(Ok(n));
+    /// What dialing an exit uses.
+    pub fn egress(&self) -> Egress<'_> {
+        Egress {
+            choose: self.chooser(),
+            dns: &self.w.core.dns,
+            metrics: &self.w.core.metrics,
         }
-        let err = std::io::Error::last_os_error();
-        (err.kind() != std::io::ErrorKind::WouldBlock).then_some(Err(err))
-    }
-
-    /// Write all of `data`, counted as sent on this side's meter.
-    pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(data).await?;
-        self.meter.add_down(data.len());
-        Ok(())
-    }
-
-    /// Write the gateway's own refusal (an error response or reply): the exchange it ends is
-    /// not billed, neither the bytes read for it nor the refusal.
-    pub async fn send_refusal(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.meter.forgive();
-        self.stream.write_all(data).await?;
-        self.meter.add_own_down(data.len());
-        Ok(())
-    }
-
-    /// Write bytes relayed from the other end (not the gateway's own reply) within the
-    /// bound plan: the bytes are reserved before they are written, so a plan is never
-    /// exceeded. When the plan cannot cover all of `data`, `whole` sends nothing, otherwise
-    /// as much as it covers is sent; either way the answer is [`SendError::Quota`].
-    pub async fn send_relayed(&mut self, data: &[u8], whole: bool) -> Result<(), SendError> {
-        let n = self.meter.reserve(data.len()).await;
-        let n = if n < data.len() && whole { 0 } else { n };
-        if n > 0 {
-            self.stream
-                .write_all(&data[..n])
-                .await
-                .map_err(|_| SendError::Io)?;
-            self.meter.add_down(n);
-        }
-        if n < data.len() {
-            Err(SendError::Quota)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Drop the first `n` buffered bytes (they were parsed).
-    pub fn consume(&mut self, n: usize) {
-        self.buf.drain(..n.min(self.buf.len()));
     }
 }
 
-/// One access-log line: a proxied connection or forwarded request.
-pub struct Access<'a> {
+/// One exchange (a proxied connection, or one forwarded request) as it progresses: who,
+/// where, through which exit, and the connection's byte counts when it began. Written once,
+/// from [`Exchange::finish`], as the access line.
+pub struct Exchange<'a> {
     pub proto: &'static str,
     pub account: Option<&'a str>,
     /// Formatted only when the line is written.
     pub target: Option<&'a dyn std::fmt::Display>,
     pub exit: Option<usize>,
-    pub up: u64,
-    pub down: u64,
-    pub started: Instant,
-    pub outcome: Result<u16, &'a ProxyError>,
-    /// How it ended: a tunnel's [`crate::relay::RelayEnd::label`], `closed` for a completed
-    /// exchange, `refused` for the gateway's own error reply, `client_reset` when the client
-    /// left mid-request.
-    pub end: &'static str,
+    started: Instant,
+    base: (u64, u64),
 }
 
-impl Ctx {
-    /// Emit the access line (never a password: accounts and targets only).
-    pub fn log_access(&self, a: Access<'_>) {
-        let exit = a
+impl<'a> Exchange<'a> {
+    /// The connection's first exchange: its bytes since accept are this exchange's (the
+    /// sniffed first bytes included).
+    pub fn first(proto: &'static str) -> Exchange<'a> {
+        Exchange {
+            proto,
+            account: None,
+            target: None,
+            exit: None,
+            started: Instant::now(),
+            base: (0, 0),
+        }
+    }
+
+    /// A later exchange on `client` (a keep-alive client's next request): its bytes from
+    /// here on are this exchange's, so the lines add up to the connection's total.
+    pub fn next(proto: &'static str, client: &Side) -> Exchange<'a> {
+        Exchange {
+            base: (client.meter.up(), client.meter.down()),
+            ..Exchange::first(proto)
+        }
+    }
+
+    /// Emit the access line and count the outcome (never a password: accounts and targets
+    /// only). `end` says how it ended: a tunnel's [`crate::relay::RelayEnd::label`],
+    /// `closed` for a completed exchange, `refused` for the gateway's own error reply,
+    /// `client_reset` when the client left mid-request.
+    pub fn finish(
+        self,
+        ctx: &Ctx,
+        client: &Side,
+        outcome: Result<u16, &ProxyError>,
+        end: &'static str,
+    ) {
+        let snap = ctx.config();
+        let exit = self
             .exit
-            .and_then(|i| self.snap.exits.get(i))
+            .and_then(|i| snap.exits.get(i))
             .map(|e| e.name.as_str());
-        let network = self
-            .snap
-            .networks
-            .get(self.network)
-            .map(|n| n.name.as_str());
-        let (code, error) = match a.outcome {
+        let network = snap.networks.get(ctx.network).map(|n| n.name.as_str());
+        let (code, error) = match outcome {
             Ok(code) => (code, None),
             Err(e) => (e.code(), Some(e.to_string())),
         };
-        self.w.metrics.finished(
-            (code, a.end),
+        let (up, down) = (
+            client.meter.up() - self.base.0,
+            client.meter.down() - self.base.1,
+        );
+        let core = ctx.core();
+        core.metrics.finished(
+            (code, end),
             network,
-            a.account,
-            (a.up, a.down),
-            self.snap.per_account_metrics,
+            self.account,
+            (up, down),
+            snap.per_account_metrics,
         );
         tracing::info!(
             target: "access",
-            proto = a.proto,
-            worker = self.w.id,
-            peer = ?self.peer,
-            listener = self.listener,
+            proto = self.proto,
+            worker = core.id,
+            peer = ?ctx.peer,
+            listener = ctx.listener,
             network,
-            account = a.account,
-            target = a.target.map(|t| tracing::field::display(Escaped(t))),
+            account = self.account,
+            target = self.target.map(|t| tracing::field::display(Escaped(t))),
             exit,
-            up = a.up,
-            down = a.down,
-            ms = a.started.elapsed().as_millis() as u64,
+            up,
+            down,
+            ms = self.started.elapsed().as_millis() as u64,
             code,
-            end = a.end,
+            end,
             error,
         );
     }

@@ -46,18 +46,24 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
 pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
     loop {
         let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            w.drain.wait().await;
+            w.core.drain.wait().await;
             None
         })
         .await;
         match next {
             None => break,
             Some(Ok(stream)) => {
-                let cap = w.config.load().server.max_connections_per_worker;
+                let cap = w
+                    .services
+                    .world
+                    .load()
+                    .config
+                    .server
+                    .max_connections_per_worker;
                 if w.active() >= cap {
                     // Over the per-core cap: close at once rather than queue without bound.
                     tracing::warn!(
-                        worker = w.id,
+                        worker = w.core.id,
                         cap,
                         "connection cap reached; closing new connection"
                     );
@@ -68,7 +74,7 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
             }
             Some(Err(e)) => {
                 // EMFILE/ENFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(worker = w.id, error = %e, "accept failed");
+                tracing::warn!(worker = w.core.id, error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -81,8 +87,8 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
 async fn serve_isolated(w: Rc<Worker>, stream: glommio::net::TcpStream, index: usize) {
     use futures_lite::FutureExt;
     use std::panic::AssertUnwindSafe;
-    let metrics = w.metrics.clone();
-    let id = w.id;
+    let metrics = w.core.metrics.clone();
+    let id = w.core.id;
     if let Err(panic) = AssertUnwindSafe(crate::session::serve(w, stream, index))
         .catch_unwind()
         .await

@@ -1,9 +1,10 @@
 //! One client connection, top to bottom: take the snapshot, read the first bytes once,
 //! sniff the protocol and hand the connection (and the bytes already read) to its handler.
 
-use crate::conn::{Ctx, Side, READ_CHUNK};
+use crate::conn::Ctx;
+use crate::side::{Bounds, Side, READ_CHUNK};
 use crate::sniff::{sniff, Protocol};
-use crate::util::until;
+use crate::util::{until, Parsed};
 use crate::worker::Worker;
 use glommio::net::TcpStream;
 use std::rc::Rc;
@@ -12,24 +13,14 @@ use std::time::Instant;
 /// Serve one accepted connection until it closes.
 pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
     let _live = w.track();
-    let snap = w.config.load_full();
-    let Some(network) = snap.listeners.get(listener).map(|l| l.network) else {
+    let peer = stream.peer_addr().ok();
+    let Some(ctx) = Ctx::new(w, listener, peer) else {
         return;
     };
-    let handshake_deadline = Instant::now() + snap.server.handshake_timeout.0;
-    let peer = stream.peer_addr().ok();
     let mut client = Side::new(stream);
-    let ctx = Ctx {
-        w,
-        snap,
-        listener,
-        network,
-        peer,
-        handshake_deadline,
-    };
     // Boxed: the sniff phase's timer and read state are freed before the connection's long
     // life, which the task allocation lasts for.
-    let Some(proto) = Box::pin(sniff_first_bytes(&mut client, handshake_deadline)).await else {
+    let Some(proto) = Box::pin(sniff_first_bytes(&mut client, ctx.handshake_deadline)).await else {
         return;
     };
     let name = match proto {
@@ -38,18 +29,14 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
         Protocol::Socks4 => "socks4",
         Protocol::Unknown => "unknown",
     };
-    *ctx.w
-        .metrics
-        .accepted
-        .lock()
-        .entry((listener, name))
-        .or_default() += 1;
+    let accepted = &ctx.core().metrics.accepted;
+    *accepted.lock().entry((listener, name)).or_default() += 1;
     // Each handler is boxed at its own size: a task's allocation lasts as long as the
     // connection, so it must not be sized for the largest protocol's state.
     match proto {
         Protocol::Socks5 => Box::pin(crate::socks5::serve(&ctx, &mut client)).await,
         Protocol::Http => Box::pin(crate::http::serve(&ctx, &mut client)).await,
-        Protocol::Socks4 => Box::pin(refuse_socks4(&mut client, handshake_deadline)).await,
+        Protocol::Socks4 => Box::pin(refuse_socks4(&mut client, ctx.handshake_deadline)).await,
         Protocol::Unknown => {
             tracing::debug!(peer = ?ctx.peer, first = client.buf.first(), "closed: not SOCKS5 or HTTP");
         }
@@ -79,22 +66,14 @@ async fn refuse_socks4(client: &mut Side, deadline: Instant) {
     tracing::debug!("refused a SOCKS4 request");
 }
 
-/// Read until the first bytes tell the protocol; `None` when the client left or stalled.
+/// The first bytes, until the protocol is known: the first read is one direct `recv`
+/// (see [`Side::fill_first`]), the rest go through the one read loop.
 async fn sniff_first_bytes(client: &mut Side, deadline: Instant) -> Option<Protocol> {
-    let mut first = true;
-    loop {
-        if let Some(p) = sniff(&client.buf) {
-            return Some(p);
-        }
-        let read = if first {
-            first = false;
-            until(deadline, client.fill_first()).await
-        } else {
-            until(deadline, client.fill(READ_CHUNK)).await
-        };
-        match read {
-            Some(Ok(n)) if n > 0 => {}
-            _ => return None,
-        }
+    match until(deadline, client.fill_first()).await {
+        Some(Ok(n)) if n > 0 => {}
+        _ => return None,
     }
+    let parse = |b: &[u8]| Ok(sniff(b).map_or(Parsed::Incomplete, |p| Parsed::Done(p, 0)));
+    let bounds = Bounds::new(2 * READ_CHUNK, deadline);
+    client.read_until(&bounds, parse).await.ok().map(|(p, _)| p)
 }

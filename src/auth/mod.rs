@@ -7,10 +7,8 @@ pub mod username;
 
 use crate::config::{Password, Snapshot};
 use crate::error::ProxyError;
-use crate::plan::ledger::AccountState;
 use ahash::AHashMap;
 use std::cell::RefCell;
-use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// An authenticated client: its account and the modifiers it asked for (owned, so the
@@ -18,8 +16,8 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub account: String,
-    /// The account's live counters (slots, bandwidth).
-    pub counters: Arc<AccountState>,
+    /// The account's id in the world it was authenticated in (its usage there).
+    pub account_id: usize,
     /// Index into the snapshot's networks: the listener's network.
     pub network: usize,
     pub country: Option<String>,
@@ -93,19 +91,27 @@ pub async fn authenticate(
     identity(snap, account, network, &parsed.mods)
 }
 
+/// Where a login happens: the configuration, this core's cache, the shared guard, and the
+/// client (its listener's network and its address).
+pub struct Gate<'a> {
+    pub snap: &'a Snapshot,
+    pub cache: &'a CredCache,
+    pub guard: &'a guard::AuthGuard,
+    pub network: usize,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 /// Authenticate with the password-guessing guard around it ([`guard`]): a credential that
 /// already failed from this address is refused without a check; a slowed address waits for
 /// its check slot; failures count towards slowing the address.
-#[allow(clippy::too_many_arguments)]
-pub async fn login(
-    snap: &Snapshot,
-    cache: &CredCache,
-    guard: &guard::AuthGuard,
-    network: usize,
-    peer: Option<std::net::SocketAddr>,
-    user: &[u8],
-    password: &[u8],
-) -> Result<Identity, ProxyError> {
+pub async fn login(gate: &Gate<'_>, user: &[u8], password: &[u8]) -> Result<Identity, ProxyError> {
+    let Gate {
+        snap,
+        cache,
+        guard,
+        network,
+        peer,
+    } = *gate;
     let sec = &snap.security;
     let policy = guard::Policy {
         failures: sec.auth_failures,
@@ -202,7 +208,7 @@ fn identity(
     let own = |v: Option<&str>| v.map(str::to_owned);
     Ok(Identity {
         account: account.name.clone(),
-        counters: account.state.clone(),
+        account_id: account.id,
         network,
         country: own(mods.country),
         state: own(mods.state),

@@ -18,15 +18,16 @@ pub mod usage;
 
 use crate::config::{ClusterSection, DownPolicy};
 use crate::plan::ledger::AccountState;
+pub use crate::plan::Down;
+use crate::plan::SharedPlan;
+use crate::route::choose::{Binding, SharedSessions};
 use parking_lot::Mutex;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Redis could not be asked (unreachable, timed out, or the node is stopping).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Down;
 
 /// A request from an executor to the cluster thread.
 enum Req {
@@ -118,10 +119,6 @@ impl Cluster {
         }))
     }
 
-    pub fn policy(&self) -> DownPolicy {
-        self.cfg.on_redis_down
-    }
-
     pub fn is_up(&self) -> bool {
         self.stats.up.load(Ordering::Relaxed)
     }
@@ -154,59 +151,6 @@ impl Cluster {
         }
     }
 
-    /// Take one of `state`'s thread slots across the cluster: `Ok(false)` when every slot
-    /// of the plan is held somewhere.
-    pub async fn acquire(&self, state: &Arc<AccountState>) -> Result<bool, Down> {
-        let state = state.clone();
-        self.ask(|reply| Req::Acquire { state, reply }).await
-    }
-
-    /// Give back a slot taken by [`Cluster::acquire`].
-    pub fn release(&self, state: &Arc<AccountState>) {
-        self.send(Req::Release(state.clone()));
-    }
-
-    /// Ask for more bandwidth for this node, unless a request is already on its way.
-    pub fn request_grant(&self, state: &Arc<AccountState>) {
-        if state.begin_grant() && !self.send(Req::Grant(state.clone())) {
-            state.finish_grant();
-        }
-    }
-
-    /// Bind sticky session `key` to `exit` unless it is bound already (on any node).
-    pub async fn bind(
-        &self,
-        key: &str,
-        exit: &str,
-        ttl: Duration,
-    ) -> Result<(String, Duration), Down> {
-        self.ask(|reply| Req::Bind {
-            key: key.to_owned(),
-            exit: exit.to_owned(),
-            ttl,
-            reply,
-        })
-        .await
-    }
-
-    /// Move session `key` from `failed` to `exit` unless another node moved it already.
-    pub async fn replace(
-        &self,
-        key: &str,
-        failed: &str,
-        exit: &str,
-        ttl: Duration,
-    ) -> Result<(String, Duration), Down> {
-        self.ask(|reply| Req::Replace {
-            key: key.to_owned(),
-            failed: failed.to_owned(),
-            exit: exit.to_owned(),
-            ttl,
-            reply,
-        })
-        .await
-    }
-
     /// Settle usage, hand back unspent grants and leave the cluster (after the executors
     /// have stopped). Waits for the thread.
     pub fn stop(&self) {
@@ -214,5 +158,77 @@ impl Cluster {
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The plan's seam, over Redis: slots are counted and bandwidth granted by the node thread.
+impl SharedPlan for Cluster {
+    fn acquire<'a>(
+        &'a self,
+        state: &'a Arc<AccountState>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, Down>> + 'a>> {
+        let state = state.clone();
+        Box::pin(self.ask(|reply| Req::Acquire { state, reply }))
+    }
+
+    fn release(&self, state: &Arc<AccountState>) {
+        self.send(Req::Release(state.clone()));
+    }
+
+    fn request_grant(&self, state: &Arc<AccountState>) {
+        if state.begin_grant() && !self.send(Req::Grant(state.clone())) {
+            state.finish_grant();
+        }
+    }
+
+    fn on_down(&self) -> DownPolicy {
+        self.cfg.on_redis_down
+    }
+
+    fn count_down(&self, admitted: bool) {
+        let n = match admitted {
+            true => &self.stats.admitted_down,
+            false => &self.stats.refused_down,
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The route's seam for sticky sessions, over Redis: every node sees one binding.
+impl SharedSessions for Cluster {
+    fn bind<'a>(
+        &'a self,
+        key: &'a str,
+        exit: &'a str,
+        ttl: Duration,
+    ) -> Pin<Box<dyn Future<Output = Option<Binding>> + 'a>> {
+        Box::pin(async move {
+            let ask = self.ask(|reply| Req::Bind {
+                key: key.to_owned(),
+                exit: exit.to_owned(),
+                ttl,
+                reply,
+            });
+            ask.await.ok()
+        })
+    }
+
+    fn replace<'a>(
+        &'a self,
+        key: &'a str,
+        failed: &'a str,
+        exit: &'a str,
+        ttl: Duration,
+    ) -> Pin<Box<dyn Future<Output = Option<Binding>> + 'a>> {
+        Box::pin(async move {
+            let ask = self.ask(|reply| Req::Replace {
+                key: key.to_owned(),
+                failed: failed.to_owned(),
+                exit: exit.to_owned(),
+                ttl,
+                reply,
+            });
+            ask.await.ok()
+        })
     }
 }

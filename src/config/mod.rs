@@ -2,13 +2,14 @@
 //! and the immutable [`Snapshot`] that connections read (published through `ArcSwap`).
 
 mod cluster;
-mod snapshot;
+mod exits;
+mod model;
 mod units;
+mod validate;
 
 pub use cluster::{ClusterSection, DownPolicy};
-pub use snapshot::{
-    Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Upstream,
-};
+pub use exits::parse_upstream_url;
+pub use model::{Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Upstream};
 pub use units::{parse_duration, parse_size, Dur, Size};
 
 use serde::Deserialize;
@@ -297,4 +298,19 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
 pub fn parse(text: &str) -> Result<Snapshot, String> {
     let file: File = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
     Snapshot::build(file)
+}
+
+/// Defined names, quoted, for an error message ("none" when there are none).
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<_> = it.map(|n| format!("{n:?}")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Position of `wanted` among `names_`.
+fn find(names_: &[&str], wanted: &str) -> Option<usize> {
+    names_.iter().position(|n| *n == wanted)
 }

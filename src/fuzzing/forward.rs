@@ -19,8 +19,9 @@
 // runs in the gateway.
 #![allow(clippy::panic)]
 
-use crate::config::Snapshot;
+use crate::plan::ledger::AccountState;
 use crate::worker::Worker;
+use crate::world::World;
 use arc_swap::ArcSwap;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -113,40 +114,40 @@ thread_local! {
 /// Run one scripted exchange through the real forward path and check its invariants.
 pub fn run(data: &[u8]) {
     let Some(s) = script(data) else { return };
-    let Ok(mut snap) = crate::config::parse(&config(s.plan)) else {
+    let Ok(snap) = crate::config::parse(&config(s.plan)) else {
         panic!("harness config invalid")
     };
     // A fresh plan for every run (the ledger's part at start-up).
-    for acc in snap.accounts.values_mut() {
-        acc.state = crate::plan::ledger::AccountState::new(&acc.name, s.plan, 100, 0, 0);
-    }
-    let snap = Arc::new(snap);
+    let mut accounts: Vec<_> = snap.accounts.values().collect();
+    accounts.sort_by_key(|a| a.id);
+    let usage = accounts
+        .iter()
+        .map(|acc| AccountState::new(&acc.name, s.plan, 100, 0, 0))
+        .collect();
+    let world = Arc::new(World::with_usage(snap, usage));
     HARNESS.with(|h| {
         h.ex.run(async {
             let w = h
                 .worker
                 .borrow_mut()
-                .get_or_insert_with(|| worker(snap.clone()))
+                .get_or_insert_with(|| worker(world.clone()))
                 .clone();
-            w.config.store(snap.clone());
-            Box::pin(exchange(w, snap, &s)).await;
+            w.services.world.store(world.clone());
+            Box::pin(exchange(w, world, &s)).await;
         })
     });
 }
 
-fn worker(snap: Arc<Snapshot>) -> Rc<Worker> {
-    let shared = crate::worker::Shared {
-        sessions: Arc::new(crate::route::sessions::SessionTable::new(1000, 1000)),
+fn worker(world: Arc<World>) -> Rc<Worker> {
+    let services = crate::worker::Services {
+        world: Arc::new(ArcSwap::from(world)),
+        sessions: crate::route::Sessions {
+            table: Arc::new(crate::route::sessions::SessionTable::new(1000, 1000)),
+            shared: None,
+        },
         guard: Arc::new(crate::auth::guard::AuthGuard::default()),
-        cluster: None,
     };
-    Worker::new(
-        0,
-        1,
-        Arc::new(ArcSwap::from(snap)),
-        shared,
-        Default::default(),
-    )
+    Worker::new(0, 1, services, Default::default())
 }
 
 /// The request for step `i`: its method, head and body.
@@ -184,7 +185,7 @@ fn request(i: usize, kind: u8, origin: std::net::SocketAddr, http10: bool) -> (b
     (head, req.into_bytes())
 }
 
-async fn exchange(w: Rc<Worker>, snap: Arc<Snapshot>, s: &Script) {
+async fn exchange(w: Rc<Worker>, world: Arc<World>, s: &Script) {
     let (Ok(gw), Ok(origin)) = (
         TcpListener::bind("127.0.0.1:0"),
         TcpListener::bind("127.0.0.1:0"),
@@ -207,7 +208,7 @@ async fn exchange(w: Rc<Worker>, snap: Arc<Snapshot>, s: &Script) {
     gateway.await;
     done.fire();
     origin_task.await;
-    let used = snap.accounts.get("u").map_or(0, |a| a.state.used());
+    let used = world.usage_of("u").map_or(0, |a| a.used());
     assert!(
         relayed <= s.plan,
         "{relayed} bytes relayed to the client under a {}-byte plan",

@@ -11,8 +11,10 @@
 //! ([`AccountState::wait_grant`]); `exhausted` is set only when Redis says the plan is
 //! used up across the cluster.
 
-use crate::cluster::Cluster;
+use crate::config::DownPolicy;
 use parking_lot::Mutex;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
@@ -20,6 +22,32 @@ use std::task::Waker;
 /// Smallest and largest lease a core takes at once.
 pub const MIN_LEASE: u64 = 16 * 1024;
 pub const MAX_LEASE: u64 = 4 * 1024 * 1024;
+
+// The plan's seam to a store shared with other nodes. The plan owns it and says what it
+// needs (a cluster-wide slot count and bandwidth grants); `cluster` implements it over
+// Redis. Called at admission, on slot release and on lease refill, never per read.
+
+/// The shared store could not be asked (unreachable, timed out, or the node is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Down;
+
+/// An account's plan shared across nodes.
+pub trait SharedPlan: Send + Sync + std::fmt::Debug {
+    /// Take one of `state`'s thread slots across every node: `Ok(false)` when all are held.
+    fn acquire<'a>(
+        &'a self,
+        state: &'a Arc<AccountState>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, Down>> + 'a>>;
+    /// Give back a slot taken by [`SharedPlan::acquire`].
+    fn release(&self, state: &Arc<AccountState>);
+    /// Ask for more bandwidth for this node (the answer wakes the account's waiters),
+    /// unless a request is already on its way.
+    fn request_grant(&self, state: &Arc<AccountState>);
+    /// What admission does while the store is down.
+    fn on_down(&self) -> DownPolicy;
+    /// Count an admission decided while the store was down (`admitted` or refused).
+    fn count_down(&self, admitted: bool);
+}
 
 /// Concurrency counter on its own cache line: every core CASes it at admission.
 #[repr(align(64))]
@@ -44,7 +72,7 @@ pub struct AccountState {
     /// Changed since the last durable write.
     dirty: AtomicBool,
     /// Set when the plan is shared with other nodes through Redis.
-    cluster: Option<Arc<Cluster>>,
+    cluster: Option<Arc<dyn SharedPlan>>,
     /// Cluster: a grant request is on its way.
     granting: AtomicBool,
     /// Cluster: connections waiting for that grant.
@@ -105,7 +133,12 @@ impl AccountState {
 
     /// An account whose plan this node shares with others through `cluster`: starts with
     /// nothing granted and nothing spent (the totals live in Redis).
-    pub fn shared(name: &str, bandwidth: u64, threads: u32, cluster: Arc<Cluster>) -> Arc<Self> {
+    pub fn shared(
+        name: &str,
+        bandwidth: u64,
+        threads: u32,
+        cluster: Arc<dyn SharedPlan>,
+    ) -> Arc<Self> {
         let s = AccountState {
             name: name.to_owned(),
             cluster: Some(cluster),
@@ -115,7 +148,7 @@ impl AccountState {
         Arc::new(s)
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+    pub fn cluster(&self) -> Option<&Arc<dyn SharedPlan>> {
         self.cluster.as_ref()
     }
 

@@ -11,15 +11,14 @@ pub mod ledger;
 pub mod shard;
 pub mod store;
 
-use crate::cluster::{Cluster, Down};
 use crate::config::{DownPolicy, Snapshot};
 use crate::error::ProxyError;
 use ahash::AHashMap;
 use ledger::{AccountState, Adjustment, ThreadSlot};
+pub use ledger::{Down, SharedPlan};
 use parking_lot::Mutex;
 use shard::{Charge, Shard};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use store::{Stored, UsageBackend};
 
@@ -54,20 +53,18 @@ pub async fn admit(quota: &Shard, state: &Arc<AccountState>) -> Result<Admission
 
 /// Also take `slot` in the cluster's count; while Redis is down, `on_redis_down` decides.
 async fn share_slot(
-    cluster: &Cluster,
+    cluster: &Arc<dyn SharedPlan>,
     state: &Arc<AccountState>,
     slot: &mut ThreadSlot,
 ) -> Result<(), ProxyError> {
     match cluster.acquire(state).await {
         Ok(true) => slot.share(),
         Ok(false) => return Err(ProxyError::ThreadsExceeded),
-        Err(Down) if cluster.policy() == DownPolicy::FailClosed => {
-            cluster.stats.refused_down.fetch_add(1, Ordering::Relaxed);
+        Err(Down) if cluster.on_down() == DownPolicy::FailClosed => {
+            cluster.count_down(false);
             return Err(ProxyError::Unavailable("usage store unreachable"));
         }
-        Err(Down) => {
-            cluster.stats.admitted_down.fetch_add(1, Ordering::Relaxed);
-        }
+        Err(Down) => cluster.count_down(true),
     }
     Ok(())
 }
@@ -82,7 +79,7 @@ pub struct Ledger {
     written_active: Mutex<AHashMap<String, u32>>,
     backend: Mutex<Box<dyn UsageBackend>>,
     /// Set when plans are shared with other nodes: accounts are created cluster-bound.
-    cluster: Option<Arc<Cluster>>,
+    cluster: Option<Arc<dyn SharedPlan>>,
 }
 
 impl Ledger {
@@ -111,7 +108,7 @@ impl Ledger {
     }
 
     /// A ledger whose usage lives in the cluster's Redis (nothing is stored locally).
-    pub fn shared(cluster: Arc<Cluster>) -> Arc<Ledger> {
+    pub fn shared(cluster: Arc<dyn SharedPlan>) -> Arc<Ledger> {
         Arc::new(Ledger {
             accounts: Mutex::new(AHashMap::new()),
             stored: Mutex::new(HashMap::new()),
@@ -121,29 +118,40 @@ impl Ledger {
         })
     }
 
-    /// Give every account of `snap` its persistent state: the same one it had before a
-    /// reload (counters and slots carry over), or a new one resumed from the store; plan
-    /// limits are (re)applied.
-    pub fn attach(&self, snap: &mut Snapshot) {
+    /// Every account of `snap`'s persistent state, by account id: the same one it had
+    /// before a reload (counters and slots carry over), or a new one resumed from the
+    /// store; plan limits are (re)applied.
+    pub fn usage_for(&self, snap: &Snapshot) -> Vec<Arc<AccountState>> {
+        let mut by_id: Vec<&crate::config::Account> = snap.accounts.values().collect();
+        by_id.sort_unstable_by_key(|a| a.id);
         let mut accounts = self.accounts.lock();
         let stored = self.stored.lock();
-        for acc in snap.accounts.values_mut() {
-            let plan = &snap.plans[acc.plan];
-            let state = accounts
-                .entry(acc.name.clone())
-                .or_insert_with(|| match &self.cluster {
-                    Some(c) => {
-                        AccountState::shared(&acc.name, plan.bandwidth, plan.threads, c.clone())
-                    }
-                    None => {
-                        let s = stored.get(&acc.name).copied().unwrap_or_default();
-                        AccountState::new(&acc.name, plan.bandwidth, plan.threads, s.used, s.credit)
-                    }
-                })
-                .clone();
-            state.set_plan(plan.bandwidth, plan.threads);
-            acc.state = state;
-        }
+        by_id
+            .into_iter()
+            .map(|acc| {
+                let plan = &snap.plans[acc.plan];
+                let state = accounts
+                    .entry(acc.name.clone())
+                    .or_insert_with(|| match &self.cluster {
+                        Some(c) => {
+                            AccountState::shared(&acc.name, plan.bandwidth, plan.threads, c.clone())
+                        }
+                        None => {
+                            let s = stored.get(&acc.name).copied().unwrap_or_default();
+                            AccountState::new(
+                                &acc.name,
+                                plan.bandwidth,
+                                plan.threads,
+                                s.used,
+                                s.credit,
+                            )
+                        }
+                    })
+                    .clone();
+                state.set_plan(plan.bandwidth, plan.threads);
+                state
+            })
+            .collect()
     }
 
     /// (account, concurrent connections, bytes leased to cores and unspent) for every
@@ -154,12 +162,6 @@ impl Ledger {
             .iter()
             .map(|(n, s)| (n.clone(), s.active(), s.outstanding()))
             .collect()
-    }
-}
-
-impl crate::metrics::LiveAccounts for Ledger {
-    fn live_by_account(&self) -> Vec<(String, u32, u64)> {
-        Ledger::live_by_account(self)
     }
 }
 
@@ -258,14 +260,13 @@ mod tests {
         let store = Flaky::default();
         let (fail, rows) = (store.fail.clone(), store.rows.clone());
         let ledger = Ledger::open(Box::new(store)).unwrap();
-        let mut snap = crate::config::parse(
+        let snap = crate::config::parse(
             "[[listener]]\nlisten = \"127.0.0.1:0\"\nnetwork = \"n\"\n[[network]]\nname = \"n\"\n\
              [[plan]]\nname = \"p\"\nbandwidth = \"1GiB\"\nthreads = 1\n\
              [[user]]\nname = \"a\"\npassword = \"x\"\nplan = \"p\"\nnetworks = [\"n\"]\n",
         )
         .unwrap();
-        ledger.attach(&mut snap);
-        let state = snap.accounts["a"].state.clone();
+        let state = ledger.usage_for(&snap)[snap.accounts["a"].id].clone();
         state.settle(1234, 0);
         fail.store(true, Ordering::Relaxed);
         assert!(ledger.flush().is_err());

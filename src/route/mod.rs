@@ -1,169 +1,21 @@
-//! Routing: which exits may carry a connection (network + targeting), which one does
-//! (rotation, sticky sessions), and which are benched after repeated failures.
+//! Routing: which exits may carry a connection (network + targeting: [`resolve`]), which
+//! one does ([`choose`]: rotation, sticky sessions, benching), and each exit's [`health`].
+//! The exit module only connects through the exit chosen here.
 
-pub mod geo;
+pub mod choose;
+pub mod health;
+pub mod index;
 pub mod sessions;
 
+pub use choose::{Choice, Rotation, Sessions, SharedSessions};
+pub use health::{Exits, Health};
+pub use index::ExitIndex;
+
 use crate::auth::Identity;
-use crate::config::{Exit, Snapshot};
+use crate::config::Snapshot;
 use crate::error::ProxyError;
-use ahash::AHashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-
-/// Exits by tag combination: for every exit, each subset of its (country, state, city)
-/// tags is a key, so any targeting resolves with one lookup.
-#[derive(Debug, Default)]
-pub struct ExitIndex {
-    lists: AHashMap<TagKey, usize>,
-    members: Vec<Vec<usize>>,
-    /// Cities with exits, per (network, country, state): for `city-ran`.
-    cities: AHashMap<(usize, String, String), Vec<String>>,
-}
-
-type TagKey = (usize, Option<String>, Option<String>, Option<String>);
-
-impl ExitIndex {
-    pub fn build(exits: &[Exit]) -> ExitIndex {
-        let mut ix = ExitIndex::default();
-        for (i, e) in exits.iter().enumerate() {
-            for mask in 0u8..8 {
-                let pick = |bit: u8, v: &Option<String>| -> Option<Option<String>> {
-                    if mask & bit == 0 {
-                        Some(None)
-                    } else {
-                        v.as_ref().map(|s| Some(s.clone()))
-                    }
-                };
-                let (Some(c), Some(s), Some(ci)) =
-                    (pick(1, &e.country), pick(2, &e.state), pick(4, &e.city))
-                else {
-                    continue;
-                };
-                let key = (e.network, c, s, ci);
-                let next = ix.members.len();
-                let id = *ix.lists.entry(key).or_insert(next);
-                if id == next {
-                    ix.members.push(Vec::new());
-                }
-                ix.members[id].push(i);
-            }
-            if let (Some(c), Some(s), Some(ci)) = (&e.country, &e.state, &e.city) {
-                let list = ix
-                    .cities
-                    .entry((e.network, c.clone(), s.clone()))
-                    .or_default();
-                if !list.contains(ci) {
-                    list.push(ci.clone());
-                }
-            }
-        }
-        ix
-    }
-
-    fn list(&self, key: &TagKey) -> Option<usize> {
-        self.lists.get(key).copied()
-    }
-
-    /// Exits of a list (by id from [`Route::list`]).
-    pub fn members(&self, list: usize) -> &[usize] {
-        self.members.get(list).map_or(&[], |v| v.as_slice())
-    }
-
-    pub fn lists(&self) -> usize {
-        self.members.len()
-    }
-}
-
-/// Per-exit health shared by all cores and carried across reloads (by exit name).
-#[derive(Debug, Default)]
-pub struct Health {
-    consecutive_failures: AtomicU32,
-    /// Benched until this many ms after [`epoch`]; 0 = not benched.
-    benched_until_ms: AtomicU64,
-    /// Unclear failures since the last success ([`Health::unclear_failure`]).
-    has_unclear: std::sync::atomic::AtomicBool,
-    unclear: parking_lot::Mutex<Unclear>,
-}
-
-/// The targets and accounts of an exit's unclear failures since its last success.
-#[derive(Debug, Default)]
-struct Unclear {
-    targets: Vec<u64>,
-    tenants: Vec<u64>,
-}
-
-/// Distinct targets and accounts remembered per exit.
-const UNCLEAR_KEPT: usize = 16;
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn ms_since_epoch(t: Instant) -> u64 {
-    t.saturating_duration_since(epoch()).as_millis() as u64
-}
-
-impl Health {
-    pub fn is_benched(&self, now: Instant) -> bool {
-        self.benched_until_ms.load(Ordering::Relaxed) > ms_since_epoch(now)
-    }
-
-    pub fn success(&self) {
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-        }
-        if self.has_unclear.load(Ordering::Relaxed) {
-            self.has_unclear.store(false, Ordering::Relaxed);
-            *self.unclear.lock() = Unclear::default();
-        }
-    }
-
-    /// Count a failure that may be the target's or the exit's: the exit is benched only
-    /// when `bench_after` different targets of at least two different accounts failed
-    /// through it since its last success. Returns true when this failure benched it.
-    pub fn unclear_failure(
-        &self,
-        target: u64,
-        tenant: u64,
-        bench_after: u32,
-        bench_for: Duration,
-        now: Instant,
-    ) -> bool {
-        let mut guard = self.unclear.lock();
-        let u = &mut *guard;
-        self.has_unclear.store(true, Ordering::Relaxed);
-        for (set, v) in [(&mut u.targets, target), (&mut u.tenants, tenant)] {
-            if !set.contains(&v) {
-                if set.len() >= UNCLEAR_KEPT {
-                    set.remove(0);
-                }
-                set.push(v);
-            }
-        }
-        if u.targets.len() >= bench_after as usize && u.tenants.len() >= 2 {
-            *u = Unclear::default();
-            let until = ms_since_epoch(now) + bench_for.as_millis() as u64;
-            self.benched_until_ms.store(until.max(1), Ordering::Relaxed);
-            return true;
-        }
-        false
-    }
-
-    /// Count a failure; returns true when this failure benched the exit.
-    pub fn failure(&self, bench_after: u32, bench_for: Duration, now: Instant) -> bool {
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= bench_after {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            let until = ms_since_epoch(now) + bench_for.as_millis() as u64;
-            self.benched_until_ms.store(until.max(1), Ordering::Relaxed);
-            return true;
-        }
-        false
-    }
-}
+use crate::geo;
+use std::time::Duration;
 
 /// Where a connection may go: a list of candidate exits, and its stickiness.
 #[derive(Debug, Clone)]
@@ -188,7 +40,7 @@ fn lower(v: &Option<String>) -> Option<String> {
 
 /// Resolve an identity's targeting and session into a [`Route`] (454, 455 or 503 when it
 /// cannot be served).
-pub fn resolve(snap: &Snapshot, ident: &Identity) -> Result<Route, ProxyError> {
+pub fn resolve(snap: &Snapshot, index: &ExitIndex, ident: &Identity) -> Result<Route, ProxyError> {
     let net = ident.network;
     let country = lower(&ident.country);
     let state = lower(&ident.state);
@@ -208,8 +60,7 @@ pub fn resolve(snap: &Snapshot, ident: &Identity) -> Result<Route, ProxyError> {
         let (Some(c), Some(s)) = (&country, &state) else {
             return Err(ProxyError::InvalidCity);
         };
-        let cities = snap
-            .index
+        let cities = index
             .cities
             .get(&(net, c.clone(), s.clone()))
             .filter(|v| !v.is_empty())
@@ -217,7 +68,7 @@ pub fn resolve(snap: &Snapshot, ident: &Identity) -> Result<Route, ProxyError> {
         city = Some(cities[fastrand::usize(..cities.len())].clone());
     }
     let key = (net, country.clone(), state.clone(), city.clone());
-    let list = match snap.index.list(&key) {
+    let list = match index.list(&key) {
         Some(l) => l,
         None if city.is_some() => return Err(ProxyError::InvalidCity),
         None => return Err(ProxyError::Unavailable("no exit serves this targeting")),
@@ -311,7 +162,7 @@ networks = ["res", "dc"]
     fn ident(country: Option<&str>, state: Option<&str>, city: Option<&str>) -> Identity {
         Identity {
             account: "alice".into(),
-            counters: Default::default(),
+            account_id: 0,
             network: 0,
             country: country.map(Into::into),
             state: state.map(Into::into),
@@ -322,8 +173,7 @@ networks = ["res", "dc"]
     }
 
     fn names(snap: &Snapshot, r: &Route) -> Vec<String> {
-        let mut v: Vec<String> = snap
-            .index
+        let mut v: Vec<String> = ExitIndex::build(&snap.exits)
             .members(r.list)
             .iter()
             .map(|&i| snap.exits[i].name.clone())
@@ -343,11 +193,16 @@ networks = ["res", "dc"]
             ((Some("us"), None, Some("newyork")), &["nyc"]),
         ];
         for ((c, s, ci), want) in rows {
-            let r = resolve(&snap, &ident(*c, *s, *ci)).unwrap();
+            let r = resolve(&snap, &ExitIndex::build(&snap.exits), &ident(*c, *s, *ci)).unwrap();
             assert_eq!(names(&snap, &r), *want, "{c:?} {s:?} {ci:?}");
         }
         for _ in 0..20 {
-            let r = resolve(&snap, &ident(Some("us"), Some("ca"), Some("ran"))).unwrap();
+            let r = resolve(
+                &snap,
+                &ExitIndex::build(&snap.exits),
+                &ident(Some("us"), Some("ca"), Some("ran")),
+            )
+            .unwrap();
             let n = names(&snap, &r);
             assert!(n == ["la"] || n == ["sf"], "{n:?}");
         }
@@ -371,7 +226,7 @@ networks = ["res", "dc"]
         ];
         for ((c, s, ci), want) in rows {
             assert_eq!(
-                resolve(&snap, &ident(*c, *s, *ci)).unwrap_err(),
+                resolve(&snap, &ExitIndex::build(&snap.exits), &ident(*c, *s, *ci)).unwrap_err(),
                 *want,
                 "{c:?} {s:?} {ci:?}"
             );
@@ -382,34 +237,31 @@ networks = ["res", "dc"]
     fn sticky_key_and_ttl() {
         let snap = parse(CFG).unwrap();
         let mut i = ident(Some("us"), None, None);
-        assert!(resolve(&snap, &i).unwrap().sticky.is_none());
+        assert!(resolve(&snap, &ExitIndex::build(&snap.exits), &i)
+            .unwrap()
+            .sticky
+            .is_none());
         i.session = Some("abc".into());
-        let s = resolve(&snap, &i).unwrap().sticky.unwrap();
+        let s = resolve(&snap, &ExitIndex::build(&snap.exits), &i)
+            .unwrap()
+            .sticky
+            .unwrap();
         assert_eq!(s.ttl, Duration::from_secs(600)); // ttl_default = 10
         assert_eq!(s.key, "alice|res|us|||abc");
         i.session = None;
         i.ttl = Some("30".into());
-        let s = resolve(&snap, &i).unwrap().sticky.unwrap();
+        let s = resolve(&snap, &ExitIndex::build(&snap.exits), &i)
+            .unwrap()
+            .sticky
+            .unwrap();
         assert_eq!(
             (s.key.as_str(), s.ttl),
             ("alice|res|us|||", Duration::from_secs(1800))
         );
         i.ttl = Some("0".into());
-        assert_eq!(resolve(&snap, &i).unwrap_err(), ProxyError::InvalidTtl);
-    }
-
-    #[test]
-    fn health_benches_and_recovers() {
-        let h = Health::default();
-        let t0 = Instant::now();
-        let cool = Duration::from_secs(30);
-        assert!(!h.failure(3, cool, t0));
-        assert!(!h.failure(3, cool, t0));
-        h.success();
-        assert!(!h.failure(3, cool, t0));
-        assert!(!h.failure(3, cool, t0));
-        assert!(h.failure(3, cool, t0));
-        assert!(h.is_benched(t0 + Duration::from_secs(29)));
-        assert!(!h.is_benched(t0 + Duration::from_secs(31)));
+        assert_eq!(
+            resolve(&snap, &ExitIndex::build(&snap.exits), &i).unwrap_err(),
+            ProxyError::InvalidTtl
+        );
     }
 }

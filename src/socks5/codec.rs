@@ -14,12 +14,7 @@ use std::io::ErrorKind;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-/// A parse result: the value and how many bytes it used, or "need more bytes".
-#[derive(Debug, PartialEq, Eq)]
-pub enum Parsed<T> {
-    Done(T, usize),
-    Incomplete,
-}
+pub use crate::util::Parsed;
 
 fn poll_once<F: Future>(f: F) -> Option<F::Output> {
     let mut cx = Context::from_waker(Waker::noop());

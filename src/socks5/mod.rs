@@ -6,17 +6,14 @@
 pub mod codec;
 
 use crate::auth::{self, Identity};
-use crate::conn::SendError;
-use crate::conn::{Access, Ctx, Side};
+use crate::conn::{Ctx, Exchange};
 use crate::error::{ProxyError, SocksReply};
 use crate::exit::{self, TargetAddr};
-use crate::plan;
-use crate::relay::{relay, RelayEnd};
-use crate::route::{self, Route};
-use crate::util::until;
+use crate::proxy::{self, Frontend};
+use crate::route::Route;
+use crate::side::{Bounds, ReadStop, Side};
 use codec::Parsed;
 use socks5_proto::{handshake::Method, Address, Command};
-use std::time::Instant;
 
 /// Largest greeting/auth/request we buffer (all three are far smaller).
 const MAX_HANDSHAKE: usize = 1024;
@@ -33,45 +30,40 @@ impl From<ProxyError> for Stop {
     }
 }
 
-/// Parse the next message, reading more bytes until it is complete.
+/// Parse the next message, reading more bytes (within the handshake deadline) until it is
+/// complete.
 async fn next<T>(
     ctx: &Ctx,
     client: &mut Side,
     parse: impl Fn(&[u8]) -> Result<Parsed<T>, ProxyError>,
 ) -> Result<T, Stop> {
-    loop {
-        if let Parsed::Done(v, used) = parse(&client.buf)? {
+    let bounds = Bounds::new(MAX_HANDSHAKE, ctx.handshake_deadline);
+    match client.read_until(&bounds, parse).await {
+        Ok((v, used)) => {
             client.consume(used);
-            return Ok(v);
+            Ok(v)
         }
-        if client.buf.len() >= MAX_HANDSHAKE {
-            return Err(Stop::Reply(ProxyError::BadRequest(
-                "socks5 message too long",
-            )));
-        }
-        match until(
-            ctx.handshake_deadline,
-            client.fill(MAX_HANDSHAKE - client.buf.len()),
-        )
-        .await
-        {
-            Some(Ok(n)) if n > 0 => {}
-            _ => return Err(Stop::Gone),
-        }
+        Err(ReadStop::Bad(ProxyError::HeadTooLarge)) => Err(Stop::Reply(ProxyError::BadRequest(
+            "socks5 message too long",
+        ))),
+        Err(ReadStop::Bad(e)) => Err(Stop::Reply(e)),
+        Err(ReadStop::Gone | ReadStop::Quota) => Err(Stop::Gone),
     }
 }
 
-/// Encode and send the reply for `err` at the stage it happened.
-async fn refuse(client: &mut Side, err: &ProxyError) {
-    let mut out = Vec::with_capacity(16);
-    match err.socks_reply() {
-        SocksReply::Close => {}
-        SocksReply::NoAcceptableMethod => codec::encode_method(Method::UNACCEPTABLE, &mut out),
-        SocksReply::AuthFailure(status) => codec::encode_auth_status(status, &mut out),
-        SocksReply::Reply(code) => codec::encode_reply(code, Address::unspecified(), &mut out),
-    }
-    if !out.is_empty() {
-        let _ = client.send_refusal(&out).await;
+/// SOCKS5 answers a refusal at the stage it happened, then closes.
+struct Socks5;
+
+impl Frontend for Socks5 {
+    fn refusal(&self, err: &ProxyError) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(16);
+        match err.socks_reply() {
+            SocksReply::Close => {}
+            SocksReply::NoAcceptableMethod => codec::encode_method(Method::UNACCEPTABLE, &mut out),
+            SocksReply::AuthFailure(status) => codec::encode_auth_status(status, &mut out),
+            SocksReply::Reply(code) => codec::encode_reply(code, Address::unspecified(), &mut out),
+        }
+        (out, false)
     }
 }
 
@@ -86,7 +78,7 @@ async fn greet_and_authenticate(ctx: &Ctx, client: &mut Side) -> Result<Identity
         // Clients that cannot send credentials (browsers): an allow-listed address may
         // use "no authentication" and is its account.
         if methods.contains(&Method::NONE) {
-            if let Some(ident) = auth::by_address(&ctx.snap, ctx.network, ctx.peer) {
+            if let Some(ident) = auth::by_address(ctx.config(), ctx.network, ctx.peer) {
                 let ident = ident.map_err(|_| Stop::Reply(ProxyError::NoAcceptableMethod))?;
                 codec::encode_method(Method::NONE, &mut out);
                 client.send(&out).await.map_err(|_| Stop::Gone)?;
@@ -98,162 +90,78 @@ async fn greet_and_authenticate(ctx: &Ctx, client: &mut Side) -> Result<Identity
     codec::encode_method(Method::PASSWORD, &mut out);
     client.send(&out).await.map_err(|_| Stop::Gone)?;
     let (user, pass) = next(ctx, client, codec::parse_password).await?;
-    let ident = auth::login(
-        &ctx.snap,
-        &ctx.w.creds,
-        &ctx.w.guard,
-        ctx.network,
-        ctx.peer,
-        &user,
-        &pass,
-    )
-    .await?;
+    let ident = auth::login(&ctx.gate(), &user, &pass).await?;
     out.clear();
     codec::encode_auth_status(0, &mut out);
     client.send(&out).await.map_err(|_| Stop::Gone)?;
     Ok(ident)
 }
 
-/// The request; plan and targeting errors are reported here, after a successful auth
-/// step, so that clients see "not allowed by ruleset" rather than an auth failure.
-async fn request(
-    ctx: &Ctx,
-    client: &mut Side,
-    ident: &Identity,
-) -> Result<(TargetAddr, Route), Stop> {
+/// The request: a CONNECT to an address or a host name.
+async fn request(ctx: &Ctx, client: &mut Side) -> Result<TargetAddr, Stop> {
     let (command, address) = next(ctx, client, codec::parse_request).await?;
     if command != Command::Connect {
         return Err(Stop::Reply(ProxyError::CommandNotSupported));
     }
-    let route = route::resolve(&ctx.snap, ident)?;
-    let target = match address {
+    Ok(match address {
         Address::SocketAddress(a) => TargetAddr::Ip(a),
         Address::DomainAddress(name, port) => TargetAddr::from_socks_name(&name, port)
             .ok_or(ProxyError::BadRequest("not a host name"))?,
-    };
-    Ok((target, route))
+    })
 }
 
 /// Serve a SOCKS5 client whose first bytes are in `client.buf`.
 pub async fn serve(ctx: &Ctx, client: &mut Side) {
-    let started = Instant::now();
-    // The handshake and the dial are boxed: their state is freed before the (long) relay.
+    let mut ex = Exchange::first("socks5");
+    // 1. Greeting and authentication. Boxed, like the request and the dial: their state
+    //    is freed before the (long) relay.
     let ident = match Box::pin(greet_and_authenticate(ctx, client)).await {
         Ok(i) => i,
         Err(Stop::Gone) => return,
         Err(Stop::Reply(e)) => {
-            refuse(client, &e).await;
-            ctx.log_access(Access {
-                proto: "socks5",
-                account: None,
-                target: None,
-                exit: None,
-                up: client.meter.up(),
-                down: client.meter.down(),
-                started,
-                outcome: Err(&e),
-                end: "refused",
-            });
+            proxy::fail(ctx, client, ex, &Socks5, &e).await;
             return;
         }
     };
-    let fail = |client: &Side, target: Option<&dyn std::fmt::Display>, e: &ProxyError| {
-        ctx.log_access(Access {
-            proto: "socks5",
-            account: Some(&ident.account),
-            target,
-            exit: None,
-            up: client.meter.up(),
-            down: client.meter.down(),
-            started,
-            outcome: Err(e),
-            end: "refused",
-        })
-    };
-    let (target, route) = match Box::pin(request(ctx, client, &ident)).await {
+    ex.account = Some(&ident.account);
+    // 2. The request, then targeting and the plan (454/455, 452/453 on the CONNECT reply),
+    //    after a successful auth step, so that clients see "not allowed by ruleset" rather
+    //    than an auth failure.
+    let target = match Box::pin(request(ctx, client)).await {
         Ok(t) => t,
         Err(Stop::Gone) => return,
         Err(Stop::Reply(e)) => {
-            refuse(client, &e).await;
-            fail(client, None, &e);
+            proxy::fail(ctx, client, ex, &Socks5, &e).await;
             return;
         }
     };
-    // Plan: 452/453 on the CONNECT reply. The slot is held until the tunnel closes.
-    // The handshake bytes read so far are billed at bind, within the plan.
-    let admitted = match plan::admit(&ctx.w.quota, &ident.counters).await {
-        Ok(adm) => {
-            if client.meter.bind(adm.charge).await {
-                Ok(adm.slot)
-            } else {
-                Err(ProxyError::BandwidthExceeded)
-            }
+    ex.target = Some(&target);
+    // 3. Connect, reply with the real bound address, relay.
+    match connect(ctx, client, &ident, &target).await {
+        Ok((mut out, _slot)) => {
+            ex.exit = Some(out.exit);
+            let mut reply = Vec::with_capacity(32);
+            codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
+            let end = proxy::tunnel(ctx, client, &mut out, &reply).await;
+            tracing::debug!(?end, target = %target, "socks5 tunnel ended");
+            ex.finish(ctx, client, Ok(200), end.label());
         }
-        Err(e) => Err(e),
-    };
-    let _slot = match admitted {
-        Ok(slot) => slot,
         Err(e) => {
-            refuse(client, &e).await;
-            fail(client, Some(&target), &e);
-            return;
+            proxy::fail(ctx, client, ex, &Socks5, &e).await;
         }
-    };
-    let mut out = match Box::pin(exit::dial(&ctx.w, &ctx.snap, &route, &target)).await {
-        Ok(o) => o,
-        Err(e) => {
-            refuse(client, &e).await;
-            fail(client, Some(&target), &e);
-            return;
-        }
-    };
-    let mut reply = Vec::with_capacity(32);
-    codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
-    // The tunnel is served: its handshake is billed, and its reply is part of it.
-    client.meter.commit();
-    let end = match client.send_relayed(&reply, true).await {
-        Ok(()) => tunnel(ctx, client, &mut out).await,
-        Err(SendError::Quota) => RelayEnd::Quota,
-        Err(SendError::Io) => RelayEnd::ClientReset(std::io::ErrorKind::BrokenPipe.into()),
-    };
-    tracing::debug!(?end, target = %target, "socks5 tunnel ended");
-    ctx.log_access(Access {
-        proto: "socks5",
-        account: Some(&ident.account),
-        target: Some(&target),
-        exit: Some(out.exit),
-        up: client.meter.up(),
-        down: client.meter.down(),
-        started,
-        outcome: Ok(200),
-        end: end.label(),
-    });
+    }
 }
 
-/// The served tunnel: the exit's early bytes (relayed, within the plan), the client's early
-/// bytes, then the relay.
-async fn tunnel(ctx: &Ctx, client: &mut Side, out: &mut exit::Outbound) -> RelayEnd {
-    match client.send_relayed(&out.early, false).await {
-        Ok(()) => {}
-        Err(SendError::Quota) => return RelayEnd::Quota,
-        Err(SendError::Io) => return RelayEnd::ClientReset(std::io::ErrorKind::BrokenPipe.into()),
-    }
-    // Bytes the client pipelined after its request go first; the handshake buffer is freed
-    // before the relay (an idle tunnel holds no buffer).
-    let early = std::mem::take(&mut client.buf);
-    if !early.is_empty() {
-        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await {
-            return RelayEnd::UpstreamReset(e);
-        }
-    }
-    drop(early);
-    relay(
-        &ctx.w.buffers,
-        &ctx.w.stop,
-        &mut client.stream,
-        &mut out.stream,
-        &client.meter,
-        ctx.snap.server.idle_timeout.0,
-    )
-    .await
+/// Admission, then the dial; the slot is held until the tunnel closes.
+async fn connect(
+    ctx: &Ctx,
+    client: &mut Side,
+    ident: &Identity,
+    target: &TargetAddr,
+) -> Result<(exit::Outbound, crate::plan::ledger::ThreadSlot), ProxyError> {
+    let (route, slot): (Route, _) = proxy::admit(ctx, client, ident)
+        .await
+        .map_err(|d| d.error)?;
+    let out = Box::pin(exit::dial(&ctx.egress(), &route, target)).await?;
+    Ok((out, slot))
 }

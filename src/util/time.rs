@@ -17,3 +17,15 @@ pub async fn within<F: Future>(dur: Duration, fut: F) -> Option<F::Output> {
     })
     .await
 }
+
+/// The process's epoch: the first time anything asked for it.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds from the process epoch to `t` (0 for earlier instants): a clock that fits
+/// an atomic, shared by every core.
+pub fn epoch_ms(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_millis() as u64
+}

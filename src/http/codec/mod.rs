@@ -6,12 +6,7 @@ use crate::error::ProxyError;
 /// Most headers accepted in one head.
 pub const MAX_HEADERS: usize = 128;
 
-/// "Done (value, consumed)" or "need more bytes".
-#[derive(Debug)]
-pub enum Parsed<T> {
-    Done(T, usize),
-    Incomplete,
-}
+pub use crate::util::Parsed;
 
 /// How a message body is delimited (RFC 9112 section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

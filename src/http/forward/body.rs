@@ -3,8 +3,8 @@
 //! re-chunked (or de-chunked) on the way.
 
 use super::Limits;
-use crate::conn::{SendError, Side};
 use crate::http::codec::{ChunkedDecoder, Framing, Relay};
+use crate::side::{SendError, Side};
 use crate::util::until;
 use futures_lite::AsyncReadExt;
 use std::time::Instant;

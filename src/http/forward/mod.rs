@@ -18,12 +18,13 @@
 mod body;
 
 use super::codec::{parse_response, Framing, Relay, Request, Response};
-use super::{read_head, Ctx, HeadStop};
-use crate::conn::{SendError, Side};
+use crate::conn::Ctx;
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
 use crate::relay::relay;
-use crate::route::Route;
+use crate::route::{choose, Route};
+use crate::side::{Bounds, ReadStop as HeadStop};
+use crate::side::{SendError, Side};
 use crate::util::{until, BufPool};
 use body::{copy_body, BodyErr};
 use std::os::fd::AsRawFd;
@@ -115,14 +116,7 @@ pub async fn exchange(
     let (host, port) = req.target.host_port();
     // Reuse only a clean connection to the same origin through an exit this request may
     // use (for a sticky session: its bound exit).
-    let members = ctx.snap.index.members(route.list);
-    let usable = |exit: usize| {
-        members.contains(&exit)
-            && route.sticky.as_ref().is_none_or(|st| {
-                ctx.w.sessions.get(&st.key, Instant::now()).as_deref()
-                    == Some(ctx.snap.exits[exit].name.as_str())
-            })
-    };
+    let usable = |exit: usize| choose::may_reuse(ctx.chooser(), route, exit);
     if let Some(o) = slot
         .as_mut()
         .filter(|o| o.host == host && o.port == port && usable(o.exit) && o.is_clean())
@@ -136,7 +130,7 @@ pub async fn exchange(
     }
     *slot = None;
     let target = TargetAddr::from_host(host, port);
-    let out = exit::dial(&ctx.w, &ctx.snap, route, &target)
+    let out = exit::dial(&ctx.egress(), route, &target)
         .await
         .map_err(|error| Failed {
             error,
@@ -254,85 +248,142 @@ async fn attempt(
     retryable: bool,
 ) -> Attempt {
     let lim = Limits {
-        max_head: ctx.snap.server.max_header_size.0 as usize,
-        idle: ctx.snap.server.idle_timeout.0,
-        pool: &ctx.w.buffers,
+        max_head: ctx.config().server.max_header_size.0 as usize,
+        idle: ctx.config().server.idle_timeout.0,
+        pool: &ctx.core().buffers,
     };
+    if let Err(a) = send_head(client, o, req, &lim, retryable).await {
+        return a;
+    }
+    let mut interim = Interim { count: 0, bytes: 0 };
+    let mut body_sent = req.body == Framing::None;
+    if !body_sent && req.expect_continue && client.buf.is_empty() {
+        match expect_continue(client, o, req, &lim, &mut interim).await {
+            Continue::Body => {}
+            Continue::Final(resp) => {
+                // Final answer without the body: the client's body state is unknown, so
+                // the connection closes after this response.
+                return respond(ctx, client, o, req, resp, false, &lim).await;
+            }
+            Continue::Stop(a) => return a,
+        }
+    }
+    if !body_sent {
+        if let Err(e) = copy_body(&lim, client, &mut o.side, req.body, Relay::Framed).await {
+            return request_body_failed(e);
+        }
+        body_sent = true;
+    }
+    final_answer(ctx, client, o, req, &lim, interim, retryable, body_sent).await
+}
+
+/// Write the request head to the origin; once it is there, the head is billed. A reused
+/// connection that cannot take it is `Stale` (the request is retried on a fresh one).
+async fn send_head(
+    client: &Side,
+    o: &mut Origin,
+    req: &Request,
+    lim: &Limits<'_>,
+    retryable: bool,
+) -> Result<(), Attempt> {
     let mut head = Vec::with_capacity(512);
     req.encode_upstream(&mut head);
     if !matches!(
         until(Instant::now() + lim.idle, o.side.send(&head)).await,
         Some(Ok(()))
     ) {
-        return if retryable {
+        return Err(if retryable {
             Attempt::Stale
         } else {
             upstream("writing the request to the origin failed")
-        };
+        });
     }
-    // The request is relayed: its head is billed.
     client.meter.commit();
-    let mut interim = Interim { count: 0, bytes: 0 };
-    let mut body_sent = req.body == Framing::None;
+    Ok(())
+}
 
-    if !body_sent && req.expect_continue && client.buf.is_empty() {
-        // Either the origin answers (100 or final) or the client gives up waiting and
-        // sends the body anyway; whichever comes first.
-        let mut peek = [0u8; 1];
-        let raced = futures_lite::future::or(
-            async { Some(origin_head(client, o, req, &lim).await) },
-            async {
-                let _ = client.stream.peek(&mut peek).await;
-                None
-            },
-        )
-        .await;
-        match raced {
-            None => {}
-            Some(Err(stop)) => return stopped(stop, false, false),
-            Some(Ok((resp, n))) => {
-                o.side.consume(n);
-                if (100..200).contains(&resp.code) && resp.code != 101 {
-                    if !interim.admit(n, lim.max_head) {
-                        return upstream("too many interim responses");
-                    }
-                    if let Err(a) = send_interim(client, req, &resp, &lim).await {
-                        return a;
-                    }
-                } else {
-                    // Final answer without the body: the client's body state is unknown,
-                    // so the connection closes after this response.
-                    return respond(ctx, client, o, req, resp, false, &lim).await;
-                }
+/// What `Expect: 100-continue` came to.
+enum Continue {
+    /// Send the body: the origin said 100, or the client stopped waiting and sent it.
+    Body,
+    /// The origin answered without wanting the body.
+    Final(Response),
+    Stop(Attempt),
+}
+
+/// Either the origin answers (100 or final) or the client gives up waiting and sends the
+/// body anyway; whichever comes first.
+async fn expect_continue(
+    client: &mut Side,
+    o: &mut Origin,
+    req: &Request,
+    lim: &Limits<'_>,
+    interim: &mut Interim,
+) -> Continue {
+    let mut peek = [0u8; 1];
+    let raced = futures_lite::future::or(
+        async { Some(origin_head(client, o, req, lim).await) },
+        async {
+            let _ = client.stream.peek(&mut peek).await;
+            None
+        },
+    )
+    .await;
+    match raced {
+        None => Continue::Body,
+        Some(Err(stop)) => Continue::Stop(stopped(stop, false, false)),
+        Some(Ok((resp, n))) => {
+            o.side.consume(n);
+            if !(100..200).contains(&resp.code) || resp.code == 101 {
+                return Continue::Final(resp);
+            }
+            if !interim.admit(n, lim.max_head) {
+                return Continue::Stop(upstream("too many interim responses"));
+            }
+            match send_interim(client, req, &resp, lim).await {
+                Ok(()) => Continue::Body,
+                Err(a) => Continue::Stop(a),
             }
         }
     }
-    if !body_sent {
-        if let Err(e) = copy_body(&lim, client, &mut o.side, req.body, Relay::Framed).await {
-            return match e {
-                BodyErr::Src => gone_client(),
-                BodyErr::Idle => Attempt::Failed {
-                    error: ProxyError::BadRequest("request body stalled"),
-                    replied: true,
-                    end: "idle",
-                },
-                BodyErr::Malformed => Attempt::Failed {
-                    error: ProxyError::BadRequest("malformed chunked request body"),
-                    replied: false,
-                    end: "refused",
-                },
-                BodyErr::Dst => upstream("origin stopped reading the request body"),
-                BodyErr::Quota => quota(true),
-            };
-        }
-        body_sent = true;
+}
+
+/// Copying the request body to the origin failed.
+fn request_body_failed(e: BodyErr) -> Attempt {
+    match e {
+        BodyErr::Src => gone_client(),
+        BodyErr::Idle => Attempt::Failed {
+            error: ProxyError::BadRequest("request body stalled"),
+            replied: true,
+            end: "idle",
+        },
+        BodyErr::Malformed => Attempt::Failed {
+            error: ProxyError::BadRequest("malformed chunked request body"),
+            replied: false,
+            end: "refused",
+        },
+        BodyErr::Dst => upstream("origin stopped reading the request body"),
+        BodyErr::Quota => quota(true),
     }
+}
+
+/// Interim heads relayed until the final one, which is answered. The origin may think for
+/// a while; a client that leaves meanwhile ends the exchange (and frees its slot) at once.
+#[allow(clippy::too_many_arguments)]
+async fn final_answer(
+    ctx: &Ctx,
+    client: &mut Side,
+    o: &mut Origin,
+    req: &Request,
+    lim: &Limits<'_>,
+    mut interim: Interim,
+    retryable: bool,
+    body_sent: bool,
+) -> Attempt {
     let mut got_any = interim.count > 0;
     loop {
-        // The origin may think for a while; a client that leaves meanwhile ends the
-        // exchange (and frees its thread slot) at once.
         let read = futures_lite::future::or(
-            async { Some(origin_head(client, o, req, &lim).await) },
+            async { Some(origin_head(client, o, req, lim).await) },
             async {
                 client_gone(client).await;
                 None
@@ -356,12 +407,12 @@ async fn attempt(
         };
         got_any = true;
         if (100..200).contains(&resp.code) && resp.code != 101 {
-            if let Err(a) = send_interim(client, req, &resp, &lim).await {
+            if let Err(a) = send_interim(client, req, &resp, lim).await {
                 return a;
             }
             continue;
         }
-        return respond(ctx, client, o, req, resp, body_sent, &lim).await;
+        return respond(ctx, client, o, req, resp, body_sent, lim).await;
     }
 }
 
@@ -383,15 +434,15 @@ async fn origin_head(
     lim: &Limits<'_>,
 ) -> Result<(Response, usize), HeadStop> {
     let is_head = req.method.eq_ignore_ascii_case("HEAD");
-    read_head(
-        &mut o.side,
-        lim.max_head,
-        Instant::now() + lim.idle,
-        &[],
-        Some(&client.meter),
-        |b| parse_response(b, is_head),
-    )
-    .await
+    let bounds = Bounds {
+        max: lim.max_head,
+        deadline: Instant::now() + lim.idle,
+        stops: &[],
+        cap: Some(&client.meter),
+    };
+    o.side
+        .read_until(&bounds, |b| parse_response(b, is_head))
+        .await
 }
 
 /// Resolves when the client has closed or reset its connection; never when it has only
@@ -458,7 +509,7 @@ async fn respond(
         && body_sent
         && relay_as == Relay::Framed
         && resp.body != Framing::UntilClose
-        && !ctx.w.drain.is_fired();
+        && !ctx.core().drain.is_fired();
     let mut h = Vec::with_capacity(512);
     resp.encode_downstream(relay_as, client_keep_alive, &mut h);
     match send_to_client(client, &h, true, lim).await {
@@ -525,8 +576,8 @@ async fn upgrade(
     drop((from_origin, from_client));
     let end = if sent {
         let end = relay(
-            &ctx.w.buffers,
-            &ctx.w.stop,
+            &ctx.core().buffers,
+            &ctx.core().stop,
             &mut client.stream,
             &mut o.side.stream,
             &client.meter,

@@ -3,13 +3,15 @@
 //! competes with an executor, connections are served concurrently (a client trickling
 //! bytes holds only its own connection), and every request has deadlines.
 
-use crate::metrics::{render, Metrics};
+pub mod scrape;
+
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use scrape::{render, Metrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

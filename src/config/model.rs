@@ -1,0 +1,143 @@
+//! The validated configuration that connections read: pure data. Live state (usage,
+//! exit health, the routing index) is kept by plan and route, beside it in the published
+//! world, never inside it.
+
+use super::{
+    ClusterSection, DnsSection, LogSection, RoutingSection, SecuritySection, ServerSection,
+};
+use ahash::AHashMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// Everything a connection needs to know of the configuration, validated. Published (in
+/// the world) through `ArcSwap`; a connection loads it once and uses it for its whole life.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub server: ServerSection,
+    pub admin: Option<SocketAddr>,
+    /// `[admin] per_account_metrics`.
+    pub per_account_metrics: bool,
+    pub log: LogSection,
+    pub dns: DnsSection,
+    pub routing: RoutingSection,
+    pub security: SecuritySection,
+    pub listeners: Vec<Listener>,
+    pub networks: Vec<Network>,
+    pub exits: Vec<Exit>,
+    pub exit_by_name: AHashMap<String, usize>,
+    pub plans: Vec<Plan>,
+    pub accounts: AHashMap<String, Account>,
+    /// `allow_ips` of every account: client network → account name.
+    pub ip_rules: Vec<(ipnet::IpNet, String)>,
+    /// `[cluster]`: shared state in Redis; `None` = single node. Read at start only.
+    pub cluster: Option<ClusterSection>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub listen: SocketAddr,
+    /// Index into [`Snapshot::networks`].
+    pub network: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub name: String,
+    pub targeting: bool,
+    pub ttl_min: u32,
+    pub ttl_max: u32,
+    pub ttl_default: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Exit {
+    pub name: String,
+    /// Index into [`Snapshot::networks`].
+    pub network: usize,
+    pub kind: ExitKind,
+    pub country: Option<String>,
+    pub state: Option<String>,
+    pub city: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ExitKind {
+    /// Connect from this host, optionally bound to a local source address.
+    Direct { source_ip: Option<IpAddr> },
+    /// Chain through an upstream SOCKS5 proxy.
+    Socks5(Upstream),
+    /// Chain through an upstream HTTP proxy (CONNECT).
+    Http(Upstream),
+}
+
+/// An upstream proxy from an exit's `url`.
+#[derive(Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Upstream {
+    // Never print the upstream's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub bandwidth: u64,
+    pub threads: u32,
+}
+
+#[derive(Clone)]
+pub enum Password {
+    Plain(Vec<u8>),
+    /// A PHC string (`$argon2id$...`), parsed at load time.
+    Argon2(String),
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Password::Plain(_) => "Plain(..)",
+            Password::Argon2(_) => "Argon2(..)",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub password: Password,
+    /// Index into [`Snapshot::plans`].
+    pub plan: usize,
+    /// Indexes into [`Snapshot::networks`].
+    pub networks: Vec<usize>,
+    /// Position among the file's accounts: the index of its live usage in the world.
+    pub id: usize,
+}
+
+impl Account {
+    pub fn may_use(&self, network: usize) -> bool {
+        self.networks.contains(&network)
+    }
+}
+
+impl Snapshot {
+    /// The account a client address is allow-listed for (most specific network wins).
+    pub fn account_for_ip(&self, ip: IpAddr) -> Option<&Account> {
+        self.ip_rules
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .and_then(|(_, name)| self.accounts.get(name))
+    }
+
+    /// Index of a network by name.
+    pub fn network_index(&self, name: &str) -> Option<usize> {
+        self.networks.iter().position(|n| n.name == name)
+    }
+}

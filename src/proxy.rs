@@ -1,0 +1,120 @@
+//! The pipeline both protocols share, once: admission of an authenticated client (route,
+//! thread slot, bandwidth), the tunnel tail (reply, early bytes, relay) and the failure sink
+//! (reply + access line + metrics, and whether the connection stays open). The handlers
+//! parse their protocol and call these; they import neither each other nor their caller.
+
+use crate::auth::Identity;
+use crate::conn::{Ctx, Exchange};
+use crate::error::ProxyError;
+use crate::exit::Outbound;
+use crate::plan::{self, ledger::ThreadSlot};
+use crate::relay::{relay, RelayEnd};
+use crate::route::{self, Route};
+use crate::side::{SendError, Side};
+
+/// How a protocol answers a refusal.
+pub trait Frontend {
+    /// The bytes that answer `e` (none: close without a reply), and whether the connection
+    /// stays open for another request after them.
+    fn refusal(&self, e: &ProxyError) -> (Vec<u8>, bool);
+}
+
+/// Why admission refused: the error to answer, and whether the connection may stay open
+/// after the answer (not when the bytes already read could not be billed).
+pub struct Denied {
+    pub error: ProxyError,
+    pub may_keep: bool,
+}
+
+/// Admit an authenticated client's connection (or request): its route (454, 455, 503), a
+/// thread slot (453) and bandwidth (452). The bytes read so far (handshake, request head)
+/// are reserved from the plan; they are billed once the exchange is relayed. The slot is
+/// held until dropped.
+pub async fn admit(
+    ctx: &Ctx,
+    client: &mut Side,
+    ident: &Identity,
+) -> Result<(Route, ThreadSlot), Denied> {
+    let checks = async {
+        let w = &ctx.world;
+        let route = route::resolve(&w.config, &w.exits.index, ident)?;
+        let adm = plan::admit(&ctx.core().quota, w.usage(ident.account_id)?).await?;
+        Ok::<_, ProxyError>((route, adm))
+    };
+    let (route, adm) = checks.await.map_err(|error| Denied {
+        error,
+        may_keep: true,
+    })?;
+    if !client.meter.bind(adm.charge).await {
+        return Err(Denied {
+            error: ProxyError::BandwidthExceeded,
+            may_keep: false,
+        });
+    }
+    Ok((route, adm.slot))
+}
+
+/// A dialled tunnel, for both CONNECTs: the success `reply` and the exit's early bytes
+/// (relayed, so within the plan), the client's early bytes, then the relay until either
+/// side ends it. The handshake (or request head) is billed from here: the tunnel is served.
+pub async fn tunnel(ctx: &Ctx, client: &mut Side, out: &mut Outbound, reply: &[u8]) -> RelayEnd {
+    client.meter.commit();
+    for (data, whole) in [(reply, true), (&out.early[..], false)] {
+        match client.send_relayed(data, whole).await {
+            Ok(()) => {}
+            Err(SendError::Quota) => return RelayEnd::Quota,
+            Err(SendError::Io) => {
+                return RelayEnd::ClientReset(std::io::ErrorKind::BrokenPipe.into())
+            }
+        }
+    }
+    // Bytes the client pipelined after its request go first; the request buffer is freed
+    // before the relay (an idle tunnel holds no buffer).
+    let early = std::mem::take(&mut client.buf);
+    if !early.is_empty() {
+        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await {
+            return RelayEnd::UpstreamReset(e);
+        }
+    }
+    drop(early);
+    let core = ctx.core();
+    relay(
+        &core.buffers,
+        &core.stop,
+        &mut client.stream,
+        &mut out.stream,
+        &client.meter,
+        ctx.config().server.idle_timeout.0,
+    )
+    .await
+}
+
+/// The failure sink: answer `e` as `front` does, write the exchange's access line
+/// (`end=refused`) and count it. A refused exchange is billed to no one. Returns whether
+/// the connection stays open for another request.
+pub async fn fail(
+    ctx: &Ctx,
+    client: &mut Side,
+    ex: Exchange<'_>,
+    front: &impl Frontend,
+    e: &ProxyError,
+) -> bool {
+    fail_as(ctx, client, ex, front, e, "refused").await
+}
+
+/// [`fail`] for an exchange that ended some other way (`end`: cut by the plan, the origin
+/// reset or went idle mid-answer); `front` sends nothing when the client already has an
+/// answer's head.
+pub async fn fail_as(
+    ctx: &Ctx,
+    client: &mut Side,
+    ex: Exchange<'_>,
+    front: &impl Frontend,
+    e: &ProxyError,
+    end: &'static str,
+) -> bool {
+    let (reply, open) = front.refusal(e);
+    let sent = reply.is_empty() || client.send_refusal(&reply).await.is_ok();
+    ex.finish(ctx, client, Err(e), end);
+    open && sent
+}

@@ -1,0 +1,291 @@
+//! Boot, executors, reload and drain: the process around the cores.
+//!
+//! [`run`] checks the host ([`boot`]), binds every listener once per core, starts the shared
+//! services (cluster link, ledger, the first world, sessions, guard, admin), spawns one
+//! pinned executor per core ([`executor`]) and waits for them; SIGHUP publishes the next
+//! world, SIGTERM/SIGINT drain.
+
+mod boot;
+mod executor;
+
+use crate::admin;
+use crate::admin::scrape::Metrics;
+use crate::auth::guard::AuthGuard;
+use crate::cluster::Cluster;
+use crate::config::{self, Snapshot};
+use crate::metrics::CoreMetrics;
+use crate::plan::store::SqliteStore;
+use crate::plan::Ledger;
+use crate::route::sessions::SessionTable;
+use crate::route::{Sessions, SharedSessions};
+use crate::worker::Services;
+use crate::world::World;
+use arc_swap::ArcSwap;
+use boot::{Bound, Fds};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Set once by SIGTERM/SIGINT; each executor notices within [`DRAIN_POLL`].
+static DRAINING: AtomicBool = AtomicBool::new(false);
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Everything `run` needs from the command line.
+pub struct Options {
+    pub config_path: PathBuf,
+}
+
+/// What the executors share, and what the process keeps to stop it.
+struct Started {
+    services: Services,
+    ledger: Arc<Ledger>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// Run the gateway until SIGTERM/SIGINT and the drain that follows.
+pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
+    let cpus = boot::allowed_cpus();
+    let workers = match snap.server.workers {
+        0 => cpus.len().max(1),
+        n => n,
+    };
+    boot::check_limits()?;
+    let (fds, bound) = boot::bind_listeners(&snap, workers)?;
+    boot::log_config(&snap, workers);
+    let (flush_every, resolver_threads, spin) = (
+        snap.server.usage_flush.0,
+        snap.dns.resolver_threads,
+        snap.server.spin_before_park.0,
+    );
+    let started = start_services(snap)?;
+    spawn_signal_thread(
+        opts.config_path,
+        started.services.world.clone(),
+        started.ledger.clone(),
+    )?;
+    let (stop_flusher, flusher) = spawn_flusher(started.ledger.clone(), flush_every)?;
+    let cores: Vec<Arc<CoreMetrics>> = (0..workers)
+        .map(|_| Arc::new(CoreMetrics::default()))
+        .collect();
+    let admin_addr = start_admin(&started, &cores, &bound)?;
+    let tuning = Tuning {
+        cpus,
+        resolver_threads,
+        spin,
+    };
+    let handles = spawn_executors(&started.services, &cores, fds, &tuning)?;
+    announce(&bound, admin_addr, workers);
+
+    let failed = handles.into_iter().any(|h| h.join().is_err());
+    // Executors settled their shards on the way out: write the final usage.
+    drop(stop_flusher);
+    let _ = flusher.join();
+    if let Err(e) = started.ledger.flush() {
+        tracing::error!(error = %e, "final usage write failed");
+    }
+    if let Some(c) = &started.cluster {
+        c.stop();
+    }
+    if failed {
+        return Err("an executor stopped abnormally".into());
+    }
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// The cluster link (when configured), the ledger (usage resumed from the store, or shared
+/// through Redis), the first world, the session table and the auth guard.
+fn start_services(snap: Snapshot) -> Result<Started, String> {
+    let cluster = match &snap.cluster {
+        Some(c) => Some(Cluster::start(c.clone())?),
+        None => None,
+    };
+    let ledger = match &cluster {
+        Some(c) => {
+            tracing::info!(node = %c.me, policy = ?c.cfg.on_redis_down, "cluster: plans, usage and sessions shared through redis");
+            Ledger::shared(c.clone())
+        }
+        None => Ledger::open(Box::new(SqliteStore::open(&snap.server.state_dir)?))?,
+    };
+    let table = Arc::new(SessionTable::new(
+        snap.routing.max_sessions,
+        snap.routing.max_sessions_per_account,
+    ));
+    let shared = cluster.clone().map(|c| c as Arc<dyn SharedSessions>);
+    let world = World::prepare(snap, &ledger, None);
+    Ok(Started {
+        services: Services {
+            world: Arc::new(ArcSwap::from_pointee(world)),
+            sessions: Sessions { table, shared },
+            guard: Arc::new(AuthGuard::default()),
+        },
+        ledger,
+        cluster,
+    })
+}
+
+/// The admin listener, when configured: `/metrics` over every core's counters, `/healthz`.
+fn start_admin(
+    started: &Started,
+    cores: &[Arc<CoreMetrics>],
+    bound: &Bound,
+) -> Result<Option<SocketAddr>, String> {
+    let world = started.services.world.load();
+    let Some(addr) = world.config.admin else {
+        return Ok(None);
+    };
+    let metrics = Arc::new(Metrics {
+        cores: cores.to_vec(),
+        ledger: started.ledger.clone(),
+        cluster: started.cluster.as_ref().map(|c| c.stats.clone()),
+        listeners: bound.iter().map(|(a, _, _)| a.to_string()).collect(),
+        per_account: world.config.per_account_metrics,
+    });
+    let health = Arc::new(executor::ExecutorHealth {
+        cores: cores.to_vec(),
+    });
+    admin::start(addr, metrics, health).map(Some)
+}
+
+/// Where and how executors run.
+struct Tuning {
+    cpus: Vec<usize>,
+    resolver_threads: usize,
+    spin: Duration,
+}
+
+/// One executor per core, pinned, each with its own listening sockets.
+fn spawn_executors(
+    services: &Services,
+    cores: &[Arc<CoreMetrics>],
+    fds: Fds,
+    t: &Tuning,
+) -> Result<Vec<glommio::ExecutorJoinHandle<()>>, String> {
+    let workers = fds.len();
+    let mut handles = Vec::with_capacity(workers);
+    for (id, my_fds) in fds.into_iter().enumerate() {
+        let cpu = t.cpus.get(id % t.cpus.len().max(1)).copied().unwrap_or(0);
+        let services = services.clone();
+        let metrics = cores[id].clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("tollgate-{id}"))
+            // Network I/O does not use the registered io_memory; keep it small.
+            .io_memory(64 << 10)
+            .spin_before_park(t.spin)
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(t.resolver_threads))
+            .spawn(move || executor::worker_main(id, workers, services, metrics, my_fds))
+            .map_err(|e| {
+                format!(
+                    "cannot start executor {id} on CPU {cpu}: {e}. tollgate needs io_uring \
+                     (Linux >= 5.8, not disabled by kernel.io_uring_disabled or a seccomp \
+                     profile) and RLIMIT_MEMLOCK >= 512 KiB"
+                )
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// Tell the operator (and the tests, on stdout) where the gateway listens.
+fn announce(bound: &Bound, admin: Option<SocketAddr>, workers: usize) {
+    for (addr, i, network) in bound {
+        tracing::info!(listener = i, %addr, network = %network, "listening");
+        println!("listening {addr} listener={i} network={network}");
+    }
+    if let Some(a) = admin {
+        tracing::info!(%a, "admin listening (/metrics, /healthz)");
+        println!("admin {a}");
+    }
+    println!("ready workers={workers}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Writes usage every `every` until the sender is dropped.
+fn spawn_flusher(
+    ledger: Arc<Ledger>,
+    every: Duration,
+) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), String> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("tollgate-usage".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                if let Err(e) = ledger.flush() {
+                    tracing::error!(error = %e, "usage write failed; will retry");
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start usage writer: {e}"))?;
+    Ok((tx, handle))
+}
+
+/// SIGHUP reloads; SIGTERM/SIGINT drain (a second one exits at once).
+fn spawn_signal_thread(
+    path: PathBuf,
+    world: Arc<ArcSwap<World>>,
+    ledger: Arc<Ledger>,
+) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("tollgate-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                match sig {
+                    SIGHUP => {
+                        // A reload must never take the signal thread (and every later
+                        // reload and drain) down with it.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            reload(&path, &world, &ledger)
+                        }));
+                        if r.is_err() {
+                            tracing::error!("reload panicked; keeping the running configuration");
+                        }
+                    }
+                    _ => {
+                        if DRAINING.swap(true, Ordering::SeqCst) {
+                            tracing::warn!("second stop signal: exiting without waiting");
+                            std::process::exit(1);
+                        }
+                        tracing::info!("stop signal: draining");
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start signal thread: {e}"))?;
+    Ok(())
+}
+
+/// SIGHUP: re-read the file; a valid one becomes the next world (usage and exit health
+/// carried over), an invalid one is logged and ignored. Listeners are bound at start and
+/// keep their addresses.
+fn reload(path: &std::path::Path, world: &ArcSwap<World>, ledger: &Ledger) {
+    let new = match config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(error = %e, "reload rejected; keeping the running configuration");
+            return;
+        }
+    };
+    let old = world.load();
+    let same = old.config.listeners.len() == new.listeners.len()
+        && old
+            .config
+            .listeners
+            .iter()
+            .zip(&new.listeners)
+            .all(|(a, b)| a.listen == b.listen);
+    if !same {
+        tracing::warn!("reload: listener changes take effect only after a restart");
+    }
+    if old.config.cluster != new.cluster {
+        tracing::warn!("reload: [cluster] changes take effect only after a restart");
+    }
+    tracing::info!(accounts = new.accounts.len(), "configuration reloaded");
+    world.store(Arc::new(World::prepare(new, ledger, Some(&old))));
+}
