@@ -2,8 +2,8 @@
 # The test command. Proves the install branch (scripts/check-install.sh), installs what the
 # tests need when missing (scripts/deps.sh test: curl, Python requests + PySocks, Debian's
 # chromium and redis-server, node + npm with ws and http-proxy-agent, rustfmt, clippy), then
-# runs the same checks as CI: formatting,
-# clippy with warnings denied, and every test.
+# runs the same checks as CI: formatting, the layering of src/ (scripts/layers.py: no
+# import goes up or sideways), clippy with warnings denied, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,8 @@ scripts/deps.sh test
 
 echo "== cargo fmt --check"
 cargo fmt --check
+echo "== scripts/layers.py (imports go down the floors listed in src/lib.rs)"
+python3 scripts/layers.py .
 echo "== cargo clippy --all-targets --features fault-injection -- -D warnings"
 cargo clippy --all-targets --features fault-injection --quiet -- -D warnings
 echo "== cargo test --features fault-injection (test-only hooks: see Cargo.toml)"

@@ -242,38 +242,9 @@ impl Identity {
     }
 }
 
-/// Decode an HTTP `Proxy-Authorization: Basic <b64>` value into (user, password).
-pub fn parse_basic(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-    use base64::Engine;
-    let value = std::str::from_utf8(value).ok()?.trim();
-    let (scheme, b64) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
-    let colon = raw.iter().position(|&c| c == b':')?;
-    Some((raw[..colon].to_vec(), raw[colon + 1..].to_vec()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn basic_header() {
-        // "alice:pa:ss" — the password may contain ':'.
-        let (u, p) = parse_basic(b"Basic YWxpY2U6cGE6c3M=").unwrap();
-        assert_eq!((u.as_slice(), p.as_slice()), (&b"alice"[..], &b"pa:ss"[..]));
-        assert_eq!(
-            parse_basic(b"basic  YWxpY2U6cGE6c3M= ").unwrap().0,
-            b"alice"
-        );
-        assert!(parse_basic(b"Bearer abc").is_none());
-        assert!(parse_basic(b"Basic !!!").is_none());
-        assert!(parse_basic(b"Basic YWxpY2U=").is_none()); // no colon
-    }
 
     #[test]
     fn argon2_verification() {
