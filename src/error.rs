@@ -119,91 +119,34 @@ pub const PROXY_NAME: &str = "tollgate";
 
 impl ProxyError {
     /// The HTTP row of DESIGN.md's table for this error.
+    #[rustfmt::skip]
     pub fn http_status(&self) -> HttpStatus {
         use ProxyError::*;
-        match self {
-            BadRequest(_) | CommandNotSupported | AddressTypeNotSupported => {
-                status(400, "Bad Request", "bad request", "http_request_error")
-            }
-            HeadTooLarge => status(
-                431,
-                "Request Header Fields Too Large",
-                "request header fields too large",
-                "http_request_error",
-            ),
-            AuthFailed(_) | NoAcceptableMethod => status(
-                407,
-                "Proxy Authentication Required",
-                "Incorrect username or password",
-                "http_request_denied",
-            ),
-            ExpectationFailed => status(
-                417,
-                "Expectation Failed",
-                "expectation failed",
-                "http_request_error",
-            ),
-            BandwidthExceeded => status(
-                452,
-                "Bandwidth Exceeded",
-                "exceeded bandwidth limit",
-                "http_request_denied",
-            ),
-            ThreadsExceeded => status(
-                453,
-                "Thread Limit Exceeded",
-                "exceeded threads limit",
-                "connection_limit_reached",
-            ),
-            InvalidCountry => status(
-                454,
-                "Invalid Country Code",
-                "invalid country code",
-                "http_request_denied",
-            ),
-            InvalidState => status(
-                454,
-                "Invalid State Code",
-                "invalid state code",
-                "http_request_denied",
-            ),
-            InvalidCity => status(
-                454,
-                "Invalid City Code",
-                "invalid city code",
-                "http_request_denied",
-            ),
-            InvalidTtl => status(455, "Invalid TTL", "invalid ttl", "http_request_denied"),
-            ForbiddenTarget(_) => status(
-                403,
-                "Forbidden",
-                "forbidden target",
-                "destination_ip_prohibited",
-            ),
-            Internal(_) => status(
-                500,
-                "Internal Server Error",
-                "internal error",
-                "proxy_internal_error",
-            ),
-            DnsFailed(_) => status(502, "Bad Gateway", "bad gateway", "dns_error"),
-            HostUnreachable => status(502, "Bad Gateway", "bad gateway", "destination_unavailable"),
-            ConnectionRefused => status(502, "Bad Gateway", "bad gateway", "connection_refused"),
-            NetworkUnreachable => status(
-                502,
-                "Bad Gateway",
-                "bad gateway",
-                "destination_ip_unroutable",
-            ),
-            ConnectTimeout => status(502, "Bad Gateway", "bad gateway", "connection_timeout"),
-            Upstream(_) => status(502, "Bad Gateway", "bad gateway", "http_protocol_error"),
-            Unavailable(_) => status(
-                503,
-                "Service Unavailable",
-                "service unavailable",
-                "proxy_internal_response",
-            ),
-        }
+        const BAD_GATEWAY: (u16, &str, &str) = (502, "Bad Gateway", "bad gateway");
+        let ((code, reason, body), proxy_status) = match self {
+            BadRequest(_) | CommandNotSupported | AddressTypeNotSupported
+                                   => ((400, "Bad Request", "bad request"), "http_request_error"),
+            HeadTooLarge           => ((431, "Request Header Fields Too Large", "request header fields too large"), "http_request_error"),
+            AuthFailed(_) | NoAcceptableMethod
+                                   => ((407, "Proxy Authentication Required", "Incorrect username or password"), "http_request_denied"),
+            ExpectationFailed      => ((417, "Expectation Failed", "expectation failed"), "http_request_error"),
+            BandwidthExceeded      => ((452, "Bandwidth Exceeded", "exceeded bandwidth limit"), "http_request_denied"),
+            ThreadsExceeded        => ((453, "Thread Limit Exceeded", "exceeded threads limit"), "connection_limit_reached"),
+            InvalidCountry         => ((454, "Invalid Country Code", "invalid country code"), "http_request_denied"),
+            InvalidState           => ((454, "Invalid State Code", "invalid state code"), "http_request_denied"),
+            InvalidCity            => ((454, "Invalid City Code", "invalid city code"), "http_request_denied"),
+            InvalidTtl             => ((455, "Invalid TTL", "invalid ttl"), "http_request_denied"),
+            ForbiddenTarget(_)     => ((403, "Forbidden", "forbidden target"), "destination_ip_prohibited"),
+            Internal(_)            => ((500, "Internal Server Error", "internal error"), "proxy_internal_error"),
+            DnsFailed(_)           => (BAD_GATEWAY, "dns_error"),
+            HostUnreachable        => (BAD_GATEWAY, "destination_unavailable"),
+            ConnectionRefused      => (BAD_GATEWAY, "connection_refused"),
+            NetworkUnreachable     => (BAD_GATEWAY, "destination_ip_unroutable"),
+            ConnectTimeout         => (BAD_GATEWAY, "connection_timeout"),
+            Upstream(_)            => (BAD_GATEWAY, "http_protocol_error"),
+            Unavailable(_)         => ((503, "Service Unavailable", "service unavailable"), "proxy_internal_response"),
+        };
+        status(code, reason, body, proxy_status)
     }
 
     /// The SOCKS5 column of DESIGN.md's table for this error.

@@ -4,6 +4,7 @@
 //! never loop.
 
 pub mod forward;
+mod reader;
 
 use crate::http::codec::{self, ChunkedDecoder, Parsed};
 use crate::socks5::codec as socks;

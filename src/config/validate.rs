@@ -336,38 +336,7 @@ fn build_account(
             "{at}: name: contains the modifier key \"-{key}\", so it could not be addressed"
         ));
     }
-    let password = match (&u.password, &u.password_hash) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "{at}: set either password or password_hash, not both"
-            ))
-        }
-        (None, None) => return Err(format!("{at}: password or password_hash is required")),
-        (Some(p), None) => {
-            if p.len() > 255 {
-                return Err(format!("{at}: password: at most 255 bytes (SOCKS5 limit)"));
-            }
-            Password::Plain(p.as_bytes().to_vec())
-        }
-        (None, Some(h)) => {
-            let parsed = argon2::PasswordHash::new(h)
-                .map_err(|e| format!("{at}: password_hash: not a PHC hash string ({e})"))?;
-            if !parsed.algorithm.as_str().starts_with("argon2") {
-                return Err(format!(
-                    "{at}: password_hash: only argon2 hashes are supported"
-                ));
-            }
-            // The whole string, so that no account is configured that can never log in.
-            if parsed.salt.is_none() || parsed.hash.is_none() {
-                return Err(format!(
-                    "{at}: password_hash: incomplete, needs $argon2id$v=19$m=…,t=…,p=…$<salt>$<hash> (make one with `argon2` or Python's argon2-cffi)"
-                ));
-            }
-            argon2::Params::try_from(&parsed)
-                .map_err(|e| format!("{at}: password_hash: bad argon2 parameters ({e})"))?;
-            Password::Argon2(h.clone())
-        }
-    };
+    let password = build_password(&at, u)?;
     let plan = find(plan_names, &u.plan).ok_or_else(|| {
         format!(
             "{at}: plan = {:?} is not defined; defined plans: {}",
@@ -396,6 +365,42 @@ fn build_account(
         plan,
         networks,
         id: i,
+    })
+}
+
+/// `password` (at most 255 bytes, the SOCKS5 limit) or a complete argon2 `password_hash`.
+fn build_password(at: &str, u: &UserSection) -> Result<Password, String> {
+    Ok(match (&u.password, &u.password_hash) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{at}: set either password or password_hash, not both"
+            ))
+        }
+        (None, None) => return Err(format!("{at}: password or password_hash is required")),
+        (Some(p), None) => {
+            if p.len() > 255 {
+                return Err(format!("{at}: password: at most 255 bytes (SOCKS5 limit)"));
+            }
+            Password::Plain(p.as_bytes().to_vec())
+        }
+        (None, Some(h)) => {
+            let parsed = argon2::PasswordHash::new(h)
+                .map_err(|e| format!("{at}: password_hash: not a PHC hash string ({e})"))?;
+            if !parsed.algorithm.as_str().starts_with("argon2") {
+                return Err(format!(
+                    "{at}: password_hash: only argon2 hashes are supported"
+                ));
+            }
+            // The whole string, so that no account is configured that can never log in.
+            if parsed.salt.is_none() || parsed.hash.is_none() {
+                return Err(format!(
+                "{at}: password_hash: incomplete, needs $argon2id$v=19$m=…,t=…,p=…$<salt>$<hash> (make one with `argon2` or Python's argon2-cffi)"
+            ));
+            }
+            argon2::Params::try_from(&parsed)
+                .map_err(|e| format!("{at}: password_hash: bad argon2 parameters ({e})"))?;
+            Password::Argon2(h.clone())
+        }
     })
 }
 

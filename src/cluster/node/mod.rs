@@ -5,13 +5,14 @@
 //! Every count this thread writes for itself is absolute (`HSET`), never a delta: a call
 //! repeated after a lost reply, or replayed after Redis lost its data, changes nothing.
 
+mod link;
+mod replies;
+
 use super::scripts::{evalsha, Keys, Scripts};
 use super::{Down, Req, Stats};
 use crate::config::ClusterSection;
 use crate::plan::ledger::AccountState;
 use ahash::AHashMap;
-use redis::{ConnectionLike, Value};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,55 +128,6 @@ impl Node {
         self.leave();
     }
 
-    pub fn connect(&mut self) {
-        let timeout = self.cfg.redis_timeout.0;
-        let res = self
-            .client
-            .get_connection_with_timeout(timeout)
-            .and_then(|mut c| {
-                c.set_read_timeout(Some(timeout))?;
-                c.set_write_timeout(Some(timeout))?;
-                for s in self.scripts.all() {
-                    s.load(&mut c)?;
-                }
-                Ok(c)
-            });
-        match res {
-            Ok(c) => {
-                tracing::info!(node = %self.me, redis = %self.cfg.redis_for_logs(), "connected to redis");
-                self.conn = Some(c);
-                self.resync = true;
-                self.next_beat = Instant::now();
-                for a in self.accounts.values_mut() {
-                    a.down_granted = 0;
-                }
-                self.stats.up.store(true, Ordering::Relaxed);
-                self.warned = false;
-            }
-            Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.next_retry = Instant::now() + RETRY_EVERY;
-                self.went_down(&e);
-            }
-        }
-    }
-
-    fn went_down(&mut self, e: &redis::RedisError) {
-        self.conn = None;
-        self.resync = true;
-        self.stats.up.store(false, Ordering::Relaxed);
-        if !std::mem::replace(&mut self.warned, true) {
-            tracing::error!(
-                node = %self.me,
-                error = %e,
-                policy = ?self.cfg.on_redis_down,
-                "redis unreachable; live tunnels go on within down_allowance, new admissions \
-                 follow on_redis_down"
-            );
-        }
-        self.next_retry = Instant::now() + RETRY_EVERY;
-    }
-
     fn acct(&mut self, state: &Arc<AccountState>) -> &mut Acct {
         self.accounts
             .entry(state.name.clone())
@@ -186,51 +138,6 @@ impl Node {
                 bw_written: None,
                 down_granted: 0,
             })
-    }
-
-    /// Send `cmds` in one round trip; `None` when the connection failed (it is dropped).
-    fn call(&mut self, cmds: &[redis::Cmd]) -> Option<Vec<Value>> {
-        if cmds.is_empty() {
-            return Some(Vec::new());
-        }
-        let conn = self.conn.as_mut()?;
-        let mut pipe = redis::pipe();
-        for c in cmds {
-            pipe.add_command(c.clone());
-        }
-        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .commands
-            .fetch_add(cmds.len() as u64, Ordering::Relaxed);
-        match conn.req_packed_commands(&pipe.get_packed_pipeline(), 0, cmds.len()) {
-            Ok(values) if values.len() == cmds.len() => {
-                // A script missing from Redis means it restarted: reconnect and reload.
-                if values
-                    .iter()
-                    .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
-                {
-                    let e = redis::RedisError::from((
-                        redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
-                        "scripts lost",
-                    ));
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    self.went_down(&e);
-                    return None;
-                }
-                Some(values)
-            }
-            Ok(_) => {
-                let e = redis::RedisError::from((redis::ErrorKind::Client, "short reply"));
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.went_down(&e);
-                None
-            }
-            Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.went_down(&e);
-                None
-            }
-        }
     }
 
     /// Serve a batch of requests in one round trip (or locally while Redis is down).
@@ -333,91 +240,6 @@ impl Node {
             .arg(MIN_GRANT)
             .arg(MAX_GRANT);
         c
-    }
-
-    /// Act on the replies (`None`: Redis is down; fall back).
-    fn finish(&mut self, then: Vec<Then>, values: Option<Vec<Value>>) {
-        let up = values.is_some();
-        let mut values = values.map(Vec::into_iter);
-        // Accounts whose acquirer left before the answer: their count is written again.
-        let mut gave_up: Vec<String> = Vec::new();
-        for t in then {
-            let v = values.as_mut().and_then(Iterator::next);
-            match t {
-                Then::Ignore => {}
-                Then::Heartbeat => {
-                    if int(&v) == Some(1) {
-                        // Our entry had lapsed: others may have dropped our counts.
-                        self.resync = true;
-                    }
-                }
-                Then::Acquired(name, reply) => {
-                    let answer = match int(&v) {
-                        Some(1) => {
-                            if let Some(a) = self.accounts.get_mut(&name) {
-                                a.held += 1;
-                                // Redis added one to what we last wrote.
-                                a.held_written += 1;
-                            }
-                            Ok(true)
-                        }
-                        Some(_) => Ok(false),
-                        None => Err(Down),
-                    };
-                    let ok = answer == Ok(true);
-                    if reply.send(answer).is_err() && ok {
-                        // The connection gave up waiting: give the slot back.
-                        if let Some(a) = self.accounts.get_mut(&name) {
-                            a.held = a.held.saturating_sub(1);
-                        }
-                        gave_up.push(name);
-                    }
-                }
-                Then::Granted(name) => {
-                    let Some(a) = self.accounts.get_mut(&name) else {
-                        continue;
-                    };
-                    match (up, int(&v)) {
-                        (true, Some(g)) if g > 0 => a.state.add_grant(g as u64),
-                        (true, Some(_)) => a.state.set_exhausted(),
-                        _ => {
-                            // Redis down: live tunnels go on within the allowance.
-                            let left = self.cfg.down_allowance.0.saturating_sub(a.down_granted);
-                            if left == 0 {
-                                a.state.set_exhausted();
-                            } else {
-                                let g = left.min(DOWN_GRANT);
-                                a.down_granted += g;
-                                a.state.add_grant(g);
-                            }
-                        }
-                    }
-                    a.state.finish_grant();
-                }
-                Then::Session(reply) => {
-                    let answer = match &v {
-                        Some(Value::Array(items)) if items.len() == 2 => {
-                            let exit = match &items[0] {
-                                Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-                                _ => None,
-                            };
-                            let ttl = match items[1] {
-                                Value::Int(ms) => ms.max(0) as u64,
-                                _ => 0,
-                            };
-                            exit.map(|e| (e, Duration::from_millis(ttl))).ok_or(Down)
-                        }
-                        _ => Err(Down),
-                    };
-                    let _ = reply.send(answer);
-                }
-            }
-        }
-        // Give back the slots taken for acquirers that left.
-        if !gave_up.is_empty() {
-            let cmds: Vec<redis::Cmd> = gave_up.iter().filter_map(|n| self.held_write(n)).collect();
-            let _ = self.call(&cmds);
-        }
     }
 
     /// Heartbeat, then (re)write counts, usage and grants; ask again for used-up accounts.
@@ -528,12 +350,5 @@ impl Node {
                  slots and grants lapse after node_ttl"
             ),
         }
-    }
-}
-
-fn int(v: &Option<Value>) -> Option<i64> {
-    match v {
-        Some(Value::Int(i)) => Some(*i),
-        _ => None,
     }
 }

@@ -1,0 +1,119 @@
+//! Acting on a batch's replies: slots taken (or given back for acquirers that left),
+//! bandwidth granted (or, while Redis is down, the down allowance), sessions bound.
+
+use super::{Node, Then, DOWN_GRANT};
+use crate::plan::Down;
+use redis::Value;
+use std::time::Duration;
+
+impl Node {
+    /// Act on the replies (`None`: Redis is down; fall back).
+    pub(super) fn finish(&mut self, then: Vec<Then>, values: Option<Vec<Value>>) {
+        let up = values.is_some();
+        let mut values = values.map(Vec::into_iter);
+        // Accounts whose acquirer left before the answer: their count is written again.
+        let mut gave_up: Vec<String> = Vec::new();
+        for t in then {
+            let v = values.as_mut().and_then(Iterator::next);
+            match t {
+                Then::Ignore => {}
+                Then::Heartbeat => {
+                    if int(&v) == Some(1) {
+                        // Our entry had lapsed: others may have dropped our counts.
+                        self.resync = true;
+                    }
+                }
+                Then::Acquired(name, reply) => {
+                    if !self.acquired(&name, reply, &v) {
+                        gave_up.push(name);
+                    }
+                }
+                Then::Granted(name) => self.granted(&name, up, &v),
+                Then::Session(reply) => {
+                    let _ = reply.send(session(&v));
+                }
+            }
+        }
+        // Give back the slots taken for acquirers that left.
+        if !gave_up.is_empty() {
+            let cmds: Vec<redis::Cmd> = gave_up.iter().filter_map(|n| self.held_write(n)).collect();
+            let _ = self.call(&cmds);
+        }
+    }
+
+    /// A slot acquisition's answer, passed on; `false` when the connection gave up waiting
+    /// for a slot it got (the slot is given back).
+    fn acquired(
+        &mut self,
+        name: &str,
+        reply: flume::Sender<Result<bool, Down>>,
+        v: &Option<Value>,
+    ) -> bool {
+        let answer = match int(v) {
+            Some(1) => {
+                if let Some(a) = self.accounts.get_mut(name) {
+                    a.held += 1;
+                    // Redis added one to what we last wrote.
+                    a.held_written += 1;
+                }
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Err(Down),
+        };
+        let ok = answer == Ok(true);
+        if reply.send(answer).is_err() && ok {
+            if let Some(a) = self.accounts.get_mut(name) {
+                a.held = a.held.saturating_sub(1);
+            }
+            return false;
+        }
+        true
+    }
+
+    /// A bandwidth grant's answer; while Redis is down, live tunnels go on within the
+    /// allowance.
+    fn granted(&mut self, name: &str, up: bool, v: &Option<Value>) {
+        let Some(a) = self.accounts.get_mut(name) else {
+            return;
+        };
+        match (up, int(v)) {
+            (true, Some(g)) if g > 0 => a.state.add_grant(g as u64),
+            (true, Some(_)) => a.state.set_exhausted(),
+            _ => {
+                let left = self.cfg.down_allowance.0.saturating_sub(a.down_granted);
+                if left == 0 {
+                    a.state.set_exhausted();
+                } else {
+                    let g = left.min(DOWN_GRANT);
+                    a.down_granted += g;
+                    a.state.add_grant(g);
+                }
+            }
+        }
+        a.state.finish_grant();
+    }
+}
+
+/// A session script's answer: `[exit, ttl ms]`.
+fn session(v: &Option<Value>) -> Result<(String, Duration), Down> {
+    let Some(Value::Array(items)) = v else {
+        return Err(Down);
+    };
+    let [Value::BulkString(exit), ttl] = items.as_slice() else {
+        return Err(Down);
+    };
+    let ttl = match ttl {
+        Value::Int(ms) => (*ms).max(0) as u64,
+        _ => 0,
+    };
+    let exit = String::from_utf8(exit.clone()).map_err(|_| Down)?;
+    Ok((exit, Duration::from_millis(ttl)))
+}
+
+fn int(v: &Option<Value>) -> Option<i64> {
+    match v {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
