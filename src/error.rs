@@ -169,6 +169,34 @@ impl ProxyError {
         }
     }
 
+    /// The inverse of [`ProxyError::socks_reply`] for what an upstream SOCKS5 proxy reports
+    /// about the target (RFC 1928 replies 0x03–0x06); `None` for the other codes, which say
+    /// nothing about the target.
+    pub fn from_socks_target_reply(code: u8) -> Option<ProxyError> {
+        Some(match code {
+            0x03 => ProxyError::NetworkUnreachable,
+            0x04 => ProxyError::HostUnreachable,
+            0x05 => ProxyError::ConnectionRefused,
+            0x06 => ProxyError::ConnectTimeout,
+            _ => return None,
+        })
+    }
+
+    /// The inverse of the `Proxy-Status` `error=` column (RFC 9209) for what an upstream
+    /// HTTP proxy reports about the target; `None` for other errors.
+    pub fn from_proxy_status_error(error: &str, target: &str) -> Option<ProxyError> {
+        Some(match error {
+            "dns_error" | "dns_timeout" | "destination_not_found" => {
+                ProxyError::DnsFailed(target.to_owned())
+            }
+            "connection_refused" => ProxyError::ConnectionRefused,
+            "connection_timeout" => ProxyError::ConnectTimeout,
+            "destination_ip_unroutable" => ProxyError::NetworkUnreachable,
+            "destination_unavailable" => ProxyError::HostUnreachable,
+            _ => return None,
+        })
+    }
+
     /// Whether an HTTP client may send another request on the same connection after this
     /// error (given that the failed request carried no body).
     pub fn http_keeps_connection(&self) -> bool {
@@ -288,6 +316,27 @@ mod tests {
             Upstream("x".into()),
             Unavailable("x"),
         ]
+    }
+
+    /// What an upstream reports maps back onto the same row of the table.
+    #[test]
+    fn upstream_reports_round_trip_through_the_table() {
+        for code in 0u8..=0xff {
+            if let Some(e) = ProxyError::from_socks_target_reply(code) {
+                assert_eq!(e.socks_reply(), SocksReply::Reply(code), "{code:#04x}");
+            }
+        }
+        for ps in [
+            "dns_error",
+            "connection_refused",
+            "connection_timeout",
+            "destination_ip_unroutable",
+            "destination_unavailable",
+        ] {
+            let e = ProxyError::from_proxy_status_error(ps, "example.com:80").unwrap();
+            assert_eq!(e.http_status().proxy_status, ps);
+        }
+        assert!(ProxyError::from_proxy_status_error("http_protocol_error", "x").is_none());
     }
 
     /// Every variant through both encoders: the two protocols cannot drift apart.

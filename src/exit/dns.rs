@@ -130,11 +130,12 @@ struct Publish<'a> {
 
 impl Drop for Publish<'_> {
     fn drop(&mut self) {
+        // No answer: the lookup's task was dropped before the resolver answered.
+        let cancelled = self.answer.is_none();
         let answer = self
             .answer
             .take()
             .unwrap_or_else(|| Err(DnsError("lookup cancelled".into())));
-        let cancelled = answer == Err(DnsError("lookup cancelled".into()));
         let ttl = match &answer {
             Ok(_) => self.cache.ttl,
             Err(_) => self.cache.negative_ttl,

@@ -17,6 +17,7 @@ use crate::error::ProxyError;
 use crate::metrics::CoreMetrics;
 use crate::route::choose::{Choice, Chooser};
 use crate::route::Route;
+use crate::side::Side;
 use crate::util::within;
 use connect::connect_target;
 use dns::DnsCache;
@@ -166,20 +167,21 @@ async fn connect_via(
             })?,
     };
     let addr = SocketAddr::new(ip, up.port);
-    let (mut stream, local) = connect_direct(addr, None, timeout).await.map_err(|e| {
+    let (stream, local) = connect_direct(addr, None, timeout).await.map_err(|e| {
         Fail::Exit(ProxyError::Upstream(format!(
             "upstream proxy {addr} unreachable: {e}"
         )))
     })?;
-    let early = if is_socks {
-        upstream::socks5(&mut stream, up, target, asked).await?
+    let mut side = Side::new(stream);
+    if is_socks {
+        upstream::socks5(&mut side, up, target, asked).await?
     } else {
-        upstream::http_connect(&mut stream, up, target, asked).await?
+        upstream::http_connect(&mut side, up, target, asked).await?
     };
     Ok(Outbound {
-        stream,
+        stream: side.stream,
         local,
         exit,
-        early,
+        early: side.buf,
     })
 }

@@ -5,61 +5,57 @@
 use super::{Fail, TargetAddr};
 use crate::config::Upstream;
 use crate::error::ProxyError;
+use crate::side::{Bounds, ReadStop, Side};
 use crate::socks5::codec::{self, Parsed};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use socks5_proto::{handshake::Method, Address};
 use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 /// Largest upstream handshake reply we buffer.
 const MAX_REPLY: usize = 16 * 1024;
+/// A bound of its own for each read; the dial's `connect_timeout` is the one that acts.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 fn exit_err(msg: String) -> Fail {
     Fail::Exit(ProxyError::Upstream(msg))
 }
 
-async fn write(s: &mut TcpStream, bytes: &[u8]) -> Result<(), Fail> {
-    s.write_all(bytes)
+async fn write(s: &mut Side, bytes: &[u8]) -> Result<(), Fail> {
+    s.send(bytes)
         .await
         .map_err(|e| exit_err(format!("upstream write failed: {e}")))
 }
 
-/// Read until `parse` completes a message at the front of `buf`.
+/// Read until `parse` completes the upstream's next message (the dial's deadline bounds
+/// the wait); what follows it stays in `s.buf`.
 async fn read_msg<T>(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
+    s: &mut Side,
     parse: impl Fn(&[u8]) -> Result<Parsed<T>, ProxyError>,
 ) -> Result<T, Fail> {
-    loop {
-        match parse(buf).map_err(Fail::Exit)? {
-            Parsed::Done(v, n) => {
-                buf.drain(..n);
-                return Ok(v);
-            }
-            Parsed::Incomplete if buf.len() >= MAX_REPLY => {
-                return Err(exit_err("upstream reply too long".into()))
-            }
-            Parsed::Incomplete => {}
+    let bounds = Bounds::new(MAX_REPLY, Instant::now() + MAX_WAIT);
+    match s.read_until(&bounds, parse).await {
+        Ok((v, n)) => {
+            s.consume(n);
+            Ok(v)
         }
-        let mut chunk = [0u8; 2048];
-        let n = s
-            .read(&mut chunk)
-            .await
-            .map_err(|e| exit_err(format!("upstream read failed: {e}")))?;
-        if n == 0 {
-            return Err(exit_err("upstream closed during handshake".into()));
+        Err(ReadStop::Bad(ProxyError::HeadTooLarge)) => {
+            Err(exit_err("upstream reply too long".into()))
         }
-        buf.extend_from_slice(&chunk[..n]);
+        Err(ReadStop::Bad(e)) => Err(Fail::Exit(e)),
+        Err(ReadStop::Gone | ReadStop::Quota) => {
+            Err(exit_err("upstream closed during handshake".into()))
+        }
     }
 }
 
-/// SOCKS5 CONNECT through `up`. Returns bytes the upstream sent after its reply.
+/// SOCKS5 CONNECT through `up`. Bytes the upstream sent after its reply stay in `s.buf`:
+/// they belong to the client.
 pub async fn socks5(
-    s: &mut TcpStream,
+    s: &mut Side,
     up: &Upstream,
     target: &TargetAddr,
     asked: &Cell<bool>,
-) -> Result<Vec<u8>, Fail> {
+) -> Result<(), Fail> {
     let mut out = Vec::with_capacity(64);
     let offered = if up.username.is_some() {
         Method::PASSWORD
@@ -68,8 +64,7 @@ pub async fn socks5(
     };
     codec::encode_greeting(offered, &mut out);
     write(s, &out).await?;
-    let mut buf = Vec::new();
-    let method = read_msg(s, &mut buf, codec::parse_method_reply).await?;
+    let method = read_msg(s, codec::parse_method_reply).await?;
     if method != offered {
         return Err(exit_err(format!(
             "upstream socks5 refused our method (answered {:#04x})",
@@ -82,7 +77,7 @@ pub async fn socks5(
         let pass = up.password.as_deref().unwrap_or_default();
         codec::encode_password(user.as_bytes(), pass.as_bytes(), &mut out);
         write(s, &out).await?;
-        if !read_msg(s, &mut buf, codec::parse_auth_reply).await? {
+        if !read_msg(s, codec::parse_auth_reply).await? {
             return Err(exit_err("upstream socks5 rejected our credentials".into()));
         }
     }
@@ -94,19 +89,16 @@ pub async fn socks5(
     codec::encode_connect(address, &mut out);
     write(s, &out).await?;
     asked.set(true);
-    let code = read_msg(s, &mut buf, codec::parse_reply).await?;
+    let code = read_msg(s, codec::parse_reply).await?;
     let upstream = |m: &str| Fail::Target(ProxyError::Upstream(format!("upstream socks5: {m}")));
     match code {
-        0x00 => Ok(buf),
+        0x00 => Ok(()),
         0x01 => Err(upstream("general failure")),
         0x02 => Err(upstream("not allowed by its ruleset")),
-        0x03 => Err(Fail::Target(ProxyError::NetworkUnreachable)),
-        0x04 => Err(Fail::Target(ProxyError::HostUnreachable)),
-        0x05 => Err(Fail::Target(ProxyError::ConnectionRefused)),
-        0x06 => Err(Fail::Target(ProxyError::ConnectTimeout)),
-        c => Err(exit_err(format!(
-            "upstream socks5 cannot CONNECT (reply {c:#04x})"
-        ))),
+        c => Err(match ProxyError::from_socks_target_reply(c) {
+            Some(e) => Fail::Target(e),
+            None => exit_err(format!("upstream socks5 cannot CONNECT (reply {c:#04x})")),
+        }),
     }
 }
 
@@ -117,26 +109,17 @@ fn from_proxy_status(value: &[u8], target: &TargetAddr) -> Option<ProxyError> {
         .split(';')
         .find_map(|p| p.trim().strip_prefix("error="))?
         .trim();
-    Some(match err {
-        "dns_error" | "dns_timeout" | "destination_not_found" => {
-            ProxyError::DnsFailed(target.to_string())
-        }
-        "connection_refused" => ProxyError::ConnectionRefused,
-        "connection_timeout" => ProxyError::ConnectTimeout,
-        "destination_ip_unroutable" => ProxyError::NetworkUnreachable,
-        "destination_unavailable" => ProxyError::HostUnreachable,
-        _ => return None,
-    })
+    ProxyError::from_proxy_status_error(err, &target.to_string())
 }
 
-/// HTTP CONNECT through `up` (Basic credentials from its URL). Returns bytes the upstream
-/// sent after its 2xx head.
+/// HTTP CONNECT through `up` (Basic credentials from its URL). Bytes the upstream sent
+/// after its 2xx head stay in `s.buf`.
 pub async fn http_connect(
-    s: &mut TcpStream,
+    s: &mut Side,
     up: &Upstream,
     target: &TargetAddr,
     asked: &Cell<bool>,
-) -> Result<Vec<u8>, Fail> {
+) -> Result<(), Fail> {
     let authority = target.to_string();
     let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
     if let Some(user) = &up.username {
@@ -148,8 +131,7 @@ pub async fn http_connect(
     req.push_str("\r\n");
     write(s, req.as_bytes()).await?;
     asked.set(true);
-    let mut buf = Vec::new();
-    let (code, mapped) = read_msg(s, &mut buf, |b| {
+    let (code, mapped) = read_msg(s, |b| {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(b) {
@@ -167,7 +149,7 @@ pub async fn http_connect(
     })
     .await?;
     match code {
-        200..=299 => Ok(buf),
+        200..=299 => Ok(()),
         407 => Err(exit_err(
             "upstream http proxy answered 407: it rejected our credentials".into(),
         )),

@@ -1,8 +1,9 @@
 //! Durable usage: an embedded SQLite database under `state_dir` (WAL mode, so operators'
 //! `tollgate usage …` commands can work on it while the gateway runs).
 //!
-//! [`UsageBackend`] is the seam for a shared store (Redis) serving several gateway nodes:
-//! the ledger and the handlers only see this trait.
+//! [`UsageBackend`] is where the ledger keeps usage between restarts: SQLite on a single
+//! node, nothing on a cluster node ([`InRedis`]), whose usage lives in Redis behind the
+//! plan's other seam, [`super::SharedPlan`].
 
 use super::ledger::Adjustment;
 use rusqlite::{params, Connection};
