@@ -10,7 +10,7 @@
 //! needs a tokio runtime, and one thread per node lets every core's requests share one
 //! connection, pipelined in batches (one round trip serves everything queued meanwhile).
 //! Executors talk to it over channels; a reply wakes the waiting task on its own core.
-//! The thread is in [`node`].
+//! The thread is in `node/`.
 
 mod node;
 pub mod scripts;

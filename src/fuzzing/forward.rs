@@ -1,4 +1,4 @@
-//! The forward path's invariant checker: the real connection handler ([`session::serve`],
+//! The forward path's invariant checker: the real connection handler ([`crate::session::serve`],
 //! sniffer, HTTP handler, forwarder, plan) runs in this process on a glommio executor, with
 //! a scripted client and a scripted origin on loopback sockets. The input picks the plan,
 //! the client's requests and the origin's raw answers; the checker asserts, on any input:

@@ -58,7 +58,7 @@ impl ExitIndex {
         self.lists.get(key).copied()
     }
 
-    /// Exits of a list (by id from [`Route::list`]).
+    /// Exits of a list (by id from [`super::Route::list`]).
     pub fn members(&self, list: usize) -> &[usize] {
         self.members.get(list).map_or(&[], |v| v.as_slice())
     }

@@ -1,8 +1,8 @@
 //! Boot, executors, reload and drain: the process around the cores.
 //!
-//! [`run`] checks the host ([`boot`]), binds every listener once per core, starts the shared
+//! [`run`] checks the host (`boot.rs`), binds every listener once per core, starts the shared
 //! services (cluster link, ledger, the first world, sessions, guard, admin), spawns one
-//! pinned executor per core ([`executor`]) and waits for them; SIGHUP publishes the next
+//! pinned executor per core (`executor.rs`) and waits for them; SIGHUP publishes the next
 //! world, SIGTERM/SIGINT drain.
 
 mod boot;
