@@ -2,7 +2,7 @@
 //! sniff the protocol and hand the connection (and the bytes already read) to its handler.
 
 use crate::conn::Ctx;
-use crate::side::{Bounds, Side, READ_CHUNK};
+use crate::side::{Bounds, ReadStop, Side, READ_CHUNK};
 use crate::sniff::{sniff, Protocol};
 use crate::util::{until, Parsed};
 use crate::worker::Worker;
@@ -48,19 +48,23 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
 /// refusal rather than a dropped connection.
 async fn refuse_socks4(client: &mut Side, deadline: Instant) {
     // VN CD DSTPORT(2) DSTIP(4) USERID NUL, and for 4a (DSTIP 0.0.0.x, x ≠ 0) DOMAIN NUL.
-    let complete = |b: &[u8]| {
+    let request = |b: &[u8]| {
         if b.len() < 9 {
-            return false;
+            return Ok(Parsed::Incomplete);
         }
         let nuls = b[8..].iter().filter(|&&c| c == 0).count();
         let socks4a = b[4..7] == [0, 0, 0] && b[7] != 0;
-        nuls >= if socks4a { 2 } else { 1 }
+        Ok(match nuls >= if socks4a { 2 } else { 1 } {
+            true => Parsed::Done((), b.len()),
+            false => Parsed::Incomplete,
+        })
     };
-    while !complete(&client.buf) && client.buf.len() < 1024 {
-        match until(deadline, client.fill(1024 - client.buf.len())).await {
-            Some(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
+    match client
+        .read_until(&Bounds::new(1024, deadline), request)
+        .await
+    {
+        Ok(_) | Err(ReadStop::Bad(_)) => {}
+        Err(ReadStop::Gone | ReadStop::Quota) => return,
     }
     let _ = client.send_refusal(&[0x00, 0x5B, 0, 0, 0, 0, 0, 0]).await;
     tracing::debug!("refused a SOCKS4 request");
