@@ -266,7 +266,10 @@ def main():
             p.stop()
     # Idle memory on fresh processes: earlier runs leave freed memory in allocators' pools.
     idle = {}
-    fresh = [start_tollgate(work, 2, "tollgate-idle")] + start_peers(work, wanted)
+    fresh = [start_tollgate(work, 2, "tollgate-idle")]
+    if baseline:
+        fresh.append(start_tollgate(work, 2, "tollgate-baseline-idle", binary=baseline))
+    fresh += start_peers(work, wanted)
     try:
         for p in fresh:
             if "tunnels-socks5" in p.modes:

@@ -19,8 +19,8 @@ pub struct World {
     pub config: Snapshot,
     /// Exits' health and the index by targeting.
     pub exits: Exits,
-    /// Each account's live usage, by [`crate::config::Account::id`].
-    usage: Vec<Arc<AccountState>>,
+    /// Each account's live usage, at its [`crate::config::Account::id`].
+    usage: Vec<Option<Arc<AccountState>>>,
 }
 
 impl World {
@@ -37,7 +37,7 @@ impl World {
 
     /// A world with the given usage per account id and fresh exit health (harnesses and
     /// tests: no ledger behind it).
-    pub fn with_usage(config: Snapshot, usage: Vec<Arc<AccountState>>) -> World {
+    pub fn with_usage(config: Snapshot, usage: Vec<Option<Arc<AccountState>>>) -> World {
         let exits = Exits::build(&config, None);
         World {
             config,
@@ -50,12 +50,69 @@ impl World {
     pub fn usage(&self, id: usize) -> Result<&Arc<AccountState>, ProxyError> {
         self.usage
             .get(id)
+            .and_then(Option::as_ref)
             .ok_or(ProxyError::Unavailable("account not loaded"))
     }
 
     /// The usage of the account named `name`.
     pub fn usage_of(&self, name: &str) -> Option<&Arc<AccountState>> {
         let id = self.config.accounts.get(name)?.id;
-        self.usage.get(id)
+        self.usage.get(id)?.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use crate::plan::store::SqliteStore;
+    use std::time::{Duration, Instant};
+
+    fn file(users: &[&str], exits: &[&str]) -> Snapshot {
+        let mut t = String::from(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nnetwork = \"n\"\n[[network]]\nname = \"n\"\n\
+             [[plan]]\nname = \"p\"\nbandwidth = \"1GiB\"\nthreads = 4\n",
+        );
+        for e in exits {
+            t += &format!("[[exit]]\nname = \"{e}\"\nnetwork = \"n\"\nkind = \"direct\"\n");
+        }
+        for u in users {
+            t += &format!(
+                "[[user]]\nname = \"{u}\"\npassword = \"x\"\nplan = \"p\"\nnetworks = [\"n\"]\n"
+            );
+        }
+        parse(&t).unwrap()
+    }
+
+    /// A reload that reorders accounts and exits keeps each account's usage and each exit's
+    /// health with its name, and every id resolves in the world it came from.
+    #[test]
+    fn a_reload_carries_usage_and_health_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(Box::new(SqliteStore::open(dir.path()).unwrap())).unwrap();
+        let first = World::prepare(file(&["a", "b"], &["x", "y"]), &ledger, None);
+        first.usage_of("b").unwrap().settle(777, 0);
+        let y = first.config.exit_by_name["y"];
+        let t0 = Instant::now();
+        assert!(first
+            .exits
+            .health(y)
+            .failure(1, Duration::from_secs(60), t0));
+
+        let next = World::prepare(file(&["c", "b", "a"], &["y", "x"]), &ledger, Some(&first));
+        assert_eq!(next.usage_of("b").unwrap().used(), 777);
+        assert_eq!(next.usage_of("a").unwrap().used(), 0);
+        assert!(Arc::ptr_eq(
+            next.usage_of("b").unwrap(),
+            first.usage_of("b").unwrap()
+        ));
+        for (name, acc) in &next.config.accounts {
+            assert_eq!(&next.usage(acc.id).unwrap().name, name);
+        }
+        let y2 = next.config.exit_by_name["y"];
+        assert_ne!(y, y2, "the reload moved exit y");
+        assert!(next.exits.is_benched(y2, t0));
+        assert!(!next.exits.is_benched(next.config.exit_by_name["x"], t0));
+        assert!(next.usage(99).is_err());
     }
 }

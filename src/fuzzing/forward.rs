@@ -119,12 +119,10 @@ pub fn run(data: &[u8]) {
         panic!("harness config invalid")
     };
     // A fresh plan for every run (the ledger's part at start-up).
-    let mut accounts: Vec<_> = snap.accounts.values().collect();
-    accounts.sort_by_key(|a| a.id);
-    let usage = accounts
-        .iter()
-        .map(|acc| AccountState::new(&acc.name, s.plan, 100, 0, 0))
-        .collect();
+    let mut usage = vec![None; snap.accounts.len()];
+    for acc in snap.accounts.values() {
+        usage[acc.id] = Some(AccountState::new(&acc.name, s.plan, 100, 0, 0));
+    }
     let world = Arc::new(World::with_usage(snap, usage));
     HARNESS.with(|h| {
         h.ex.run(async {

@@ -118,40 +118,32 @@ impl Ledger {
         })
     }
 
-    /// Every account of `snap`'s persistent state, by account id: the same one it had
+    /// Every account of `snap`'s persistent state, at its account id: the same one it had
     /// before a reload (counters and slots carry over), or a new one resumed from the
     /// store; plan limits are (re)applied.
-    pub fn usage_for(&self, snap: &Snapshot) -> Vec<Arc<AccountState>> {
-        let mut by_id: Vec<&crate::config::Account> = snap.accounts.values().collect();
-        by_id.sort_unstable_by_key(|a| a.id);
+    pub fn usage_for(&self, snap: &Snapshot) -> Vec<Option<Arc<AccountState>>> {
         let mut accounts = self.accounts.lock();
         let stored = self.stored.lock();
+        let len = snap.accounts.values().map(|a| a.id + 1).max().unwrap_or(0);
+        let mut by_id = vec![None; len];
+        for acc in snap.accounts.values() {
+            let plan = &snap.plans[acc.plan];
+            let state = accounts
+                .entry(acc.name.clone())
+                .or_insert_with(|| match &self.cluster {
+                    Some(c) => {
+                        AccountState::shared(&acc.name, plan.bandwidth, plan.threads, c.clone())
+                    }
+                    None => {
+                        let s = stored.get(&acc.name).copied().unwrap_or_default();
+                        AccountState::new(&acc.name, plan.bandwidth, plan.threads, s.used, s.credit)
+                    }
+                })
+                .clone();
+            state.set_plan(plan.bandwidth, plan.threads);
+            by_id[acc.id] = Some(state);
+        }
         by_id
-            .into_iter()
-            .map(|acc| {
-                let plan = &snap.plans[acc.plan];
-                let state = accounts
-                    .entry(acc.name.clone())
-                    .or_insert_with(|| match &self.cluster {
-                        Some(c) => {
-                            AccountState::shared(&acc.name, plan.bandwidth, plan.threads, c.clone())
-                        }
-                        None => {
-                            let s = stored.get(&acc.name).copied().unwrap_or_default();
-                            AccountState::new(
-                                &acc.name,
-                                plan.bandwidth,
-                                plan.threads,
-                                s.used,
-                                s.credit,
-                            )
-                        }
-                    })
-                    .clone();
-                state.set_plan(plan.bandwidth, plan.threads);
-                state
-            })
-            .collect()
     }
 
     /// (account, concurrent connections, bytes leased to cores and unspent) for every
@@ -266,7 +258,9 @@ mod tests {
              [[user]]\nname = \"a\"\npassword = \"x\"\nplan = \"p\"\nnetworks = [\"n\"]\n",
         )
         .unwrap();
-        let state = ledger.usage_for(&snap)[snap.accounts["a"].id].clone();
+        let state = ledger.usage_for(&snap)[snap.accounts["a"].id]
+            .clone()
+            .unwrap();
         state.settle(1234, 0);
         fail.store(true, Ordering::Relaxed);
         assert!(ledger.flush().is_err());
