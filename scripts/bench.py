@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Side-by-side proxy benchmark on loopback: tollgate and its peers in one run.
 
+Rows: tollgate as shipped, with spin_before_park, from a fixed source_ip and from a
+source_cidr prefix (tunnel rows only), the baseline binary when given, and the peers.
+
 usage: bench.py TOLLGATE_BIN LOADGEN_BIN   (env: BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=all
        BENCH_NODE_MODULES=dir holding proxy-chain, BENCH_BASELINE=older tollgate binary to
        measure beside this one, BENCH_MODES=comma-separated rows to run, default all)
@@ -88,7 +91,7 @@ SOCKS_MODES = ["tunnels-socks5", "down-socks5", "up-socks5"]
 HTTP_MODES = ["tunnels-connect", "down-connect", "up-connect", "forward"]
 
 
-def start_tollgate(work, workers=2, name="tollgate", extra="", server="", binary=None):
+def start_tollgate(work, workers=2, name="tollgate", extra="", server="", binary=None, exit="", modes=None):
     port = free_port()
     cfg = f"""
 [server]
@@ -106,6 +109,7 @@ name = "n"
 [[exit]]
 network = "n"
 kind = "direct"
+{exit}
 [[plan]]
 name = "p"
 bandwidth = "1000TiB"
@@ -119,7 +123,7 @@ networks = ["n"]
 """
     path = os.path.join(work, f"{name}.toml")
     open(path, "w").write(cfg)
-    return Proxy(name, [binary or TOLLGATE, "--config", path], port, SOCKS_MODES + HTTP_MODES, work)
+    return Proxy(name, [binary or TOLLGATE, "--config", path], port, modes or SOCKS_MODES + HTTP_MODES, work)
 
 
 def start_peers(work, wanted):
@@ -242,6 +246,10 @@ def main():
     baseline = os.environ.get("BENCH_BASELINE")
     if baseline:
         proxies.insert(1, start_tollgate(work, 2, "tollgate-baseline", binary=baseline))
+    # New tunnels from a fixed source address vs from a random address of a prefix exit
+    # (source_cidr): the per-connection cost of drawing and binding the address.
+    proxies += [start_tollgate(work, 2, "tollgate-source-ip", exit='source_ip = "127.0.0.1"', modes=TUNNELS),
+                start_tollgate(work, 2, "tollgate-prefix", exit='source_cidr = "127.1.0.0/16"', modes=TUNNELS)]
     proxies += start_peers(work, wanted)
     modes = [("tunnels-socks5", 32), ("tunnels-connect", 32), ("down-socks5", 4), ("up-socks5", 4),
              ("down-connect", 4), ("up-connect", 4), ("forward", 32)]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what a script of this project needs, when it is missing:
 #   scripts/deps.sh test      curl, Python requests + PySocks, chromium, redis-server, node + npm
-#                             (ws, http-proxy-agent under target/test-node), rustfmt, clippy
+#                             (ws, http-proxy-agent under target/test-node), ip and unshare (the
+#                             IPv6 prefix test's network namespace), rustfmt, clippy
 #   scripts/deps.sh bench     the peer proxies of scripts/bench.sh (microsocks, dante, squid, tinyproxy, npm)
 #   scripts/deps.sh cluster   redis-server (scripts/bench.sh cluster, scripts/soak.sh … cluster)
 # As root it calls apt-get itself; as another user, through sudo. scripts/check-install.sh
@@ -25,6 +26,9 @@ test)
   have redis-server || apt_pkgs+=(redis-server)
   # A real WebSocket client (node ws + http-proxy-agent) for plain-forwarding upgrades.
   { have node && have npm; } || apt_pkgs+=(nodejs npm)
+  # The IPv6 prefix-exit test builds its own network namespace.
+  have ip || apt_pkgs+=(iproute2)
+  have unshare || apt_pkgs+=(util-linux)
   ;;
 bench)
   have microsocks || apt_pkgs+=(microsocks)

@@ -95,6 +95,8 @@ pub struct Exchange<'a> {
     /// Formatted only when the line is written.
     pub target: Option<&'a dyn std::fmt::Display>,
     pub exit: Option<usize>,
+    /// The address a direct exit's connection left from.
+    pub source: Option<std::net::IpAddr>,
     started: Instant,
     base: (u64, u64),
 }
@@ -108,6 +110,7 @@ impl<'a> Exchange<'a> {
             account: None,
             target: None,
             exit: None,
+            source: None,
             started: Instant::now(),
             base: (0, 0),
         }
@@ -165,6 +168,7 @@ impl<'a> Exchange<'a> {
             account = self.account,
             target = self.target.map(|t| tracing::field::display(Escaped(t))),
             exit,
+            source = self.source.map(tracing::field::display),
             up,
             down,
             ms = self.started.elapsed().as_millis() as u64,

@@ -66,6 +66,10 @@ pub enum ProxyError {
     /// No route to the target network.
     #[error("network unreachable")]
     NetworkUnreachable,
+    /// The target has no address in the family of any exit that may carry it (an IPv6-only
+    /// network and a target with only A records, or the reverse).
+    #[error("no usable address: {0}")]
+    NoAddressInFamily(String),
     /// Outbound connect did not finish within `connect_timeout`.
     #[error("connect timed out")]
     ConnectTimeout,
@@ -141,7 +145,8 @@ impl ProxyError {
             DnsFailed(_)           => (BAD_GATEWAY, "dns_error"),
             HostUnreachable        => (BAD_GATEWAY, "destination_unavailable"),
             ConnectionRefused      => (BAD_GATEWAY, "connection_refused"),
-            NetworkUnreachable     => (BAD_GATEWAY, "destination_ip_unroutable"),
+            NetworkUnreachable | NoAddressInFamily(_)
+                                   => (BAD_GATEWAY, "destination_ip_unroutable"),
             ConnectTimeout         => (BAD_GATEWAY, "connection_timeout"),
             Upstream(_)            => (BAD_GATEWAY, "http_protocol_error"),
             Unavailable(_)         => ((503, "Service Unavailable", "service unavailable"), "proxy_internal_response"),
@@ -163,7 +168,7 @@ impl ProxyError {
             Internal(_) | Unavailable(_) => SocksReply::Reply(0x01),
             DnsFailed(_) | HostUnreachable => SocksReply::Reply(0x04),
             ConnectionRefused => SocksReply::Reply(0x05),
-            NetworkUnreachable => SocksReply::Reply(0x03),
+            NetworkUnreachable | NoAddressInFamily(_) => SocksReply::Reply(0x03),
             ConnectTimeout => SocksReply::Reply(0x06),
             Upstream(_) => SocksReply::Reply(0x01),
         }
@@ -312,6 +317,7 @@ mod tests {
             HostUnreachable,
             ConnectionRefused,
             NetworkUnreachable,
+            NoAddressInFamily("x has no IPv6 address".into()),
             ConnectTimeout,
             Upstream("x".into()),
             Unavailable("x"),
@@ -369,6 +375,7 @@ mod tests {
             (502, "bad gateway", SocksReply::Reply(4)),
             (502, "bad gateway", SocksReply::Reply(4)),
             (502, "bad gateway", SocksReply::Reply(5)),
+            (502, "bad gateway", SocksReply::Reply(3)),
             (502, "bad gateway", SocksReply::Reply(3)),
             (502, "bad gateway", SocksReply::Reply(6)),
             (502, "bad gateway", SocksReply::Reply(1)),

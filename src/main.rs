@@ -64,6 +64,35 @@ fn init_logging(level: &str, format: &str) {
     }
 }
 
+/// `tollgate check`: each prefix exit with its family and size, and whether its addresses
+/// are local here (a warning with what to run when not).
+fn check_prefix_exits(snap: &tollgate::config::Snapshot) {
+    use tollgate::config::{ExitKind, Source};
+    for e in &snap.exits {
+        let ExitKind::Direct {
+            source: Source::Prefix(net),
+        } = &e.kind
+        else {
+            continue;
+        };
+        let family = if net.addr().is_ipv6() { "IPv6" } else { "IPv4" };
+        let bits = tollgate::exit::source::size_bits(net);
+        match tollgate::exit::source::probe_local(net) {
+            Ok(()) => println!(
+                "exit {}: source_cidr {net} ({family}, 2^{bits} addresses), local",
+                e.name
+            ),
+            Err(why) => {
+                println!(
+                    "exit {}: source_cidr {net} ({family}, 2^{bits} addresses), NOT LOCAL",
+                    e.name
+                );
+                eprintln!("tollgate check: warning: exit {}: {why}", e.name);
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let snap = match tollgate::config::load(&cli.config) {
@@ -89,6 +118,7 @@ fn main() -> ExitCode {
                 snap.plans.len(),
                 snap.accounts.len()
             );
+            check_prefix_exits(&snap);
             ExitCode::SUCCESS
         }
         Command::Usage { action } => match usage(&snap, action.unwrap_or(UsageAction::Show)) {

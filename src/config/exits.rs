@@ -1,6 +1,6 @@
 //! `[[exit]]` validation: kinds, upstream URLs and geo tags.
 
-use super::model::{Exit, ExitKind, Upstream};
+use super::model::{Exit, ExitKind, Source, Upstream};
 use super::{find, names, ExitSection, File};
 use crate::geo;
 use std::net::IpAddr;
@@ -41,20 +41,18 @@ fn exit_kind(at: &str, e: &ExitSection) -> Result<ExitKind, String> {
             if e.url.is_some() {
                 return Err(format!("{at}: url: only socks5 and http exits take a url"));
             }
-            let source_ip = match &e.source_ip {
-                None => None,
-                Some(s) => Some(
-                    s.parse::<IpAddr>()
-                        .map_err(|_| format!("{at}: source_ip = {s:?}: not an IP address"))?,
-                ),
-            };
-            ExitKind::Direct { source_ip }
+            ExitKind::Direct {
+                source: direct_source(at, e)?,
+            }
         }
         "socks5" | "http" => {
-            if e.source_ip.is_some() {
-                return Err(format!(
-                    "{at}: source_ip: only direct exits take a source_ip"
-                ));
+            for (key, set) in [
+                ("source_ip", e.source_ip.is_some()),
+                ("source_cidr", e.source_cidr.is_some()),
+            ] {
+                if set {
+                    return Err(format!("{at}: {key}: only direct exits take a {key}"));
+                }
             }
             let url = e
                 .url
@@ -74,6 +72,35 @@ fn exit_kind(at: &str, e: &ExitSection) -> Result<ExitKind, String> {
         }
     };
     Ok(kind)
+}
+
+/// A direct exit's `source_ip` or `source_cidr` (at most one of them).
+fn direct_source(at: &str, e: &ExitSection) -> Result<Source, String> {
+    match (&e.source_ip, &e.source_cidr) {
+        (Some(_), Some(_)) => Err(format!(
+            "{at}: set either source_ip or source_cidr, not both"
+        )),
+        (None, None) => Ok(Source::Host),
+        (Some(s), None) => s
+            .parse::<IpAddr>()
+            .map(Source::Ip)
+            .map_err(|_| format!("{at}: source_ip = {s:?}: not an IP address")),
+        (None, Some(c)) => {
+            let net: ipnet::IpNet = c.parse().map_err(|_| {
+                format!("{at}: source_cidr = {c:?}: not a CIDR prefix (e.g. \"2001:db8:1::/48\" or \"203.0.113.0/24\")")
+            })?;
+            if net.trunc() != net {
+                return Err(format!(
+                    "{at}: source_cidr = {c:?}: host bits are set; the prefix is {}",
+                    net.trunc()
+                ));
+            }
+            if net.prefix_len() == 0 {
+                return Err(format!("{at}: source_cidr = {c:?}: a /0 is every address"));
+            }
+            Ok(Source::Prefix(net))
+        }
+    }
 }
 
 type Tags = (Option<String>, Option<String>, Option<String>);

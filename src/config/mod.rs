@@ -9,7 +9,9 @@ mod validate;
 
 pub use cluster::{ClusterSection, DownPolicy};
 pub use exits::parse_upstream_url;
-pub use model::{Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Upstream};
+pub use model::{
+    Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Source, Upstream,
+};
 pub use units::{parse_duration, parse_size, Dur, Size};
 
 use serde::Deserialize;
@@ -167,6 +169,20 @@ pub struct RoutingSection {
     pub max_sessions: usize,
     /// Sticky sessions one account keeps at most; past it, its own oldest goes.
     pub max_sessions_per_account: usize,
+    /// Keys the derivation of a session's address inside a prefix exit: without it the
+    /// address is still stable (derived from the exit and its prefix), with it unguessable.
+    pub session_secret: Option<Secret>,
+}
+
+/// A secret from the file: never printed (`Debug` shows `Secret(..)`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Default for RoutingSection {
@@ -177,6 +193,7 @@ impl Default for RoutingSection {
             bench_for: Dur(std::time::Duration::from_secs(30)),
             max_sessions: 1_000_000,
             max_sessions_per_account: 100_000,
+            session_secret: None,
         }
     }
 }
@@ -226,6 +243,14 @@ pub struct NetworkSection {
     pub ttl_max: u32,
     #[serde(default = "default_ttl_default")]
     pub ttl_default: u32,
+    /// `"request"`: every forwarded request of a rotating username takes the next exit
+    /// (and address); `"connection"`: a client connection keeps the first one.
+    #[serde(default = "default_rotate")]
+    pub rotate: String,
+}
+
+fn default_rotate() -> String {
+    "request".into()
 }
 
 fn default_ttl_min() -> u32 {
@@ -247,6 +272,8 @@ pub struct ExitSection {
     pub network: String,
     pub kind: String,
     pub source_ip: Option<String>,
+    /// `direct` only: leave from addresses of this local prefix (IPv4 or IPv6 CIDR).
+    pub source_cidr: Option<String>,
     pub url: Option<String>,
     pub country: Option<String>,
     pub state: Option<String>,

@@ -46,6 +46,9 @@ pub struct Network {
     pub ttl_min: u32,
     pub ttl_max: u32,
     pub ttl_default: u32,
+    /// Rotating usernames take the next exit for every forwarded request (`rotate =
+    /// "request"`), not only for every connection.
+    pub rotate_per_request: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -61,12 +64,36 @@ pub struct Exit {
 
 #[derive(Debug, Clone)]
 pub enum ExitKind {
-    /// Connect from this host, optionally bound to a local source address.
-    Direct { source_ip: Option<IpAddr> },
+    /// Connect from this host: from the address the kernel picks, from one local address,
+    /// or from addresses of a local prefix.
+    Direct { source: Source },
     /// Chain through an upstream SOCKS5 proxy.
     Socks5(Upstream),
     /// Chain through an upstream HTTP proxy (CONNECT).
     Http(Upstream),
+}
+
+/// Where a direct exit's connections leave from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The address the kernel picks for each target (either family).
+    Host,
+    /// `source_ip`: always this local address.
+    Ip(IpAddr),
+    /// `source_cidr`: an address of this prefix, random per rotating connection, derived
+    /// from the session for a sticky one.
+    Prefix(ipnet::IpNet),
+}
+
+impl Source {
+    /// The address family the exit can reach targets in: `None` for both.
+    pub fn family_v6(&self) -> Option<bool> {
+        match self {
+            Source::Host => None,
+            Source::Ip(ip) => Some(ip.is_ipv6()),
+            Source::Prefix(net) => Some(matches!(net, ipnet::IpNet::V6(_))),
+        }
+    }
 }
 
 /// An upstream proxy from an exit's `url`.

@@ -136,6 +136,15 @@ fn check_limits(f: &File) -> Result<(), String> {
     if f.routing.max_sessions_per_account == 0 {
         return Err("[routing] max_sessions_per_account: must be at least 1".into());
     }
+    if f.routing
+        .session_secret
+        .as_ref()
+        .is_some_and(|s| s.0.len() < 16)
+    {
+        return Err(
+            "[routing] session_secret: at least 16 bytes (e.g. `openssl rand -hex 32`)".into(),
+        );
+    }
     if f.dns.resolver_threads == 0 || f.dns.resolver_threads > 64 {
         return Err("[dns] resolver_threads: must be between 1 and 64".into());
     }
@@ -173,6 +182,15 @@ fn build_networks(f: &File) -> Result<Vec<Network>, String> {
             ttl_min: n.ttl_min,
             ttl_max: n.ttl_max,
             ttl_default: n.ttl_default,
+            rotate_per_request: match n.rotate.as_str() {
+                "request" => true,
+                "connection" => false,
+                other => {
+                    return Err(format!(
+                        "{at}: rotate = {other:?}: must be \"request\" or \"connection\""
+                    ))
+                }
+            },
         });
     }
     Ok(out)

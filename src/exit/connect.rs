@@ -9,18 +9,35 @@ use crate::util::within;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 /// At most this many resolved addresses are tried for one target.
 const MAX_ADDRS_TRIED: usize = 3;
 
-/// Resolve, apply the private-range policy and connect directly.
+/// Where a direct connect leaves from.
+#[derive(Clone, Copy)]
+pub(super) struct From {
+    /// The source address; `None`: the kernel's choice.
+    pub ip: Option<IpAddr>,
+    /// Bind with `IP_FREEBIND` / `IPV6_FREEBIND` (an address of a prefix routed to this
+    /// host, which no interface carries).
+    pub freebind: bool,
+    /// The targets this exit can reach: IPv6 only (`Some(true)`), IPv4 only, or both.
+    pub family_v6: Option<bool>,
+}
+
+/// Resolve, apply the private-range policy and the exit's address family, and connect
+/// directly; with both families possible, IPv6 and IPv4 addresses alternate and race
+/// (RFC 8305).
 pub(super) async fn connect_target(
     dns: &DnsCache,
     target: &TargetAddr,
-    source_ip: Option<IpAddr>,
+    from: From,
     allow_private: bool,
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), Fail> {
@@ -50,19 +67,103 @@ pub(super) async fn connect_target(
             target.to_string(),
         )));
     }
-    let usable = allowed()
-        .filter(|ip| source_ip.is_none_or(|s| s.is_ipv4() == ip.is_ipv4()))
-        .take(MAX_ADDRS_TRIED);
-    let mut last = ProxyError::NetworkUnreachable;
-    for ip in usable {
-        match connect_direct(SocketAddr::new(ip, target.port()), source_ip, timeout).await {
-            Ok(ok) => return Ok(ok),
-            // The source address is not on this host: the exit is broken, not the target.
-            Err(e @ ProxyError::Unavailable(_)) => return Err(Fail::Exit(e)),
-            Err(e) => last = e,
+    let in_family = |v6: bool| allowed().filter(move |ip| ip.is_ipv6() == v6);
+    let mut order: Vec<SocketAddr> = Vec::with_capacity(MAX_ADDRS_TRIED);
+    match from.family_v6 {
+        Some(v6) => order.extend(
+            in_family(v6)
+                .take(MAX_ADDRS_TRIED)
+                .map(|ip| SocketAddr::new(ip, target.port())),
+        ),
+        None => {
+            let (mut six, mut four) = (in_family(true), in_family(false));
+            while order.len() < MAX_ADDRS_TRIED {
+                let next = [six.next(), four.next()];
+                if next.iter().all(Option::is_none) {
+                    break;
+                }
+                order.extend(
+                    next.into_iter()
+                        .flatten()
+                        .map(|ip| SocketAddr::new(ip, target.port())),
+                );
+            }
+            order.truncate(MAX_ADDRS_TRIED);
         }
     }
-    Err(Fail::Target(last))
+    if order.is_empty() {
+        let want = match from.family_v6 {
+            Some(true) => "IPv6",
+            _ => "IPv4",
+        };
+        return Err(Fail::Family(ProxyError::NoAddressInFamily(format!(
+            "{target} has no {want} address, and the exits that may carry it reach {want} targets only"
+        ))));
+    }
+    match race(&order, from, timeout).await {
+        Ok(ok) => Ok(ok),
+        // The source address is not on this host: the exit is broken, not the target.
+        Err(e @ ProxyError::Unavailable(_)) => Err(Fail::Exit(e)),
+        Err(e) => Err(Fail::Target(e)),
+    }
+}
+
+/// A connect that has not answered within this long lets the next address start too.
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+type Attempt = Pin<Box<dyn Future<Output = Result<(TcpStream, SocketAddr), ProxyError>>>>;
+
+/// Connect to the first of `addrs` that answers: each next address starts when the one
+/// before it failed or has not answered for [`ATTEMPT_DELAY`]; the first connection made
+/// wins and the others are dropped (closed).
+async fn race(
+    addrs: &[SocketAddr],
+    from: From,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), ProxyError> {
+    let source = from.ip;
+    if let [only] = addrs {
+        return connect_direct(*only, source, from.freebind, timeout).await;
+    }
+    let start =
+        |a: SocketAddr| -> Attempt { Box::pin(connect_direct(a, source, from.freebind, timeout)) };
+    let mut live: Vec<Attempt> = vec![start(addrs[0])];
+    let mut next = 1;
+    let mut delay: Pin<Box<dyn Future<Output = ()>>> =
+        Box::pin(glommio::timer::sleep(ATTEMPT_DELAY));
+    let mut last = ProxyError::NetworkUnreachable;
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < live.len() {
+            match live[i].as_mut().poll(cx) {
+                Poll::Ready(Ok(ok)) => return Poll::Ready(Ok(ok)),
+                Poll::Ready(Err(e)) => {
+                    last = e;
+                    drop(live.swap_remove(i));
+                    if next < addrs.len() {
+                        live.push(start(addrs[next]));
+                        next += 1;
+                        delay = Box::pin(glommio::timer::sleep(ATTEMPT_DELAY));
+                    }
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        if live.is_empty() {
+            return Poll::Ready(Err(last.clone()));
+        }
+        while next < addrs.len() && delay.as_mut().poll(cx).is_ready() {
+            let mut a = start(addrs[next]);
+            next += 1;
+            delay = Box::pin(glommio::timer::sleep(ATTEMPT_DELAY));
+            if let Poll::Ready(Ok(ok)) = a.as_mut().poll(cx) {
+                return Poll::Ready(Ok(ok));
+            }
+            live.push(a);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Non-blocking connect from an optional source address, adopted into glommio.
@@ -70,6 +171,7 @@ pub(super) async fn connect_target(
 pub async fn connect_direct(
     addr: SocketAddr,
     source: Option<IpAddr>,
+    freebind: bool,
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {
     let io = |e: std::io::Error| ProxyError::from_connect_io(&e);
@@ -90,6 +192,14 @@ pub async fn connect_direct(
                 &one as *const _ as *const libc::c_void,
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
+        }
+        if freebind {
+            // An address of a prefix routed to this host that no interface carries.
+            match src {
+                IpAddr::V4(_) => sock.set_freebind(true),
+                IpAddr::V6(_) => sock.set_freebind_ipv6(true),
+            }
+            .map_err(io)?;
         }
         sock.bind(&SocketAddr::new(src, 0).into()).map_err(|e| {
             if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {

@@ -6,20 +6,21 @@
 mod connect;
 pub mod dns;
 pub mod policy;
+pub mod source;
 mod target;
 pub mod upstream;
 
 pub use connect::connect_direct;
 pub use target::{inet_aton, TargetAddr};
 
-use crate::config::{ExitKind, Snapshot};
+use crate::config::{ExitKind, Snapshot, Source};
 use crate::error::ProxyError;
 use crate::metrics::CoreMetrics;
 use crate::route::choose::{Choice, Chooser};
 use crate::route::Route;
 use crate::side::Side;
 use crate::util::within;
-use connect::connect_target;
+use connect::{connect_target, From};
 use dns::DnsCache;
 use glommio::net::TcpStream;
 use std::cell::Cell;
@@ -42,6 +43,8 @@ pub struct Outbound {
     pub exit: usize,
     /// Bytes an upstream proxy sent after its handshake: they belong to the client.
     pub early: Vec<u8>,
+    /// The address a direct exit's connection left from (what the target sees).
+    pub source: Option<IpAddr>,
 }
 
 /// Whose fault a failed attempt was: the exit's (try another, count towards benching) or
@@ -52,6 +55,9 @@ pub enum Fail {
     Exit(ProxyError),
     /// The target's failure: reported at once, retried nowhere, never benches the exit.
     Target(ProxyError),
+    /// The target has no address of the exit's family: another exit may have one; never
+    /// counts against the exit.
+    Family(ProxyError),
     /// Could be either (an upstream's 503, or no answer to our CONNECT within
     /// `connect_timeout`): reported at once like a target's failure; benches the exit only
     /// when several targets of several accounts fail this way (one tenant cannot bench a
@@ -73,7 +79,8 @@ pub async fn dial(
         let t0 = Instant::now();
         // Set once our CONNECT request is with the upstream: a timeout after it is unclear.
         let asked = Cell::new(false);
-        let attempt = connect_via(eg.dns, snap, exit, target, &asked);
+        let session = route.sticky.as_ref().map(|st| st.key.as_str());
+        let attempt = connect_via(eg.dns, snap, exit, target, session, &asked);
         let res = within(snap.server.connect_timeout.0, attempt).await;
         let name = snap.exits[exit].name.as_str();
         eg.metrics.exit_attempt(name, !matches!(res, Some(Ok(_))));
@@ -99,6 +106,10 @@ pub async fn dial(
                 choice.unclear(exit, target::target_key(target), &e);
                 return Err(e);
             }
+            Some(Err(Fail::Family(e))) => {
+                last = Some(e);
+                continue;
+            }
             Some(Err(Fail::Exit(e))) => e,
             None => ProxyError::Upstream(format!("exit {name} timed out")),
         };
@@ -114,6 +125,7 @@ async fn connect_via(
     snap: &Snapshot,
     exit: usize,
     target: &TargetAddr,
+    session: Option<&str>,
     asked: &Cell<bool>,
 ) -> Result<Outbound, Fail> {
     #[cfg(feature = "fault-injection")]
@@ -126,14 +138,20 @@ async fn connect_via(
     let allow_private = snap.server.allow_private_targets;
     let timeout = snap.server.connect_timeout.0;
     let (up, is_socks) = match &snap.exits[exit].kind {
-        ExitKind::Direct { source_ip } => {
-            let (stream, local) =
-                connect_target(dns, target, *source_ip, allow_private, timeout).await?;
+        ExitKind::Direct { source } => {
+            let name = snap.exits[exit].name.as_str();
+            let from = From {
+                ip: source::pick(source, name, session, snap.routing.session_secret.as_ref()),
+                freebind: matches!(source, Source::Prefix(_)),
+                family_v6: source.family_v6(),
+            };
+            let (stream, local) = connect_target(dns, target, from, allow_private, timeout).await?;
             return Ok(Outbound {
                 stream,
                 local,
                 exit,
                 early: Vec::new(),
+                source: Some(local.ip()),
             });
         }
         ExitKind::Socks5(up) => (up, true),
@@ -167,11 +185,13 @@ async fn connect_via(
             })?,
     };
     let addr = SocketAddr::new(ip, up.port);
-    let (stream, local) = connect_direct(addr, None, timeout).await.map_err(|e| {
-        Fail::Exit(ProxyError::Upstream(format!(
-            "upstream proxy {addr} unreachable: {e}"
-        )))
-    })?;
+    let (stream, local) = connect_direct(addr, None, false, timeout)
+        .await
+        .map_err(|e| {
+            Fail::Exit(ProxyError::Upstream(format!(
+                "upstream proxy {addr} unreachable: {e}"
+            )))
+        })?;
     let mut side = Side::new(stream);
     if is_socks {
         upstream::socks5(&mut side, up, target, asked).await?
@@ -183,5 +203,6 @@ async fn connect_via(
         local,
         exit,
         early: side.buf,
+        source: None,
     })
 }

@@ -166,6 +166,7 @@ async fn one(
             match Box::pin(exit::dial(&ctx.egress(), &route, &dest)).await {
                 Ok(mut out) => {
                     ex.exit = Some(out.exit);
+                    ex.source = out.source;
                     let reply = b"HTTP/1.1 200 Connection established\r\n\r\n";
                     let end = proxy::tunnel(ctx, client, &mut out, reply).await;
                     tracing::debug!(?end, target = %target, "http tunnel ended");
@@ -196,17 +197,20 @@ async fn forward(
     match res {
         Ok(d) => {
             ex.exit = Some(d.exit);
+            ex.source = d.source;
             ex.finish(ctx, client, Ok(d.code), d.end);
             d.client_keep_alive
         }
         // A client that left mid-request: its own outcome (499, as nginx logs it).
         Err(f) if f.end == "client_reset" => {
             ex.exit = f.exit;
+            ex.source = f.source;
             ex.finish(ctx, client, Ok(499), f.end);
             false
         }
         Err(f) => {
             ex.exit = f.exit;
+            ex.source = f.source;
             let keep = Keep {
                 open: req.keep_alive && req.body == Framing::None,
                 head: req.method.eq_ignore_ascii_case("HEAD"),

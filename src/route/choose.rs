@@ -243,9 +243,12 @@ fn usable(with: Chooser<'_>, route: &Route, name: &str) -> Option<usize> {
 }
 
 /// May a connection already open through `exit` carry another request on `route`? Only
-/// when `route` may use that exit (for a sticky session: it is the session's exit now).
-pub fn may_reuse(with: Chooser<'_>, route: &Route, exit: usize) -> bool {
-    with.exits.index.members(route.list).contains(&exit)
+/// when `route` may use that exit: for a sticky session, it is the session's exit now; when
+/// every request takes the next exit (`per_request`), it is the only candidate.
+pub fn may_reuse(with: Chooser<'_>, route: &Route, exit: usize, per_request: bool) -> bool {
+    let members = with.exits.index.members(route.list);
+    members.contains(&exit)
+        && (!per_request || members.len() == 1)
         && route.sticky.as_ref().is_none_or(|st| {
             with.sessions.table.get(&st.key, Instant::now()).as_deref()
                 == Some(with.snap.exits[exit].name.as_str())

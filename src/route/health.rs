@@ -55,6 +55,9 @@ pub struct Health {
     benched_until_ms: AtomicU64,
     /// Unclear failures since the last success ([`Health::unclear_failure`]).
     has_unclear: AtomicBool,
+    /// The exit cannot work as configured (a `source_cidr` that is not local): left out
+    /// until a reload finds it fixed.
+    unusable: AtomicBool,
     unclear: parking_lot::Mutex<Unclear>,
 }
 
@@ -70,7 +73,14 @@ const UNCLEAR_KEPT: usize = 16;
 
 impl Health {
     pub fn is_benched(&self, now: Instant) -> bool {
-        self.benched_until_ms.load(Ordering::Relaxed) > epoch_ms(now)
+        self.unusable.load(Ordering::Relaxed)
+            || self.benched_until_ms.load(Ordering::Relaxed) > epoch_ms(now)
+    }
+
+    /// Leave the exit out (`false`) or take it back (`true`) whatever its failures: for
+    /// what a check of its configuration found.
+    pub fn set_usable(&self, usable: bool) {
+        self.unusable.store(!usable, Ordering::Relaxed);
     }
 
     pub fn success(&self) {

@@ -113,10 +113,15 @@ pub(super) fn log_config(snap: &Snapshot, workers: usize) {
     }
     for e in &snap.exits {
         let kind = match &e.kind {
-            config::ExitKind::Direct {
-                source_ip: Some(ip),
-            } => format!("direct from {ip}"),
-            config::ExitKind::Direct { source_ip: None } => "direct".into(),
+            config::ExitKind::Direct { source } => match source {
+                config::Source::Host => "direct".into(),
+                config::Source::Ip(ip) => format!("direct from {ip}"),
+                config::Source::Prefix(net) => format!(
+                    "direct from {net} ({}, 2^{} addresses)",
+                    if net.addr().is_ipv6() { "IPv6" } else { "IPv4" },
+                    crate::exit::source::size_bits(net)
+                ),
+            },
             config::ExitKind::Socks5(u) => format!("socks5 via {}:{}", u.host, u.port),
             config::ExitKind::Http(u) => format!("http via {}:{}", u.host, u.port),
         };
@@ -129,5 +134,26 @@ pub(super) fn log_config(snap: &Snapshot, workers: usize) {
             city = e.city.as_deref(),
             "exit"
         );
+    }
+}
+
+/// Probe every prefix exit's `source_cidr` (is it local?): one that is not is left out,
+/// with a log line that says what to run; one that is (again) is taken back.
+pub(super) fn check_sources(world: &crate::world::World) {
+    for (i, e) in world.config.exits.iter().enumerate() {
+        let config::ExitKind::Direct {
+            source: config::Source::Prefix(net),
+        } = &e.kind
+        else {
+            continue;
+        };
+        let health = world.exits.health(i);
+        match crate::exit::source::probe_local(net) {
+            Ok(()) => health.set_usable(true),
+            Err(why) => {
+                tracing::error!(exit = %e.name, "{why}; the exit is left out until a reload finds it local");
+                health.set_usable(false);
+            }
+        }
     }
 }

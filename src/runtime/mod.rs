@@ -116,6 +116,7 @@ fn start_services(snap: Snapshot) -> Result<Started, String> {
     ));
     let shared = cluster.clone().map(|c| c as Arc<dyn SharedSessions>);
     let world = World::prepare(snap, &ledger, None);
+    boot::check_sources(&world);
     Ok(Started {
         services: Services {
             world: Arc::new(ArcSwap::from_pointee(world)),
@@ -287,5 +288,7 @@ fn reload(path: &std::path::Path, world: &ArcSwap<World>, ledger: &Ledger) {
         tracing::warn!("reload: [cluster] changes take effect only after a restart");
     }
     tracing::info!(accounts = new.accounts.len(), "configuration reloaded");
-    world.store(Arc::new(World::prepare(new, ledger, Some(&old))));
+    let next = World::prepare(new, ledger, Some(&old));
+    boot::check_sources(&next);
+    world.store(Arc::new(next));
 }

@@ -140,6 +140,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     match connect(ctx, client, &ident, &target).await {
         Ok((mut out, _slot)) => {
             ex.exit = Some(out.exit);
+            ex.source = out.source;
             let mut reply = Vec::with_capacity(32);
             codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
             let end = proxy::tunnel(ctx, client, &mut out, &reply).await;

@@ -20,6 +20,7 @@ mod attempt;
 mod body;
 
 use super::codec::{Framing, Request};
+use crate::config::{ExitKind, Source};
 use crate::conn::Ctx;
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
@@ -27,6 +28,7 @@ use crate::route::{choose, Route};
 use crate::side::Side;
 use crate::util::BufPool;
 use attempt::attempt;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ pub struct Origin {
     host: String,
     port: u16,
     exit: usize,
+    /// The address it left from: a request is sent on it only if it would leave from there.
+    source: Option<IpAddr>,
 }
 
 impl Origin {
@@ -67,6 +71,7 @@ pub struct Done {
     pub code: u16,
     pub client_keep_alive: bool,
     pub exit: usize,
+    pub source: Option<IpAddr>,
     /// `closed`, or how an upgraded connection's tunnel ended.
     pub end: &'static str,
 }
@@ -76,6 +81,7 @@ pub struct Done {
 pub struct Failed {
     pub error: ProxyError,
     pub exit: Option<usize>,
+    pub source: Option<IpAddr>,
     pub replied: bool,
     /// For the access line: `refused` (the gateway answers with `error`), `client_reset`
     /// (the client left mid-request), `upstream_reset`, `idle` or `quota` (cut mid-answer).
@@ -114,18 +120,16 @@ pub async fn exchange(
     route: &Route,
 ) -> Result<Done, Failed> {
     let (host, port) = req.target.host_port();
-    // Reuse only a clean connection to the same origin through an exit this request may
-    // use (for a sticky session: its bound exit).
-    let usable = |exit: usize| choose::may_reuse(ctx.chooser(), route, exit);
-    if let Some(o) = slot
-        .as_mut()
-        .filter(|o| o.host == host && o.port == port && usable(o.exit) && o.is_clean())
-    {
-        let exit = o.exit;
+    // Reuse only a clean connection to the same origin that this request would have
+    // left through anyway (exit and address).
+    if let Some(o) = slot.as_mut().filter(|o| {
+        o.host == host && o.port == port && would_leave_by(ctx, route, o) && o.is_clean()
+    }) {
+        let via = (o.exit, o.source);
         let retryable = req.body == Framing::None && req.upgrade.is_none();
         match attempt(ctx, client, o, req, retryable).await {
             Attempt::Stale => {}
-            other => return settle(other, slot, None, exit),
+            other => return settle(other, slot, None, via),
         }
     }
     *slot = None;
@@ -135,26 +139,66 @@ pub async fn exchange(
         .map_err(|error| Failed {
             error,
             exit: None,
+            source: None,
             replied: false,
             end: "refused",
         })?;
     let mut side = Side::new(out.stream);
     side.buf = out.early;
+    let via = (out.exit, out.source);
     let mut o = Origin {
         side,
         host: host.to_owned(),
         port,
         exit: out.exit,
+        source: out.source,
     };
     let res = attempt(ctx, client, &mut o, req, false).await;
-    settle(res, slot, Some(o), out.exit)
+    settle(res, slot, Some(o), via)
+}
+
+/// Would this request leave through `o`'s exit and address? A sticky session: only from
+/// its exit and, on a prefix exit, its own address. A rotating username on a network that
+/// rotates per request (`rotate = "request"`): only when rotation could pick nothing else
+/// (one candidate exit with one address); per connection: any exit it may use.
+fn would_leave_by(ctx: &Ctx, route: &Route, o: &Origin) -> bool {
+    let snap = ctx.config();
+    let per_request = route.sticky.is_none()
+        && snap
+            .networks
+            .get(ctx.network)
+            .is_some_and(|n| n.rotate_per_request);
+    if !choose::may_reuse(ctx.chooser(), route, o.exit, per_request) {
+        return false;
+    }
+    let Some(e) = snap.exits.get(o.exit) else {
+        return false;
+    };
+    match (&e.kind, &route.sticky) {
+        (
+            ExitKind::Direct {
+                source: s @ Source::Prefix(_),
+            },
+            Some(st),
+        ) => {
+            let secret = snap.routing.session_secret.as_ref();
+            o.source == exit::source::pick(s, &e.name, Some(&st.key), secret)
+        }
+        (
+            ExitKind::Direct {
+                source: Source::Prefix(_),
+            },
+            None,
+        ) => !per_request,
+        _ => true,
+    }
 }
 
 fn settle(
     res: Attempt,
     slot: &mut Option<Origin>,
     fresh: Option<Origin>,
-    exit: usize,
+    (exit, source): (usize, Option<IpAddr>),
 ) -> Result<Done, Failed> {
     match res {
         Attempt::Done {
@@ -172,6 +216,7 @@ fn settle(
                 code,
                 client_keep_alive,
                 exit,
+                source,
                 end,
             })
         }
@@ -180,6 +225,7 @@ fn settle(
             Err(Failed {
                 error: ProxyError::Upstream("origin closed the connection".into()),
                 exit: Some(exit),
+                source,
                 replied: false,
                 end: "refused",
             })
@@ -193,6 +239,7 @@ fn settle(
             Err(Failed {
                 error,
                 exit: Some(exit),
+                source,
                 replied,
                 end,
             })

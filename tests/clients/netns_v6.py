@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""An IPv6 prefix exit on the real AnyIP path, inside a network namespace of its own.
+
+Run by tests/prefix.rs as `unshare -n python3 tests/clients/netns_v6.py TOLLGATE_BIN`
+(root). In the fresh namespace: lo up, `ip -6 route add local fd00:77::/64 dev lo` (the
+prefix the exit draws from), an origin on another ULA address (fd00:78::1) that answers
+with the caller's address, an IPv4 origin on 127.0.0.1, and tollgate with an IPv6-only
+network. Prints one `key value` line per observation; the Rust test asserts on them.
+"""
+import base64
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+BIN = sys.argv[1]
+AUTH = "Basic " + base64.b64encode(b"alice:secret").decode()
+
+
+def sh(*args):
+    subprocess.run(args, check=True)
+
+
+def origin(family, addr):
+    """An HTTP origin answering every request with the caller's address."""
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.bind((addr, 0))
+    srv.listen(64)
+
+    def serve(c):
+        with c:
+            peer = c.getpeername()[0]
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                buf += chunk
+            body = peer.encode()
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+
+    def loop():
+        while True:
+            c, _ = srv.accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv.getsockname()[1]
+
+
+def response(s):
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    code = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    return code, headers, body.decode()
+
+
+def forward(gw, url, user="alice"):
+    s = socket.create_connection(gw, timeout=10)
+    auth = "Basic " + base64.b64encode(f"{user}:secret".encode()).decode()
+    s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {auth}\r\nConnection: close\r\n\r\n".encode())
+    return response(s)
+
+
+def socks(gw, host, port, user="alice"):
+    s = socket.create_connection(gw, timeout=10)
+    s.sendall(b"\x05\x01\x02")
+    assert s.recv(2) == b"\x05\x02"
+    u = user.encode()
+    s.sendall(b"\x01" + bytes([len(u)]) + u + b"\x06secret")
+    assert s.recv(2) == b"\x01\x00"
+    s.sendall(b"\x05\x01\x00\x04" + socket.inet_pton(socket.AF_INET6, host) + port.to_bytes(2, "big"))
+    reply = s.recv(4)
+    assert reply[1] == 0, f"socks5 reply {reply[1]:#x}"
+    s.recv(18 if reply[3] == 4 else 6)
+    s.sendall(b"GET /ip HTTP/1.1\r\nHost: x\r\n\r\n")
+    return response(s)[2]
+
+
+def main():
+    sh("ip", "link", "set", "lo", "up")
+    sh("ip", "-6", "route", "add", "local", "fd00:77::/64", "dev", "lo")
+    sh("ip", "-6", "addr", "add", "fd00:78::1/128", "dev", "lo", "nodad")
+    v6_port = origin(socket.AF_INET6, "fd00:78::1")
+    v4_port = origin(socket.AF_INET, "127.0.0.1")
+    work = tempfile.mkdtemp(prefix="tollgate-netns-")
+    cfg = os.path.join(work, "tollgate.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""
+[server]
+workers = 2
+allow_private_targets = true
+state_dir = "{work}/state"
+[[listener]]
+listen = "127.0.0.1:0"
+network = "v6"
+[[network]]
+name = "v6"
+[[exit]]
+name = "v6block"
+network = "v6"
+kind = "direct"
+source_cidr = "fd00:77::/64"
+[[plan]]
+name = "p"
+bandwidth = "1GiB"
+threads = 100
+[[user]]
+name = "alice"
+password = "secret"
+plan = "p"
+networks = ["v6"]
+""")
+    check = subprocess.run([BIN, "--config", cfg, "check"], capture_output=True, text=True)
+    for line in check.stdout.splitlines():
+        if line.startswith("exit "):
+            print("check", line)
+    gw_proc = subprocess.Popen([BIN, "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    gw = None
+    try:
+        for line in gw_proc.stdout:
+            if line.startswith("listening "):
+                host, _, port = line.split()[1].rpartition(":")
+                gw = (host, int(port))
+            if line.startswith("ready"):
+                break
+        origin6 = f"http://[fd00:78::1]:{v6_port}/ip"
+        for i in range(20):
+            ip = socks(gw, "fd00:78::1", v6_port) if i % 2 else forward(gw, origin6)[2]
+            print("rotating", ip)
+        for i in range(6):
+            user = "alice-session-v6s"
+            ip = socks(gw, "fd00:78::1", v6_port, user) if i % 2 else forward(gw, origin6, user)[2]
+            print("session", ip)
+        code, headers, _ = forward(gw, f"http://127.0.0.1:{v4_port}/ip")
+        print("a_only_code", code)
+        print("a_only_status", headers.get("proxy-status", ""))
+    finally:
+        gw_proc.terminate()
+        gw_proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
