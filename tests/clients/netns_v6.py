@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """An IPv6 prefix exit on the real AnyIP path, inside a network namespace of its own.
 
-Run by tests/prefix.rs as `unshare -n python3 tests/clients/netns_v6.py TOLLGATE_BIN`
-(root). In the fresh namespace: lo up, `ip -6 route add local fd00:77::/64 dev lo` (the
+Run by tests/prefix.rs as `unshare -n -m python3 tests/clients/netns_v6.py TOLLGATE_BIN`
+(root). In the fresh namespaces: lo up, `ip -6 route add local fd00:77::/64 dev lo` (the
 prefix the exit draws from), an origin on another ULA address (fd00:78::1) that answers
-with the caller's address, an IPv4 origin on 127.0.0.1, and tollgate with an IPv6-only
-network. Prints one `key value` line per observation; the Rust test asserts on them.
+with the caller's address, an IPv4 origin on 127.0.0.1, an /etc/hosts of its own (bind-
+mounted in the private mount namespace) with a name of each family, and tollgate with an
+IPv6-only network. Prints one `key value` line per observation; the Rust test asserts on
+them.
 """
 import base64
 import os
@@ -90,6 +92,10 @@ def main():
     sh("ip", "link", "set", "lo", "up")
     sh("ip", "-6", "route", "add", "local", "fd00:77::/64", "dev", "lo")
     sh("ip", "-6", "addr", "add", "fd00:78::1/128", "dev", "lo", "nodad")
+    hosts = tempfile.NamedTemporaryFile("w", suffix=".hosts", delete=False)
+    hosts.write("127.0.0.1 localhost\nfd00:78::1 v6only.test\n127.0.0.1 a4only.test\n")
+    hosts.close()
+    sh("mount", "--bind", hosts.name, "/etc/hosts")
     v6_port = origin(socket.AF_INET6, "fd00:78::1")
     v4_port = origin(socket.AF_INET, "127.0.0.1")
     work = tempfile.mkdtemp(prefix="tollgate-netns-")
@@ -141,9 +147,12 @@ networks = ["v6"]
             user = "alice-session-v6s"
             ip = socks(gw, "fd00:78::1", v6_port, user) if i % 2 else forward(gw, origin6, user)[2]
             print("session", ip)
-        code, headers, _ = forward(gw, f"http://127.0.0.1:{v4_port}/ip")
-        print("a_only_code", code)
-        print("a_only_status", headers.get("proxy-status", ""))
+        code, _, body = forward(gw, f"http://v6only.test:{v6_port}/ip")
+        print("aaaa_name", code, body)
+        for target in (f"a4only.test:{v4_port}", f"127.0.0.1:{v4_port}"):
+            code, headers, _ = forward(gw, f"http://{target}/ip")
+            print("a_only_code", code)
+            print("a_only_status", headers.get("proxy-status", ""))
     finally:
         gw_proc.terminate()
         gw_proc.wait(timeout=10)
