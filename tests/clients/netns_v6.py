@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 BIN = sys.argv[1]
 AUTH = "Basic " + base64.b64encode(b"alice:secret").decode()
@@ -93,11 +94,24 @@ def main():
     sh("ip", "-6", "route", "add", "local", "fd00:77::/64", "dev", "lo")
     sh("ip", "-6", "addr", "add", "fd00:78::1/128", "dev", "lo", "nodad")
     hosts = tempfile.NamedTemporaryFile("w", suffix=".hosts", delete=False)
-    hosts.write("127.0.0.1 localhost\nfd00:78::1 v6only.test\n127.0.0.1 a4only.test\n")
+    hosts.write("127.0.0.1 localhost\nfd00:78::1 v6only.test\n127.0.0.1 a4only.test\n"
+                "fd00:78::3 slow6.test\n127.0.0.1 slow6.test\n")
     hosts.close()
     sh("mount", "--bind", hosts.name, "/etc/hosts")
+    sh("ip", "-6", "addr", "add", "fd00:78::3/128", "dev", "lo", "nodad")
     v6_port = origin(socket.AF_INET6, "fd00:78::1")
     v4_port = origin(socket.AF_INET, "127.0.0.1")
+    # On [fd00:78::3] the same port is a tarpit: a listener that never accepts, its queue
+    # filled, so a connect there hangs (its SYNs are dropped).
+    tarpit = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    tarpit.bind(("fd00:78::3", v4_port))
+    tarpit.listen(0)
+    fillers = []
+    for _ in range(2):
+        f = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        f.setblocking(False)
+        f.connect_ex(("fd00:78::3", v4_port))
+        fillers.append(f)
     work = tempfile.mkdtemp(prefix="tollgate-netns-")
     cfg = os.path.join(work, "tollgate.toml")
     with open(cfg, "w") as f:
@@ -109,8 +123,17 @@ state_dir = "{work}/state"
 [[listener]]
 listen = "127.0.0.1:0"
 network = "v6"
+[[listener]]
+listen = "127.0.0.1:0"
+network = "both"
 [[network]]
 name = "v6"
+[[network]]
+name = "both"
+[[exit]]
+name = "host"
+network = "both"
+kind = "direct"
 [[exit]]
 name = "v6block"
 network = "v6"
@@ -124,21 +147,22 @@ threads = 100
 name = "alice"
 password = "secret"
 plan = "p"
-networks = ["v6"]
+networks = ["v6", "both"]
 """)
     check = subprocess.run([BIN, "--config", cfg, "check"], capture_output=True, text=True)
     for line in check.stdout.splitlines():
         if line.startswith("exit "):
             print("check", line)
     gw_proc = subprocess.Popen([BIN, "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    gw = None
+    listeners = []
     try:
         for line in gw_proc.stdout:
             if line.startswith("listening "):
                 host, _, port = line.split()[1].rpartition(":")
-                gw = (host, int(port))
+                listeners.append((host, int(port)))
             if line.startswith("ready"):
                 break
+        gw, both = listeners
         origin6 = f"http://[fd00:78::1]:{v6_port}/ip"
         for i in range(20):
             ip = socks(gw, "fd00:78::1", v6_port) if i % 2 else forward(gw, origin6)[2]
@@ -147,6 +171,11 @@ networks = ["v6"]
             user = "alice-session-v6s"
             ip = socks(gw, "fd00:78::1", v6_port, user) if i % 2 else forward(gw, origin6, user)[2]
             print("session", ip)
+        # Both families, the IPv6 address a tarpit: the IPv4 attempt starts 250 ms later and
+        # wins, long before connect_timeout.
+        t0 = time.monotonic()
+        code, _, body = forward(both, f"http://slow6.test:{v4_port}/ip")
+        print("race", code, body, f"{time.monotonic() - t0:.2f}s")
         code, _, body = forward(gw, f"http://v6only.test:{v6_port}/ip")
         print("aaaa_name", code, body)
         for target in (f"a4only.test:{v4_port}", f"127.0.0.1:{v4_port}"):
