@@ -175,9 +175,10 @@ pub async fn connect_direct(
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {
     let io = |e: std::io::Error| ProxyError::from_connect_io(&e);
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+    // Non-blocking (and close-on-exec) from socket(2) itself: no fcntl round trips.
+    let kind = Type::STREAM.nonblocking();
+    let sock = Socket::new(Domain::for_address(addr), kind, Some(Protocol::TCP))
         .map_err(|_| ProxyError::Unavailable("out of sockets"))?;
-    sock.set_nonblocking(true).map_err(io)?;
     sock.set_nodelay(true).map_err(io)?;
     if let Some(src) = source {
         // Let connect() pick the port, so many source IPs don't exhaust ephemeral ports at
