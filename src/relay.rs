@@ -67,7 +67,7 @@ impl Meter {
     /// meters (no account yet) are not limited.
     pub fn poll_allow(&self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
         match &*self.charge.borrow() {
-            Some(c) if !self.parked.get() => c.local().poll_allowance(cx, want),
+            Some(c) if !self.parked.get() => c.poll_allow(cx, want),
             _ => Poll::Ready(want),
         }
     }

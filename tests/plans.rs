@@ -328,3 +328,55 @@ fn sighup_adds_and_removes_users_and_changes_plans_while_a_tunnel_stays_open() {
     live.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"still");
 }
+
+/// Bytes a client reads from `streams` in `secs` seconds from its first byte (each stream
+/// read on its own thread, all counted together).
+fn bytes_read_within(streams: Vec<TcpStream>, secs: f64) -> u64 {
+    let start = std::sync::Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
+    let threads: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let mut total = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    let t0 = *start.get_or_init(std::time::Instant::now);
+                    if n == 0 || t0.elapsed().as_secs_f64() >= secs {
+                        return total;
+                    }
+                    total += n as u64;
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+/// `speed = "1MiB/s"`: a client measures the account's relayed bytes over 5 s, one download
+/// and then two at once (they share the limit), within ±10% of the rate; the bytes are
+/// throttled, never refused.
+#[test]
+fn speed_limit_throttles_an_account_across_its_connections() {
+    let cfg =
+        plan_config("10GiB", 10, "").replace("threads = 10", "threads = 10\nspeed = \"1MiB/s\"");
+    let gw = Gateway::start(&cfg);
+    let o = http_origin();
+    let download = || {
+        let mut s = try_socks(gw.addr(), o.addr).unwrap();
+        s.write_all(b"GET /big?n=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let rate = 1024.0 * 1024.0;
+    for n in [1, 2] {
+        let got = bytes_read_within((0..n).map(|_| download()).collect(), 5.0) as f64;
+        let per_second = got / 5.0;
+        println!("{n} connection(s): {per_second:.0} B/s (limit {rate} B/s)");
+        assert!(
+            (per_second - rate).abs() <= rate * 0.10,
+            "{n} connection(s): {per_second:.0} B/s against a limit of {rate} B/s"
+        );
+    }
+}

@@ -287,6 +287,8 @@ pub struct PlanSection {
     pub name: String,
     pub bandwidth: Size,
     pub threads: u32,
+    /// Relayed bytes per second across all of an account's connections, e.g. "10MiB/s".
+    pub speed: Option<String>,
 }
 
 /// `[[user]]`

@@ -117,6 +117,8 @@ pub struct Plan {
     pub name: String,
     pub bandwidth: u64,
     pub threads: u32,
+    /// Bytes per second across all of an account's connections and cores; 0 = unlimited.
+    pub speed: u64,
 }
 
 #[derive(Clone)]

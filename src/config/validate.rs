@@ -281,10 +281,23 @@ fn build_plans(f: &File) -> Result<Vec<Plan>, String> {
         if p.threads == 0 {
             return Err(format!("{at}: threads: must be at least 1"));
         }
+        let speed = match &p.speed {
+            None => 0,
+            Some(v) => {
+                let bad = || format!("{at}: speed = {v:?}: a size per second, e.g. \"10MiB/s\"");
+                let per_second = v.trim().strip_suffix("/s").ok_or_else(bad)?;
+                match super::parse_size(per_second) {
+                    Ok(n) if n >= 1024 => n,
+                    Ok(_) => return Err(format!("{at}: speed = {v:?}: at least 1KiB/s")),
+                    Err(_) => return Err(bad()),
+                }
+            }
+        };
         plans.push(Plan {
             name: p.name.clone(),
             bandwidth: p.bandwidth.0,
             threads: p.threads,
+            speed,
         });
     }
     Ok(plans)

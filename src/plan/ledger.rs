@@ -81,7 +81,15 @@ pub struct AccountState {
     returned: AtomicU64,
     /// Cluster: size of the last grant (the next is fetched when half of it is left).
     last_grant: AtomicU64,
+    /// The plan's speed, bytes per second across every connection and core; 0 = none.
+    speed: AtomicU64,
+    /// Speed: when (ns after the process epoch) the bytes let through so far are paid for
+    /// at the plan's rate (GCRA's theoretical arrival time). One CAS per chunk a core takes.
+    speed_tat: AtomicU64,
 }
+
+/// How far ahead of the rate an account may run (its burst), in nanoseconds.
+const SPEED_BURST_NS: u64 = 50_000_000;
 
 /// A held concurrency slot; released on drop.
 #[derive(Debug)]
@@ -158,6 +166,48 @@ impl AccountState {
         self.threads.store(threads, Ordering::Relaxed);
         if self.cluster.is_none() {
             self.recompute_limit();
+        }
+    }
+
+    /// Set the plan's speed (bytes per second; 0 = unlimited).
+    pub fn set_speed(&self, bytes_per_second: u64) {
+        self.speed.store(bytes_per_second, Ordering::Relaxed);
+    }
+
+    pub fn speed(&self) -> u64 {
+        self.speed.load(Ordering::Relaxed)
+    }
+
+    /// Take up to `want` bytes of the speed budget at `now` (ns after the process epoch):
+    /// `Ok(bytes)`, at least one, or `Err(ns)` to wait before any is free. Unlimited plans
+    /// always get `want`.
+    pub fn take_speed(&self, want: u64, now: u64) -> Result<u64, u64> {
+        let rate = u128::from(self.speed.load(Ordering::Relaxed));
+        if rate == 0 || want == 0 {
+            return Ok(want);
+        }
+        let mut tat = self.speed_tat.load(Ordering::Acquire);
+        loop {
+            let base = tat.max(now);
+            let room_ns = (now + SPEED_BURST_NS).saturating_sub(base);
+            let room = (u128::from(room_ns) * rate / 1_000_000_000) as u64;
+            if room == 0 {
+                // Wait until `want` (or 1/20 s of the rate, if less) fits.
+                let need = u128::from(want).min(rate / 20).max(1);
+                let need_ns = (need * 1_000_000_000).div_ceil(rate) as u64;
+                return Err((base + need_ns).saturating_sub(now + SPEED_BURST_NS).max(1));
+            }
+            let grant = want.min(room);
+            let cost = (u128::from(grant) * 1_000_000_000).div_ceil(rate) as u64;
+            match self.speed_tat.compare_exchange_weak(
+                tat,
+                base + cost,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(grant),
+                Err(t) => tat = t,
+            }
         }
     }
 
@@ -402,6 +452,33 @@ impl AccountState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The speed budget lets through the rate plus one burst, whatever the chunking, and
+    /// says how long to wait when it is spent.
+    #[test]
+    fn speed_lets_through_the_rate_and_no_more() {
+        let st = AccountState::new("a", u64::MAX / 2, 10, 0, 0);
+        let rate = 1_000_000u64;
+        st.set_speed(rate);
+        let ms = 1_000_000u64;
+        let (mut now, mut total) = (0u64, 0u64);
+        // Two takers (cores) asking for 20 kB at a time, for 10 simulated seconds.
+        while now < 10_000 * ms {
+            for _ in 0..2 {
+                match st.take_speed(20_000, now) {
+                    Ok(n) => total += n,
+                    Err(wait) => assert!(wait > 0 && wait <= 50 * ms, "{wait}"),
+                }
+            }
+            now += ms;
+        }
+        let burst = rate / 20;
+        assert!(total <= 10 * rate + burst, "{total}");
+        assert!(total >= 10 * rate - rate / 100, "{total}");
+        // Unlimited: everything asked for.
+        st.set_speed(0);
+        assert_eq!(st.take_speed(123, now), Ok(123));
+    }
 
     #[test]
     fn slots_are_exact_and_released_on_drop() {

@@ -141,6 +141,7 @@ impl Ledger {
                 })
                 .clone();
             state.set_plan(plan.bandwidth, plan.threads);
+            state.set_speed(plan.speed);
             by_id[acc.id] = Some(state);
         }
         by_id

@@ -7,15 +7,37 @@ use crate::metrics::CoreMetrics;
 use crate::util::Latch;
 use ahash::AHashMap;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// What may be read now for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// This many bytes (0: the plan's bandwidth is used up).
+    Bytes(usize),
+    /// The plan's speed is reached: nothing before this long.
+    Throttled(Duration),
+}
+
+/// The most of an account's speed one core takes at once: 1/50 s of the rate.
+fn speed_chunk(rate: u64) -> u64 {
+    (rate / 50).clamp(4 * 1024, 256 * 1024)
+}
 
 /// One account on one core.
 pub struct Local {
     state: Arc<AccountState>,
     cores: usize,
     lease: Cell<u64>,
+    /// The plan's speed, as this core last read it (at creation and every tick: a reload
+    /// applies within a second), so that a read touches no shared cache line for it.
+    speed: Cell<u64>,
+    /// Bytes of the plan's speed this core took and has not spent yet.
+    speed_left: Cell<u64>,
     /// Bytes spent since the last settle.
     spent: Cell<u64>,
     /// Of those, bytes spent beyond the lease.
@@ -27,8 +49,30 @@ pub struct Local {
 }
 
 impl Local {
-    /// Bytes that may be read now (refilling the lease when empty); `Ready(0)` = used up.
-    /// In a cluster, `Pending` while the node waits for Redis to grant it more.
+    /// What may be read now: bytes within the lease (refilled when empty; `Bytes(0)` = used
+    /// up) and within the plan's speed (`Throttled` when it is reached). In a cluster,
+    /// `Pending` while the node waits for Redis to grant it more.
+    pub fn poll_grant(&self, cx: &mut Context<'_>, want: usize) -> Poll<Grant> {
+        let n = match self.poll_allowance(cx, want) {
+            Poll::Ready(n) => n as u64,
+            Poll::Pending => return Poll::Pending,
+        };
+        let rate = self.speed.get();
+        if rate == 0 || n == 0 {
+            return Poll::Ready(Grant::Bytes(n as usize));
+        }
+        if self.speed_left.get() == 0 {
+            let now = crate::util::epoch_ns(Instant::now());
+            match self.state.take_speed(speed_chunk(rate), now) {
+                Ok(got) => self.speed_left.set(got),
+                Err(wait) => return Poll::Ready(Grant::Throttled(Duration::from_nanos(wait))),
+            }
+        }
+        Poll::Ready(Grant::Bytes(n.min(self.speed_left.get()) as usize))
+    }
+
+    /// Bytes that may be read now within the lease (refilling it when empty); `Ready(0)` =
+    /// used up. In a cluster, `Pending` while the node waits for Redis to grant it more.
     pub fn poll_allowance(&self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
         if self.lease.get() == 0 {
             let mut got = self.state.lease(self.cores);
@@ -66,8 +110,10 @@ impl Local {
         }
     }
 
-    /// Spend `n` bytes of the lease (beyond it when the lease is short).
+    /// Spend `n` bytes of the lease (beyond it when the lease is short) and of the speed
+    /// this core took.
     fn take(&self, n: u64) {
+        self.speed_left.set(self.speed_left.get().saturating_sub(n));
         let lease = self.lease.get();
         if n <= lease {
             self.lease.set(lease - n);
@@ -132,6 +178,8 @@ impl Shard {
             state: state.clone(),
             cores: self.cores,
             lease: Cell::new(0),
+            speed: Cell::new(state.speed()),
+            speed_left: Cell::new(0),
             spent: Cell::new(0),
             unleased: Cell::new(0),
             conns: Cell::new(0),
@@ -150,6 +198,7 @@ impl Shard {
     pub fn tick(&self) {
         self.locals.borrow_mut().retain(|_, l| {
             l.settle();
+            l.speed.set(l.state.speed());
             if l.state.is_exhausted() {
                 // Another core found the account used up: hand back what this core holds
                 // (someone may still use it) and close the account's connections here.
@@ -179,6 +228,8 @@ pub struct Charge {
     local: Rc<Local>,
     /// Read from the upstream for the client, not yet written to it.
     pending_down: Cell<u64>,
+    /// Set while the plan's speed holds this connection back: it wakes it.
+    throttle: RefCell<Option<Pin<Box<glommio::timer::Timer>>>>,
 }
 
 impl Charge {
@@ -187,6 +238,31 @@ impl Charge {
         Charge {
             local,
             pending_down: Cell::new(0),
+            throttle: RefCell::new(None),
+        }
+    }
+
+    /// How many of `want` bytes may be read now for this connection: `Ready(0)` = the
+    /// plan's bandwidth is used up; `Pending` while the plan's speed holds it back (a timer
+    /// wakes it) or a cluster node waits for a grant.
+    pub fn poll_allow(&self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
+        loop {
+            {
+                let mut throttle = self.throttle.borrow_mut();
+                if let Some(t) = throttle.as_mut() {
+                    if t.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *throttle = None;
+                }
+            }
+            match self.local.poll_grant(cx, want) {
+                Poll::Ready(Grant::Bytes(n)) => return Poll::Ready(n),
+                Poll::Ready(Grant::Throttled(wait)) => {
+                    *self.throttle.borrow_mut() = Some(Box::pin(glommio::timer::Timer::new(wait)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 

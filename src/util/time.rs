@@ -29,3 +29,8 @@ fn epoch() -> Instant {
 pub fn epoch_ms(t: Instant) -> u64 {
     t.saturating_duration_since(epoch()).as_millis() as u64
 }
+
+/// Nanoseconds from the process epoch to `t` (0 for earlier instants).
+pub fn epoch_ns(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
+}
