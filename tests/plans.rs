@@ -380,3 +380,53 @@ fn speed_limit_throttles_an_account_across_its_connections() {
         );
     }
 }
+
+/// `expires`: after it the right password gets 407 with `details="account expired"` (SOCKS5:
+/// auth failure) every time, without slowing the address; before it the account is served.
+#[test]
+fn an_expired_account_is_refused_saying_so() {
+    let users = "[[user]]\nname = \"old\"\npassword = \"secret\"\nplan = \"basic\"\nnetworks = [\"residential\"]\nexpires = \"2020-01-31T23:59:59+01:00\"\n\
+                 [[user]]\nname = \"new\"\npassword = \"secret\"\nplan = \"basic\"\nnetworks = [\"residential\"]\nexpires = \"2999-01-01T00:00:00Z\"\n";
+    let gw = Gateway::start(&config("", &format!("{DIRECT_EXIT}{users}")));
+    let o = http_origin();
+    let get = |user: &str| {
+        let raw = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {}\r\n\r\n",
+            o.url("/"),
+            basic(user, "secret")
+        );
+        http_raw(gw.addr(), raw.as_bytes()).1
+    };
+    for _ in 0..20 {
+        let r = get("old");
+        assert_eq!(r.code, 407);
+        let status = r.header("proxy-status").unwrap_or_default().to_owned();
+        assert!(status.contains("details=\"account expired\""), "{status}");
+    }
+    let (_, out) = socks5(gw.addr(), "old", "secret", 1, &Target::Addr(o.addr));
+    assert_eq!(out, SocksOutcome::Auth(1));
+    assert_eq!(get("new").code, 200);
+    // A time that is not RFC 3339 is a config error naming the key.
+    let bad = config(
+        "",
+        &format!(
+            "{DIRECT_EXIT}{}",
+            users.replace("2999-01-01T00:00:00Z", "tomorrow")
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, bad).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("[[user]] #3 (name = \"new\"): expires = \"tomorrow\""),
+        "{err}"
+    );
+}

@@ -199,6 +199,11 @@ fn identity(
     if !account.may_use(network) {
         return Err(ProxyError::AuthFailed("account may not use this network"));
     }
+    // After the password check (or the allow-listed address): a guesser learns nothing.
+    // Not an authentication failure: the address is not slowed for it.
+    if account.expired(jiff::Timestamp::now()) {
+        return Err(ProxyError::AccountExpired);
+    }
     let net = &snap.networks[network];
     if mods.targets() && !net.targeting {
         return Err(ProxyError::AuthFailed(

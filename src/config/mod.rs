@@ -303,6 +303,8 @@ pub struct UserSection {
     /// Client addresses (CIDR) that may connect without credentials as this account.
     #[serde(default)]
     pub allow_ips: Vec<String>,
+    /// RFC 3339 time after which the account is refused (407, "account expired").
+    pub expires: Option<String>,
 }
 
 /// A configuration problem, worded for the operator: file, key and reason.

@@ -147,11 +147,18 @@ pub struct Account {
     pub networks: Vec<usize>,
     /// Position among the file's accounts: the index of its live usage in the world.
     pub id: usize,
+    /// After this the account is refused (407, "account expired").
+    pub expires: Option<jiff::Timestamp>,
 }
 
 impl Account {
     pub fn may_use(&self, network: usize) -> bool {
         self.networks.contains(&network)
+    }
+
+    /// Whether the account has expired at `now`.
+    pub fn expired(&self, now: jiff::Timestamp) -> bool {
+        self.expires.is_some_and(|t| now >= t)
     }
 }
 

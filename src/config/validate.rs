@@ -396,6 +396,12 @@ fn build_account(
         plan,
         networks,
         id: i,
+        expires: match &u.expires {
+            None => None,
+            Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|e| {
+                format!("{at}: expires = {t:?}: not an RFC 3339 time such as \"2027-01-31T23:59:59Z\" ({e})")
+            })?),
+        },
     })
 }
 
