@@ -37,6 +37,8 @@ enum UsageAction {
     Reset { account: String },
     /// Give an account extra bandwidth on top of its plan, e.g. `top-up alice 5GiB`.
     TopUp { account: String, size: String },
+    /// An account's ended plan periods (`[[plan]] period`): start (UTC) and bytes used.
+    History { account: String },
 }
 
 fn init_logging(level: &str, format: &str) {
@@ -162,6 +164,14 @@ fn usage(snap: &tollgate::config::Snapshot, action: UsageAction) -> Result<(), S
             store.queue(&account, Adjustment::TopUp(bytes))?;
             println!("queued: top up {account} by {bytes} bytes (applied within one usage_flush, or at the next start)");
         }
+        UsageAction::History { account } => {
+            println!("{:<22} {:>16}", "period start (UTC)", "used");
+            for (start, used) in store.periods(&account)? {
+                let at = jiff::Timestamp::from_second(start)
+                    .map_or(start.to_string(), |t| t.to_string());
+                println!("{at:<22} {used:>16}");
+            }
+        }
         UsageAction::Show => {
             let rows = store.load()?;
             let pending = store.queued()?;
@@ -224,6 +234,12 @@ fn cluster_usage(
             let bytes = tollgate::config::parse_size(&size)?;
             let (_, credit) = usage::adjust(cluster, &account, Adjustment::TopUp(bytes))?;
             println!("topped up {account} by {bytes} bytes (credit now {credit})");
+        }
+        UsageAction::History { .. } => {
+            return Err(
+                "plan periods are not kept in a cluster yet ([[plan]] period needs a single node)"
+                    .into(),
+            );
         }
         UsageAction::Show => {
             let mut names: Vec<&str> = snap.accounts.keys().map(String::as_str).collect();

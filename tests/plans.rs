@@ -430,3 +430,72 @@ fn an_expired_account_is_refused_saying_so() {
         "{err}"
     );
 }
+
+/// Seconds to move the gateway's wall clock so that it stands `before` seconds ahead of the
+/// next UTC midnight (the `fault-injection` clock hook).
+#[cfg(feature = "fault-injection")]
+fn clock_before_midnight(before: i64) -> (String, i64) {
+    let now = jiff::Timestamp::now();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let midnight = today
+        .tomorrow()
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp()
+        .as_second();
+    let offset = midnight - before - now.as_second();
+    (offset.to_string(), midnight - 86_400)
+}
+
+/// `period = "day"`: at the UTC day boundary usage starts again from 0 and the ended day is
+/// kept with its bytes (`tollgate usage history`); a gateway restarted after the boundary
+/// finds it too, however long it was down. The clock is the test hook's, moved to just
+/// before midnight.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_plan_period_rolls_over_at_the_utc_boundary() {
+    let cfg =
+        plan_config("10GiB", 10, "").replace("threads = 10", "threads = 10\nperiod = \"day\"");
+    let o = http_origin();
+    let (offset, day_start) = clock_before_midnight(4);
+    let hook = [("TOLLGATE_TEST_CLOCK_OFFSET_S", offset)];
+    let gw = Gateway::start_env(tempfile::tempdir().unwrap(), &cfg, &hook);
+    assert_eq!(http_get(gw.addr(), &o.url("/big?n=5000")).code, 200);
+    let used = eventually("the day's usage stored", || {
+        let (used, _, _) = gw.stored_usage("alice");
+        (used > 5000).then_some(used)
+    });
+    eventually("the new day's usage back at 0", || {
+        (gw.stored_usage("alice").0 == 0).then_some(())
+    });
+    let history = gw.usage_cmd(&["history", "alice"]);
+    let day = jiff::Timestamp::from_second(day_start).unwrap().to_string();
+    assert!(
+        history.contains(&format!("{day:<22} {used:>16}")),
+        "{day} {used} not in:\n{history}"
+    );
+    // Used again today, then down across the next boundary: the restart rolls it over.
+    assert_eq!(http_get(gw.addr(), &o.url("/big?n=7000")).code, 200);
+    let today = eventually("today's usage stored", || {
+        let (used, _, _) = gw.stored_usage("alice");
+        (used > 7000).then_some(used)
+    });
+    let dir = gw.into_dir();
+    let tomorrow = [(
+        "TOLLGATE_TEST_CLOCK_OFFSET_S",
+        (clock_before_midnight(4).0.parse::<i64>().unwrap() + 86_400).to_string(),
+    )];
+    let gw = Gateway::start_env(dir, &cfg, &tomorrow);
+    eventually("tomorrow's usage at 0", || {
+        (gw.stored_usage("alice").0 == 0).then_some(())
+    });
+    let history = gw.usage_cmd(&["history", "alice"]);
+    let next = jiff::Timestamp::from_second(day_start + 86_400)
+        .unwrap()
+        .to_string();
+    assert!(
+        history.contains(&format!("{next:<22} {today:>16}")),
+        "{next} {today} not in:\n{history}"
+    );
+}

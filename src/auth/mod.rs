@@ -201,7 +201,7 @@ fn identity(
     }
     // After the password check (or the allow-listed address): a guesser learns nothing.
     // Not an authentication failure: the address is not slowed for it.
-    if account.expired(jiff::Timestamp::now()) {
+    if account.expired(crate::util::wall_now()) {
         return Err(ProxyError::AccountExpired);
     }
     let net = &snap.networks[network];

@@ -10,7 +10,7 @@ mod validate;
 pub use cluster::{ClusterSection, DownPolicy};
 pub use exits::parse_upstream_url;
 pub use model::{
-    Account, Exit, ExitKind, Listener, Network, Password, Plan, Snapshot, Source, Upstream,
+    Account, Exit, ExitKind, Listener, Network, Password, Period, Plan, Snapshot, Source, Upstream,
 };
 pub use units::{parse_duration, parse_size, Dur, Size};
 
@@ -289,6 +289,8 @@ pub struct PlanSection {
     pub threads: u32,
     /// Relayed bytes per second across all of an account's connections, e.g. "10MiB/s".
     pub speed: Option<String>,
+    /// When usage starts again from zero: "month", "week", "day" or "none" (UTC).
+    pub period: Option<String>,
 }
 
 /// `[[user]]`

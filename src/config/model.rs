@@ -119,6 +119,43 @@ pub struct Plan {
     pub threads: u32,
     /// Bytes per second across all of an account's connections and cores; 0 = unlimited.
     pub speed: u64,
+    /// When usage starts again from zero.
+    pub period: Period,
+}
+
+/// A plan's usage period, on UTC calendar boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Period {
+    /// Usage never resets by itself.
+    #[default]
+    None,
+    Day,
+    /// From Monday 00:00 UTC (ISO weeks).
+    Week,
+    /// From the 1st, 00:00 UTC.
+    Month,
+}
+
+impl Period {
+    /// The start (Unix seconds) of the period `t` falls in; 0 for [`Period::None`].
+    /// Computed from the calendar, never timed: every node and every restart agrees.
+    pub fn start_of(self, t: jiff::Timestamp) -> i64 {
+        let utc = t.to_zoned(jiff::tz::TimeZone::UTC);
+        let date = utc.date();
+        let first = match self {
+            Period::None => return 0,
+            Period::Day => date,
+            Period::Week => date
+                .checked_sub(
+                    jiff::Span::new().days(i64::from(date.weekday().to_monday_zero_offset())),
+                )
+                .unwrap_or(date),
+            Period::Month => date.first_of_month(),
+        };
+        first
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .map_or(0, |z| z.timestamp().as_second())
+    }
 }
 
 #[derive(Clone)]
@@ -175,5 +212,39 @@ impl Snapshot {
     /// Index of a network by name.
     pub fn network_index(&self, name: &str) -> Option<usize> {
         self.networks.iter().position(|n| n.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Period;
+
+    #[test]
+    fn periods_start_on_utc_calendar_boundaries() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let start = |p: Period, s: &str| p.start_of(t(s));
+        // 2026-12-01 is a Tuesday.
+        let now = "2026-12-01T13:45:00+02:00";
+        assert_eq!(
+            start(Period::Day, now),
+            t("2026-12-01T00:00:00Z").as_second()
+        );
+        assert_eq!(
+            start(Period::Week, now),
+            t("2026-11-30T00:00:00Z").as_second()
+        );
+        assert_eq!(
+            start(Period::Month, now),
+            t("2026-12-01T00:00:00Z").as_second()
+        );
+        assert_eq!(
+            start(Period::Day, "2026-12-01T01:00:00+02:00"),
+            t("2026-11-30T00:00:00Z").as_second()
+        );
+        assert_eq!(
+            start(Period::Month, "2024-03-01T00:00:00Z"),
+            t("2024-03-01T00:00:00Z").as_second()
+        );
+        assert_eq!(start(Period::None, now), 0);
     }
 }

@@ -2,7 +2,7 @@
 //! section, the entry and the key.
 
 use super::exits::build_exits;
-use super::model::{Account, Listener, Network, Password, Plan, Snapshot};
+use super::model::{Account, Listener, Network, Password, Period, Plan, Snapshot};
 use super::{find, names, ClusterSection, File, UserSection};
 use crate::auth::username::KEYS;
 use ahash::AHashMap;
@@ -293,11 +293,28 @@ fn build_plans(f: &File) -> Result<Vec<Plan>, String> {
                 }
             }
         };
+        let period = match p.period.as_deref() {
+            None | Some("none") => Period::None,
+            Some("day") => Period::Day,
+            Some("week") => Period::Week,
+            Some("month") => Period::Month,
+            Some(other) => {
+                return Err(format!(
+                    "{at}: period = {other:?}: must be \"month\", \"week\", \"day\" or \"none\""
+                ))
+            }
+        };
+        if period != Period::None && f.cluster.is_some() {
+            return Err(format!(
+                "{at}: period: not supported with [cluster] yet (a cluster's usage lives in Redis)"
+            ));
+        }
         plans.push(Plan {
             name: p.name.clone(),
             bandwidth: p.bandwidth.0,
             threads: p.threads,
             speed,
+            period,
         });
     }
     Ok(plans)

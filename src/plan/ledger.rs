@@ -11,11 +11,11 @@
 //! ([`AccountState::wait_grant`]); `exhausted` is set only when Redis says the plan is
 //! used up across the cluster.
 
-use crate::config::DownPolicy;
+use crate::config::{DownPolicy, Period};
 use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -86,6 +86,9 @@ pub struct AccountState {
     /// Speed: when (ns after the process epoch) the bytes let through so far are paid for
     /// at the plan's rate (GCRA's theoretical arrival time). One CAS per chunk a core takes.
     speed_tat: AtomicU64,
+    /// The plan's period, and the start (Unix seconds) of the one `used` belongs to.
+    period: Mutex<Period>,
+    period_start: AtomicI64,
 }
 
 /// How far ahead of the rate an account may run (its burst), in nanoseconds.
@@ -167,6 +170,62 @@ impl AccountState {
         if self.cluster.is_none() {
             self.recompute_limit();
         }
+    }
+
+    /// Set the plan's period; `start` is the period the stored usage belongs to (0: not
+    /// known, taken as the current one).
+    pub fn set_period(&self, period: Period, start: i64) {
+        *self.period.lock() = period;
+        if start != 0 {
+            let _ =
+                self.period_start
+                    .compare_exchange(0, start, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// The start of the period `used` belongs to (Unix seconds; 0 = no period).
+    pub fn period_start(&self) -> i64 {
+        self.period_start.load(Ordering::Acquire)
+    }
+
+    /// At `now`, start the plan's next period if the current one has ended: usage starts
+    /// again from 0, and credit that was not needed (usage beyond the plan consumes it) is
+    /// kept. Returns the period that ended and its usage, for the history.
+    pub fn roll_period(&self, now: jiff::Timestamp) -> Option<(i64, u64)> {
+        let period = *self.period.lock();
+        let start = period.start_of(now);
+        if start == 0 {
+            return None;
+        }
+        let old = self.period_start.load(Ordering::Acquire);
+        if old == 0 {
+            // First sight of this account's period: it is the current one.
+            let _ =
+                self.period_start
+                    .compare_exchange(0, start, Ordering::AcqRel, Ordering::Acquire);
+            return None;
+        }
+        if start <= old
+            || self
+                .period_start
+                .compare_exchange(old, start, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return None;
+        }
+        let used = self.used.swap(0, Ordering::AcqRel);
+        let _ = self
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                Some(r.saturating_sub(used))
+            });
+        let beyond_plan = used.saturating_sub(self.plan_bandwidth());
+        let credit = self.credit.load(Ordering::Acquire);
+        self.credit
+            .store(credit.saturating_sub(beyond_plan), Ordering::Release);
+        self.recompute_limit();
+        self.dirty.store(true, Ordering::Release);
+        Some((old, used))
     }
 
     /// Set the plan's speed (bytes per second; 0 = unlimited).
@@ -452,6 +511,26 @@ impl AccountState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A period boundary starts usage again from 0 (credit the period needed is gone,
+    /// the rest kept), once, whoever sees it first; no period, no reset.
+    #[test]
+    fn a_period_boundary_starts_usage_again() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let st = AccountState::new("a", 1000, 10, 0, 500);
+        st.set_period(Period::Month, 0);
+        assert_eq!(st.roll_period(t("2026-11-30T23:59:59Z")), None);
+        assert_eq!(st.period_start(), t("2026-11-01T00:00:00Z").as_second());
+        st.settle(1200, 1200);
+        assert_eq!(st.roll_period(t("2026-11-30T23:59:59Z")), None);
+        let ended = st.roll_period(t("2026-12-01T00:00:00Z"));
+        assert_eq!(ended, Some((t("2026-11-01T00:00:00Z").as_second(), 1200)));
+        assert_eq!((st.used(), st.credit(), st.remaining()), (0, 300, 1300));
+        assert_eq!(st.roll_period(t("2026-12-01T00:00:01Z")), None);
+        let none = AccountState::new("b", 1000, 10, 7, 0);
+        assert_eq!(none.roll_period(t("2030-01-01T00:00:00Z")), None);
+        assert_eq!(none.used(), 7);
+    }
 
     /// The speed budget lets through the rate plus one burst, whatever the chunking, and
     /// says how long to wait when it is spent.

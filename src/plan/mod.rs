@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use shard::{Charge, Shard};
 use std::collections::HashMap;
 use std::sync::Arc;
-use store::{Stored, UsageBackend};
+use store::{EndedPeriod, Stored, UsageBackend};
 
 /// What admission hands a connection: its concurrency slot and its quota charge.
 pub struct Admission {
@@ -80,6 +80,8 @@ pub struct Ledger {
     backend: Mutex<Box<dyn UsageBackend>>,
     /// Set when plans are shared with other nodes: accounts are created cluster-bound.
     cluster: Option<Arc<dyn SharedPlan>>,
+    /// Plan periods that ended and are not written to the store yet.
+    ended: Mutex<Vec<EndedPeriod>>,
 }
 
 impl Ledger {
@@ -104,6 +106,7 @@ impl Ledger {
             written_active: Mutex::new(AHashMap::new()),
             backend: Mutex::new(backend),
             cluster: None,
+            ended: Mutex::new(Vec::new()),
         }))
     }
 
@@ -115,6 +118,7 @@ impl Ledger {
             written_active: Mutex::new(AHashMap::new()),
             backend: Mutex::new(Box::new(store::InRedis)),
             cluster: Some(cluster),
+            ended: Mutex::new(Vec::new()),
         })
     }
 
@@ -142,9 +146,33 @@ impl Ledger {
                 .clone();
             state.set_plan(plan.bandwidth, plan.threads);
             state.set_speed(plan.speed);
+            let stored_start = stored.get(&acc.name).map_or(0, |s| s.period_start);
+            state.set_period(plan.period, stored_start);
+            // Usage stored before a boundary (the gateway was down) belongs to its period.
+            if let Some((start, used)) = state.roll_period(crate::util::wall_now()) {
+                self.ended.lock().push((acc.name.clone(), start, used));
+            }
             by_id[acc.id] = Some(state);
         }
         by_id
+    }
+
+    /// Start the next period of every account whose plan period has ended at `now`; the
+    /// ended periods are written at the next flush. Called every second (the usage thread).
+    pub fn roll_periods(&self, now: jiff::Timestamp) {
+        let accounts = self.accounts.lock();
+        let mut ended = self.ended.lock();
+        for (name, state) in accounts.iter() {
+            if let Some((start, used)) = state.roll_period(now) {
+                tracing::info!(account = %name, period_start = start, used, "plan period ended; usage starts again");
+                ended.push((name.clone(), start, used));
+            }
+        }
+    }
+
+    /// An account's ended periods, newest first: (start, bytes used).
+    pub fn periods(&self, account: &str) -> Result<Vec<(i64, u64)>, String> {
+        self.backend.lock().periods(account)
     }
 
     /// (account, concurrent connections, bytes leased to cores and unspent) for every
@@ -195,8 +223,16 @@ impl Ledger {
                         credit: state.credit(),
                         active,
                         updated: 0,
+                        period_start: state.period_start(),
                     },
                 ));
+            }
+        }
+        let ended: Vec<EndedPeriod> = std::mem::take(&mut *self.ended.lock());
+        if !ended.is_empty() {
+            if let Err(e) = backend.record_periods(&ended) {
+                self.ended.lock().extend(ended);
+                return Err(e);
             }
         }
         let res = backend.save(&rows);
@@ -244,6 +280,12 @@ mod tests {
             Ok(Vec::new())
         }
         fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
+            Ok(Vec::new())
+        }
+        fn record_periods(&mut self, _: &[store::EndedPeriod]) -> Result<(), String> {
+            Ok(())
+        }
+        fn periods(&mut self, _: &str) -> Result<Vec<(i64, u64)>, String> {
             Ok(Vec::new())
         }
     }

@@ -20,7 +20,12 @@ pub struct Stored {
     pub active: u32,
     /// Unix seconds of the last write.
     pub updated: i64,
+    /// Start (Unix seconds) of the plan period `used` belongs to; 0 = none.
+    pub period_start: i64,
 }
+
+/// One ended plan period of an account: (account, period start, bytes used).
+pub type EndedPeriod = (String, i64, u64);
 
 /// Where usage lives between restarts.
 pub trait UsageBackend: Send + std::fmt::Debug {
@@ -33,6 +38,10 @@ pub trait UsageBackend: Send + std::fmt::Debug {
     fn take_queued(&mut self) -> Result<Vec<(String, Adjustment)>, String>;
     /// Look at the queued adjustments without taking them.
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String>;
+    /// Keep the totals of ended periods.
+    fn record_periods(&mut self, ended: &[EndedPeriod]) -> Result<(), String>;
+    /// An account's ended periods, newest first: (start, bytes used).
+    fn periods(&mut self, account: &str) -> Result<Vec<(i64, u64)>, String>;
 }
 
 /// No local store: a cluster node's usage lives in Redis.
@@ -53,6 +62,12 @@ impl UsageBackend for InRedis {
         Ok(Vec::new())
     }
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
+        Ok(Vec::new())
+    }
+    fn record_periods(&mut self, _: &[EndedPeriod]) -> Result<(), String> {
+        Ok(())
+    }
+    fn periods(&mut self, _: &str) -> Result<Vec<(i64, u64)>, String> {
         Ok(Vec::new())
     }
 }
@@ -90,6 +105,12 @@ impl SqliteStore {
                  active     INTEGER NOT NULL DEFAULT 0,
                  updated_at INTEGER NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS periods (
+                 account    TEXT NOT NULL,
+                 start      INTEGER NOT NULL,
+                 used       INTEGER NOT NULL,
+                 PRIMARY KEY (account, start)
+             );
              CREATE TABLE IF NOT EXISTS adjustments (
                  id         INTEGER PRIMARY KEY AUTOINCREMENT,
                  account    TEXT NOT NULL,
@@ -99,6 +120,17 @@ impl SqliteStore {
              );",
         )
         .map_err(db_err)?;
+        // Stores written before plan periods existed lack the column.
+        let has_period: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('usage') WHERE name = 'period_start'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(db_err)?;
+        if !has_period {
+            conn.execute_batch(
+                "ALTER TABLE usage ADD COLUMN period_start INTEGER NOT NULL DEFAULT 0;",
+            )
+            .map_err(db_err)?;
+        }
         Ok(SqliteStore { conn })
     }
 
@@ -134,7 +166,7 @@ impl UsageBackend for SqliteStore {
     fn load(&mut self) -> Result<HashMap<String, Stored>, String> {
         let mut stmt = self
             .conn
-            .prepare("SELECT account, used, credit, active, updated_at FROM usage")
+            .prepare("SELECT account, used, credit, active, updated_at, period_start FROM usage")
             .map_err(db_err)?;
         let rows = stmt
             .query_map([], |r| {
@@ -145,6 +177,7 @@ impl UsageBackend for SqliteStore {
                         credit: r.get::<_, i64>(2)?.max(0) as u64,
                         active: r.get::<_, i64>(3)?.max(0) as u32,
                         updated: r.get::<_, i64>(4)?,
+                        period_start: r.get::<_, i64>(5)?,
                     },
                 ))
             })
@@ -160,10 +193,10 @@ impl UsageBackend for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO usage (account, used, credit, active, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO usage (account, used, credit, active, updated_at, period_start)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(account) DO UPDATE SET used = ?2, credit = ?3,
-                         active = ?4, updated_at = ?5",
+                         active = ?4, updated_at = ?5, period_start = ?6",
                 )
                 .map_err(db_err)?;
             let now = now_unix();
@@ -173,7 +206,8 @@ impl UsageBackend for SqliteStore {
                     s.used.min(i64::MAX as u64) as i64,
                     s.credit.min(i64::MAX as u64) as i64,
                     s.active,
-                    now
+                    now,
+                    s.period_start
                 ])
                 .map_err(db_err)?;
             }
@@ -205,6 +239,36 @@ impl UsageBackend for SqliteStore {
         Ok(queued.into_iter().map(|(_, a, adj)| (a, adj)).collect())
     }
 
+    fn record_periods(&mut self, ended: &[EndedPeriod]) -> Result<(), String> {
+        let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO periods (account, start, used) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(account, start) DO UPDATE SET used = used + ?3",
+                )
+                .map_err(db_err)?;
+            for (account, start, used) in ended {
+                stmt.execute(params![account, start, (*used).min(i64::MAX as u64) as i64])
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn periods(&mut self, account: &str) -> Result<Vec<(i64, u64)>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT start, used FROM periods WHERE account = ?1 ORDER BY start DESC")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![account], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err)).collect()
+    }
+
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
         Ok(self
             .read_queue()?
@@ -228,6 +292,7 @@ mod tests {
             credit: 7,
             active: 3,
             updated: 0,
+            period_start: 1_700_000_000,
         };
         s.save(&[("alice".into(), row)]).unwrap();
         s.queue("alice", Adjustment::TopUp(1 << 30)).unwrap();
@@ -236,6 +301,10 @@ mod tests {
         let mut s = SqliteStore::open(dir.path()).unwrap();
         let got = s.load().unwrap()["alice"];
         assert_eq!((got.used, got.credit, got.active), (12_345_678_901, 7, 3));
+        assert_eq!(got.period_start, 1_700_000_000);
+        s.record_periods(&[("alice".into(), 100, 5), ("alice".into(), 200, 6)])
+            .unwrap();
+        assert_eq!(s.periods("alice").unwrap(), vec![(200, 6), (100, 5)]);
         assert_eq!(s.queued().unwrap().len(), 2);
         assert_eq!(
             s.take_queued().unwrap(),

@@ -205,18 +205,25 @@ fn announce(bound: &Bound, admin: Option<SocketAddr>, workers: usize) {
     let _ = std::io::stdout().flush();
 }
 
-/// Writes usage every `every` until the sender is dropped.
+/// Starts plan periods that ended (every second) and writes usage every `every`, until the
+/// sender is dropped.
 fn spawn_flusher(
     ledger: Arc<Ledger>,
     every: Duration,
 ) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), String> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let tick = every.min(Duration::from_secs(1));
     let handle = std::thread::Builder::new()
         .name("tollgate-usage".into())
         .spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                if let Err(e) = ledger.flush() {
-                    tracing::error!(error = %e, "usage write failed; will retry");
+            let mut next_flush = std::time::Instant::now() + every;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(tick) {
+                ledger.roll_periods(crate::util::wall_now());
+                if std::time::Instant::now() >= next_flush {
+                    next_flush += every;
+                    if let Err(e) = ledger.flush() {
+                        tracing::error!(error = %e, "usage write failed; will retry");
+                    }
                 }
             }
         })

@@ -9,4 +9,4 @@ pub mod time;
 pub use buf::{BufPool, RELAY_BUF, RELAY_BUF_BULK};
 pub use latch::{any_fired, Latch, LatchWait};
 pub use parsed::Parsed;
-pub use time::{epoch_ms, epoch_ns, until, within};
+pub use time::{epoch_ms, epoch_ns, until, wall_now, within};

@@ -34,3 +34,20 @@ pub fn epoch_ms(t: Instant) -> u64 {
 pub fn epoch_ns(t: Instant) -> u64 {
     t.saturating_duration_since(epoch()).as_nanos() as u64
 }
+
+/// The wall clock (UTC), for what is decided by calendar: plan periods, account expiry.
+/// Built with `fault-injection`, `TOLLGATE_TEST_CLOCK_OFFSET_S` (seconds, may be negative)
+/// moves it, so that tests can stand just before a period boundary.
+pub fn wall_now() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    #[cfg(feature = "fault-injection")]
+    if let Some(off) = std::env::var("TOLLGATE_TEST_CLOCK_OFFSET_S")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        if let Ok(t) = now.checked_add(jiff::SignedDuration::from_secs(off)) {
+            return t;
+        }
+    }
+    now
+}

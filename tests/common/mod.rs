@@ -76,6 +76,11 @@ impl Gateway {
     /// Start in `dir` (the working directory, so `./state` lives there): a restart on the
     /// same directory finds the previous run's usage store.
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        Gateway::start_env(dir, config, &[])
+    }
+
+    /// [`Gateway::start_in`] with extra environment variables (test hooks).
+    pub fn start_env(dir: tempfile::TempDir, config: &str, env: &[(&str, String)]) -> Gateway {
         let path = dir.path().join("tollgate.toml");
         std::fs::write(&path, config).unwrap();
         let err = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
@@ -83,6 +88,7 @@ impl Gateway {
             .arg("--config")
             .arg(&path)
             .current_dir(dir.path())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(err)
