@@ -291,3 +291,35 @@ fn no_lease_is_stranded_while_admissions_wait_for_redis() {
         (!grants.contains("out:") && slots.starts_with("*0")).then_some(())
     });
 }
+
+/// `speed` on a cluster: each node enforces its share (the plan's divided by the nodes
+/// alive), so one download through each of two nodes together stay within ±10% of it.
+#[test]
+fn speed_limit_is_shared_by_the_nodes() {
+    let redis = Redis::start();
+    let o = http_origin();
+    let node = |name: &str| {
+        let cfg = node_config(&redis, name, ("10GiB", 10), "", DIRECT_EXIT);
+        Gateway::start(&cfg.replace("threads = 10", "threads = 10\nspeed = \"1MiB/s\""))
+    };
+    let (a, b) = (node("a"), node("b"));
+    for gw in [&a, &b] {
+        eventually("both nodes alive in each node's view", || {
+            (gw.metric("tollgate_cluster_nodes") == Some(2.0)).then_some(())
+        });
+    }
+    let download = |gw: &Gateway| {
+        let (mut s, out) = socks5(gw.addr(), "alice", "secret", 1, &Target::Addr(o.addr));
+        assert!(matches!(out, SocksOutcome::Reply(0, _)), "{out:?}");
+        s.write_all(b"GET /big?n=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        s
+    };
+    let got = bytes_read_within(vec![download(&a), download(&b)], 5.0) as f64 / 5.0;
+    let rate = 1024.0 * 1024.0;
+    println!("two nodes: {got:.0} B/s (limit {rate} B/s)");
+    assert!(
+        (got - rate).abs() <= rate * 0.10,
+        "{got:.0} B/s against {rate} B/s"
+    );
+}

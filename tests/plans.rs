@@ -329,31 +329,6 @@ fn sighup_adds_and_removes_users_and_changes_plans_while_a_tunnel_stays_open() {
     assert_eq!(&b, b"still");
 }
 
-/// Bytes a client reads from `streams` in `secs` seconds from its first byte (each stream
-/// read on its own thread, all counted together).
-fn bytes_read_within(streams: Vec<TcpStream>, secs: f64) -> u64 {
-    let start = std::sync::Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
-    let threads: Vec<_> = streams
-        .into_iter()
-        .map(|mut s| {
-            let start = start.clone();
-            std::thread::spawn(move || {
-                let mut total = 0u64;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = s.read(&mut buf).unwrap_or(0);
-                    let t0 = *start.get_or_init(std::time::Instant::now);
-                    if n == 0 || t0.elapsed().as_secs_f64() >= secs {
-                        return total;
-                    }
-                    total += n as u64;
-                }
-            })
-        })
-        .collect();
-    threads.into_iter().map(|t| t.join().unwrap()).sum()
-}
-
 /// `speed = "1MiB/s"`: a client measures the account's relayed bytes over 5 s, one download
 /// and then two at once (they share the limit), within ±10% of the rate; the bytes are
 /// throttled, never refused.

@@ -74,6 +74,12 @@ impl Collector for Metrics {
                 "1 while this node reaches Redis",
                 i64::from(c.up.load(Ordering::Relaxed)),
             )?;
+            gauge(
+                &mut enc,
+                "tollgate_cluster_nodes",
+                "Nodes alive at this node's last heartbeat, itself included",
+                c.nodes.load(Ordering::Relaxed) as i64,
+            )?;
             for (name, help, field) in CLUSTER_COUNTERS {
                 counter(&mut enc, name, help, field(c).load(Ordering::Relaxed))?;
             }

@@ -71,6 +71,8 @@ pub struct Stats {
     pub admitted_down: AtomicU64,
     /// Connections refused under `fail-closed` while Redis was down.
     pub refused_down: AtomicU64,
+    /// Nodes alive at the last heartbeat (this one included); 0 before the first.
+    pub nodes: AtomicU64,
 }
 
 /// The node's handle on the cluster, shared by every core.
@@ -183,6 +185,10 @@ impl SharedPlan for Cluster {
 
     fn on_down(&self) -> DownPolicy {
         self.cfg.on_redis_down
+    }
+
+    fn nodes(&self) -> u64 {
+        self.stats.nodes.load(Ordering::Relaxed).max(1)
     }
 
     fn count_down(&self, admitted: bool) {

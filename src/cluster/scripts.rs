@@ -106,19 +106,21 @@ end
 return {base + nodes, credit}
 "#;
 
-/// KEYS: nodes hash. ARGV: me, ttl (ms). Renews this node; returns 1 when its entry had
-/// lapsed or was missing (the node must write its counts again), 0 otherwise. Forgets
-/// nodes dead for over an hour.
+/// KEYS: nodes hash. ARGV: me, ttl (ms). Renews this node; returns {lapsed, live}: lapsed
+/// is 1 when its entry had lapsed or was missing (the node must write its counts again),
+/// live the nodes alive now (this one included). Forgets nodes dead for over an hour.
 const HEARTBEAT: &str = r#"
 local now = now_ms()
 local lapsed = not alive(KEYS[1], ARGV[1], now)
 redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
 local all = redis.call('HGETALL', KEYS[1])
+local live = 0
 for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) < now - 3600000 then redis.call('HDEL', KEYS[1], all[i]) end
+  local e = tonumber(all[i + 1])
+  if e < now - 3600000 then redis.call('HDEL', KEYS[1], all[i])
+  elseif e > now then live = live + 1 end
 end
-if lapsed then return 1 end
-return 0
+return {lapsed and 1 or 0, live}
 "#;
 
 /// KEYS: session key. ARGV: exit, ttl (ms). Binds unless bound; returns {exit, ttl left}.

@@ -47,6 +47,8 @@ pub trait SharedPlan: Send + Sync + std::fmt::Debug {
     fn on_down(&self) -> DownPolicy;
     /// Count an admission decided while the store was down (`admitted` or refused).
     fn count_down(&self, admitted: bool);
+    /// Nodes sharing the plan now (at least 1): each enforces its share of the speed.
+    fn nodes(&self) -> u64;
 }
 
 /// Concurrency counter on its own cache line: every core CASes it at admission.
@@ -233,15 +235,21 @@ impl AccountState {
         self.speed.store(bytes_per_second, Ordering::Relaxed);
     }
 
+    /// The speed this node enforces: the plan's, or on a cluster its share (the plan's
+    /// divided by the nodes alive), so that the nodes together stay near the plan's.
     pub fn speed(&self) -> u64 {
-        self.speed.load(Ordering::Relaxed)
+        let speed = self.speed.load(Ordering::Relaxed);
+        match (&self.cluster, speed) {
+            (Some(c), s) if s > 0 => (s / c.nodes()).max(1),
+            _ => speed,
+        }
     }
 
     /// Take up to `want` bytes of the speed budget at `now` (ns after the process epoch):
     /// `Ok(bytes)`, at least one, or `Err(ns)` to wait before any is free. Unlimited plans
     /// always get `want`.
     pub fn take_speed(&self, want: u64, now: u64) -> Result<u64, u64> {
-        let rate = u128::from(self.speed.load(Ordering::Relaxed));
+        let rate = u128::from(self.speed());
         if rate == 0 || want == 0 {
             return Ok(want);
         }

@@ -4,6 +4,7 @@
 use super::{Node, Then, DOWN_GRANT};
 use crate::plan::Down;
 use redis::Value;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 impl Node {
@@ -18,9 +19,18 @@ impl Node {
             match t {
                 Then::Ignore => {}
                 Then::Heartbeat => {
-                    if int(&v) == Some(1) {
+                    let (lapsed, live) = match &v {
+                        Some(Value::Array(items)) if items.len() == 2 => {
+                            (int(&items.first().cloned()), int(&items.get(1).cloned()))
+                        }
+                        _ => (None, None),
+                    };
+                    if lapsed == Some(1) {
                         // Our entry had lapsed: others may have dropped our counts.
                         self.resync = true;
+                    }
+                    if let Some(n) = live.filter(|n| *n > 0) {
+                        self.stats.nodes.store(n as u64, Ordering::Relaxed);
                     }
                 }
                 Then::Acquired(name, reply) => {
