@@ -99,7 +99,7 @@ impl Ledger {
             }
         }
         let rows: Vec<(String, Stored)> = stored.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        backend.save(&rows)?;
+        backend.save(&rows, &[])?;
         Ok(Arc::new(Ledger {
             accounts: Mutex::new(AHashMap::new()),
             stored: Mutex::new(stored),
@@ -229,14 +229,10 @@ impl Ledger {
             }
         }
         let ended: Vec<EndedPeriod> = std::mem::take(&mut *self.ended.lock());
-        if !ended.is_empty() {
-            if let Err(e) = backend.record_periods(&ended) {
-                self.ended.lock().extend(ended);
-                return Err(e);
-            }
-        }
-        let res = backend.save(&rows);
+        let res = backend.save(&rows, &ended);
         if res.is_err() {
+            // Not written: the ended periods go with the next write.
+            self.ended.lock().extend(ended);
             // Not written: write these again next time, and the live counts with them.
             for state in flushed {
                 state.mark_dirty();
@@ -263,7 +259,11 @@ mod tests {
         fn load(&mut self) -> Result<HashMap<String, Stored>, String> {
             Ok(HashMap::new())
         }
-        fn save(&mut self, rows: &[(String, Stored)]) -> Result<(), String> {
+        fn save(
+            &mut self,
+            rows: &[(String, Stored)],
+            _: &[store::EndedPeriod],
+        ) -> Result<(), String> {
             if self.fail.load(Ordering::Relaxed) {
                 return Err("disk full".into());
             }
@@ -281,9 +281,6 @@ mod tests {
         }
         fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
             Ok(Vec::new())
-        }
-        fn record_periods(&mut self, _: &[store::EndedPeriod]) -> Result<(), String> {
-            Ok(())
         }
         fn periods(&mut self, _: &str) -> Result<Vec<(i64, u64)>, String> {
             Ok(Vec::new())

@@ -30,16 +30,16 @@ pub type EndedPeriod = (String, i64, u64);
 /// Where usage lives between restarts.
 pub trait UsageBackend: Send + std::fmt::Debug {
     fn load(&mut self) -> Result<HashMap<String, Stored>, String>;
-    /// Write these accounts' current values.
-    fn save(&mut self, rows: &[(String, Stored)]) -> Result<(), String>;
+    /// Write these accounts' current values and the periods that ended, atomically: an
+    /// ended period is never recorded without its account's new period, or the reverse (a
+    /// crash between the two would count it twice, or lose it).
+    fn save(&mut self, rows: &[(String, Stored)], ended: &[EndedPeriod]) -> Result<(), String>;
     /// Queue an operator's adjustment for the running (or next) gateway.
     fn queue(&mut self, account: &str, adj: Adjustment) -> Result<(), String>;
     /// Take the queued adjustments, oldest first.
     fn take_queued(&mut self) -> Result<Vec<(String, Adjustment)>, String>;
     /// Look at the queued adjustments without taking them.
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String>;
-    /// Keep the totals of ended periods.
-    fn record_periods(&mut self, ended: &[EndedPeriod]) -> Result<(), String>;
     /// An account's ended periods, newest first: (start, bytes used).
     fn periods(&mut self, account: &str) -> Result<Vec<(i64, u64)>, String>;
 }
@@ -52,7 +52,7 @@ impl UsageBackend for InRedis {
     fn load(&mut self) -> Result<HashMap<String, Stored>, String> {
         Ok(HashMap::new())
     }
-    fn save(&mut self, _: &[(String, Stored)]) -> Result<(), String> {
+    fn save(&mut self, _: &[(String, Stored)], _: &[EndedPeriod]) -> Result<(), String> {
         Ok(())
     }
     fn queue(&mut self, _: &str, _: Adjustment) -> Result<(), String> {
@@ -63,9 +63,6 @@ impl UsageBackend for InRedis {
     }
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
         Ok(Vec::new())
-    }
-    fn record_periods(&mut self, _: &[EndedPeriod]) -> Result<(), String> {
-        Ok(())
     }
     fn periods(&mut self, _: &str) -> Result<Vec<(i64, u64)>, String> {
         Ok(Vec::new())
@@ -185,11 +182,23 @@ impl UsageBackend for SqliteStore {
         rows.map(|r| r.map_err(db_err)).collect()
     }
 
-    fn save(&mut self, rows: &[(String, Stored)]) -> Result<(), String> {
-        if rows.is_empty() {
+    fn save(&mut self, rows: &[(String, Stored)], ended: &[EndedPeriod]) -> Result<(), String> {
+        if rows.is_empty() && ended.is_empty() {
             return Ok(());
         }
         let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO periods (account, start, used) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(account, start) DO UPDATE SET used = used + ?3",
+                )
+                .map_err(db_err)?;
+            for (account, start, used) in ended {
+                stmt.execute(params![account, start, (*used).min(i64::MAX as u64) as i64])
+                    .map_err(db_err)?;
+            }
+        }
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -239,23 +248,6 @@ impl UsageBackend for SqliteStore {
         Ok(queued.into_iter().map(|(_, a, adj)| (a, adj)).collect())
     }
 
-    fn record_periods(&mut self, ended: &[EndedPeriod]) -> Result<(), String> {
-        let tx = self.conn.transaction().map_err(db_err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO periods (account, start, used) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(account, start) DO UPDATE SET used = used + ?3",
-                )
-                .map_err(db_err)?;
-            for (account, start, used) in ended {
-                stmt.execute(params![account, start, (*used).min(i64::MAX as u64) as i64])
-                    .map_err(db_err)?;
-            }
-        }
-        tx.commit().map_err(db_err)
-    }
-
     fn periods(&mut self, account: &str) -> Result<Vec<(i64, u64)>, String> {
         let mut stmt = self
             .conn
@@ -294,7 +286,7 @@ mod tests {
             updated: 0,
             period_start: 1_700_000_000,
         };
-        s.save(&[("alice".into(), row)]).unwrap();
+        s.save(&[("alice".into(), row)], &[]).unwrap();
         s.queue("alice", Adjustment::TopUp(1 << 30)).unwrap();
         s.queue("bob", Adjustment::Reset).unwrap();
         drop(s);
@@ -302,7 +294,7 @@ mod tests {
         let got = s.load().unwrap()["alice"];
         assert_eq!((got.used, got.credit, got.active), (12_345_678_901, 7, 3));
         assert_eq!(got.period_start, 1_700_000_000);
-        s.record_periods(&[("alice".into(), 100, 5), ("alice".into(), 200, 6)])
+        s.save(&[], &[("alice".into(), 100, 5), ("alice".into(), 200, 6)])
             .unwrap();
         assert_eq!(s.periods("alice").unwrap(), vec![(200, 6), (100, 5)]);
         assert_eq!(s.queued().unwrap().len(), 2);
