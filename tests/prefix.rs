@@ -269,6 +269,9 @@ fn an_ipv6_prefix_exit_in_a_network_namespace() {
     // Both families, the IPv6 address a tarpit: the IPv4 attempt (250 ms later) wins.
     let race = values("race").concat();
     assert!(race.starts_with("200 127.0.0.1 "), "{race}");
+    // Every address failing, one of them at once when its turn came: the 502, not a
+    // dropped connection.
+    assert_eq!(values("none_code"), ["502"], "{stdout}");
     // A name with an AAAA record is dialled over the prefix.
     let aaaa = values("aaaa_name").concat();
     assert!(aaaa.starts_with("200 fd00:77:"), "{aaaa}");

@@ -127,41 +127,39 @@ async fn race(
     }
     let start =
         |a: SocketAddr| -> Attempt { Box::pin(connect_direct(a, source, from.freebind, timeout)) };
-    let mut live: Vec<Attempt> = vec![start(addrs[0])];
-    let mut next = 1;
+    let mut live: Vec<Attempt> = Vec::with_capacity(addrs.len());
+    let mut next = 0;
     let mut delay: Pin<Box<dyn Future<Output = ()>>> =
         Box::pin(glommio::timer::sleep(ATTEMPT_DELAY));
+    // Set when an attempt failed: the next address starts at once.
+    let mut due = false;
     let mut last = ProxyError::NetworkUnreachable;
-    std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| loop {
+        while next < addrs.len() && (due || live.is_empty() || delay.as_mut().poll(cx).is_ready()) {
+            due = false;
+            live.push(start(addrs[next]));
+            next += 1;
+            delay = Box::pin(glommio::timer::sleep(ATTEMPT_DELAY));
+        }
+        if live.is_empty() {
+            return Poll::Ready(Err(last.clone()));
+        }
         let mut i = 0;
         while i < live.len() {
             match live[i].as_mut().poll(cx) {
                 Poll::Ready(Ok(ok)) => return Poll::Ready(Ok(ok)),
                 Poll::Ready(Err(e)) => {
+                    // A finished attempt is never polled again.
                     last = e;
                     drop(live.swap_remove(i));
-                    if next < addrs.len() {
-                        live.push(start(addrs[next]));
-                        next += 1;
-                        delay = Box::pin(glommio::timer::sleep(ATTEMPT_DELAY));
-                    }
+                    due = true;
                 }
                 Poll::Pending => i += 1,
             }
         }
-        if live.is_empty() {
-            return Poll::Ready(Err(last.clone()));
+        if !due {
+            return Poll::Pending;
         }
-        while next < addrs.len() && delay.as_mut().poll(cx).is_ready() {
-            let mut a = start(addrs[next]);
-            next += 1;
-            delay = Box::pin(glommio::timer::sleep(ATTEMPT_DELAY));
-            if let Poll::Ready(Ok(ok)) = a.as_mut().poll(cx) {
-                return Poll::Ready(Ok(ok));
-            }
-            live.push(a);
-        }
-        Poll::Pending
     })
     .await
 }

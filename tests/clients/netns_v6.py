@@ -95,7 +95,8 @@ def main():
     sh("ip", "-6", "addr", "add", "fd00:78::1/128", "dev", "lo", "nodad")
     hosts = tempfile.NamedTemporaryFile("w", suffix=".hosts", delete=False)
     hosts.write("127.0.0.1 localhost\nfd00:78::1 v6only.test\n127.0.0.1 a4only.test\n"
-                "fd00:78::3 slow6.test\n127.0.0.1 slow6.test\n")
+                "fd00:78::3 slow6.test\n127.0.0.1 slow6.test\n"
+                "fd00:78::3 none.test\n192.0.2.1 none.test\nfd00:78::1 none.test\n")
     hosts.close()
     sh("mount", "--bind", hosts.name, "/etc/hosts")
     sh("ip", "-6", "addr", "add", "fd00:78::3/128", "dev", "lo", "nodad")
@@ -119,6 +120,7 @@ def main():
 [server]
 workers = 2
 allow_private_targets = true
+connect_timeout = "1s"
 state_dir = "{work}/state"
 [[listener]]
 listen = "127.0.0.1:0"
@@ -176,6 +178,11 @@ networks = ["v6", "both"]
         t0 = time.monotonic()
         code, _, body = forward(both, f"http://slow6.test:{v4_port}/ip")
         print("race", code, body, f"{time.monotonic() - t0:.2f}s")
+        # Three addresses, none of them answering: a tarpit, an IPv4 address without a
+        # route (fails at once, when its turn comes after 250 ms) and a refused one; the
+        # client gets the gateway's 502 when connect_timeout ends the race.
+        code, _, _ = forward(both, f"http://none.test:{v4_port}/ip")
+        print("none_code", code)
         code, _, body = forward(gw, f"http://v6only.test:{v6_port}/ip")
         print("aaaa_name", code, body)
         for target in (f"a4only.test:{v4_port}", f"127.0.0.1:{v4_port}"):
