@@ -179,12 +179,16 @@ async fn one(
                 }
             }
         }
-        Target::Forward { .. } => forward(ctx, client, ex, req, &route, origin).await,
+        Target::Forward { .. } => {
+            let keep = Keep::when(idle_ok, is_head);
+            forward(ctx, client, ex, req, &route, origin, keep).await
+        }
     };
     (keep, true)
 }
 
-/// A forwarded request, relayed; its access line. Returns whether the connection stays open.
+/// A forwarded request, relayed; its access line. Returns whether the connection stays open
+/// (`keep`: whether it may, should the exchange fail before the client has an answer).
 async fn forward(
     ctx: &Ctx,
     client: &mut Side,
@@ -192,6 +196,7 @@ async fn forward(
     req: &Request,
     route: &Route,
     origin: &mut Option<forward::Origin>,
+    keep: Keep,
 ) -> bool {
     let res = Box::pin(forward::exchange(ctx, client, origin, req, route)).await;
     match res {
@@ -212,9 +217,8 @@ async fn forward(
             ex.exit = f.exit;
             ex.source = f.source;
             let keep = Keep {
-                open: req.keep_alive && req.body == Framing::None,
-                head: req.method.eq_ignore_ascii_case("HEAD"),
                 replied: f.replied,
+                ..keep
             };
             proxy::fail_as(ctx, client, ex, &keep, &f.error, f.end).await
         }

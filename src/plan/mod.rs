@@ -170,11 +170,6 @@ impl Ledger {
         }
     }
 
-    /// An account's ended periods, newest first: (start, bytes used).
-    pub fn periods(&self, account: &str) -> Result<Vec<(i64, u64)>, String> {
-        self.backend.lock().periods(account)
-    }
-
     /// (account, concurrent connections, bytes leased to cores and unspent) for every
     /// account known to the ledger.
     pub fn live_by_account(&self) -> Vec<(String, u32, u64)> {
