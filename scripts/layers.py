@@ -20,6 +20,8 @@ FLOORS = [
     ["sniff", "auth::username", "http::codec", "socks5::codec"],
     # 1: validated configuration, pure data
     ["config"],
+    # accounts and plans of the API: the directory and its store
+    ["accounts"],
     # 2: domain state: who (auth), what they may spend (plan)
     ["auth", "plan"],
     # 3: where it may go (targeting, exit choice, health, sessions)

@@ -58,6 +58,7 @@ impl Ctx {
     /// What a login reads.
     pub fn gate(&self) -> Gate<'_> {
         Gate {
+            accounts: &self.world.accounts,
             snap: &self.world.config,
             cache: &self.w.core.creds,
             guard: &self.w.services.guard,

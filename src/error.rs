@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// The account's `expires` has passed (its credentials were right).
     #[error("account expired")]
     AccountExpired,
+    /// The account is disabled (`enabled = false` through the API; its credentials were right).
+    #[error("account disabled")]
+    AccountDisabled,
     /// SOCKS5 client offered no username/password method.
     #[error("no acceptable authentication method")]
     NoAcceptableMethod,
@@ -134,7 +137,7 @@ impl ProxyError {
             BadRequest(_) | CommandNotSupported | AddressTypeNotSupported
                                    => ((400, "Bad Request", "bad request"), "http_request_error"),
             HeadTooLarge           => ((431, "Request Header Fields Too Large", "request header fields too large"), "http_request_error"),
-            AuthFailed(_) | NoAcceptableMethod | AccountExpired
+            AuthFailed(_) | NoAcceptableMethod | AccountExpired | AccountDisabled
                                    => ((407, "Proxy Authentication Required", "Incorrect username or password"), "http_request_denied"),
             ExpectationFailed      => ((417, "Expectation Failed", "expectation failed"), "http_request_error"),
             BandwidthExceeded      => ((452, "Bandwidth Exceeded", "exceeded bandwidth limit"), "http_request_denied"),
@@ -164,7 +167,7 @@ impl ProxyError {
             BadRequest(_) | HeadTooLarge | ExpectationFailed => SocksReply::Reply(0x01),
             CommandNotSupported => SocksReply::Reply(0x07),
             AddressTypeNotSupported => SocksReply::Reply(0x08),
-            AuthFailed(_) | AccountExpired => SocksReply::AuthFailure(0x01),
+            AuthFailed(_) | AccountExpired | AccountDisabled => SocksReply::AuthFailure(0x01),
             NoAcceptableMethod => SocksReply::NoAcceptableMethod,
             BandwidthExceeded | ThreadsExceeded | InvalidCountry | InvalidState | InvalidCity
             | InvalidTtl | ForbiddenTarget(_) => SocksReply::Reply(0x02),
@@ -307,6 +310,7 @@ mod tests {
             HeadTooLarge,
             AuthFailed("x"),
             AccountExpired,
+            AccountDisabled,
             NoAcceptableMethod,
             ExpectationFailed,
             BandwidthExceeded,
@@ -357,6 +361,11 @@ mod tests {
             (400, "bad request", SocksReply::Reply(7)),
             (400, "bad request", SocksReply::Reply(8)),
             (431, "request header fields too large", SocksReply::Reply(1)),
+            (
+                407,
+                "Incorrect username or password",
+                SocksReply::AuthFailure(1),
+            ),
             (
                 407,
                 "Incorrect username or password",

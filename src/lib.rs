@@ -11,6 +11,7 @@
 //! | primitives | [`error`], [`util`], [`geo`], [`metrics`] | the one error type and its reply table; latch, buffer pool, deadlines, [`util::Parsed`]; ISO codes; per-core counters |
 //! | codecs | [`sniff`], [`auth::username`], [`http::codec`], [`socks5::codec`] | sans-IO parsers and encoders, fuzzed; no state |
 //! | data | [`config`] | the validated configuration: pure data |
+//! | directory | [`accounts`] | accounts and plans of the API: the shared directory logins read, the SQLite store and its change log |
 //! | domain | [`auth`], [`plan`], [`route`] | who (credentials, guard); what they may spend (slots, leases, the ledger, the [`plan::SharedPlan`] seam); where it may go (targeting, [`route::choose`]: rotation, sticky sessions, benching, the [`route::SharedSessions`] seam) |
 //! | bytes | [`relay`], [`side`] | the metered two-way copy; one end of a connection and the one read loop |
 //! | egress | [`exit`] | DNS, private-target policy, direct connects, upstream proxies |
@@ -45,6 +46,7 @@
 //! 8. [`conn::Exchange::finish`] writes the access line and counts the outcome; the slot
 //!    and the charge are released when they drop.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod cluster;

@@ -27,6 +27,17 @@ enum Command {
         #[command(subcommand)]
         action: Option<UsageAction>,
     },
+    /// Accounts of the store (the accounts API's): list, show, put, set, delete,
+    /// disconnect. A running gateway applies changes within 200 ms.
+    Account {
+        #[command(subcommand)]
+        action: tollgate::admin::cli::AccountAction,
+    },
+    /// Plans of the store: list, put, delete.
+    Plan {
+        #[command(subcommand)]
+        action: tollgate::admin::cli::PlanAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +141,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Account { action } => match tollgate::admin::cli::account(&snap, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate account: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Plan { action } => match tollgate::admin::cli::plan(&snap, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate plan: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run => {
             init_logging(&snap.log.level, &snap.log.format);
             let opts = tollgate::runtime::Options {
@@ -188,6 +213,35 @@ fn usage(snap: &tollgate::config::Snapshot, action: UsageAction) -> Result<(), S
                 let queued = pending.iter().filter(|(a, _)| a == name).count();
                 let row = (row.used, row.credit, row.active);
                 usage_row(name, plan, row, Some(queued));
+            }
+            // The store's accounts (the accounts API's), after the file's.
+            use tollgate::accounts::store::AccountSource;
+            let mut accounts =
+                tollgate::accounts::store::AccountStore::open(&snap.server.state_dir)?;
+            let plans: Vec<tollgate::config::Plan> = accounts
+                .plans()?
+                .iter()
+                .filter_map(|p| tollgate::accounts::plan_from(p).ok())
+                .collect();
+            let mut stored = accounts.load_all()?;
+            stored.sort_by(|a, b| a.name.cmp(&b.name));
+            for a in stored {
+                if snap.accounts.contains_key(&a.name) {
+                    continue;
+                }
+                let plan = snap
+                    .plan_named(&a.plan)
+                    .map(|p| (**p).clone())
+                    .or_else(|| plans.iter().find(|p| p.name == a.plan).cloned());
+                let Some(plan) = plan else { continue };
+                let row = rows.get(&a.name).copied().unwrap_or_default();
+                let queued = pending.iter().filter(|(n, _)| *n == a.name).count();
+                usage_row(
+                    &a.name,
+                    &plan,
+                    (row.used, row.credit, row.active),
+                    Some(queued),
+                );
             }
         }
     }

@@ -38,7 +38,9 @@ pub async fn admit(
     let checks = async {
         let w = &ctx.world;
         let route = route::resolve(&w.config, &w.exits.index, ident)?;
-        let adm = plan::admit(&ctx.core().quota, w.usage(ident.account_id)?).await?;
+        let quota = &ctx.core().quota;
+        let state = plan::state_for(quota, &w.ledger, &ident.account, &ident.plan)?;
+        let adm = plan::admit(quota, &state).await?;
         Ok::<_, ProxyError>((route, adm))
     };
     let (route, adm) = checks.await.map_err(|error| Denied {

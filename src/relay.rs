@@ -162,6 +162,8 @@ pub enum RelayEnd {
     Idle,
     /// The account's bandwidth ran out.
     Quota,
+    /// An operator disconnected the account (`POST /v1/accounts/{name}/disconnect`).
+    Disconnected,
     /// The gateway's drain timeout passed with the tunnel still open.
     Drain,
     /// Reading from or writing to the client failed (reset, broken pipe).
@@ -177,6 +179,7 @@ impl RelayEnd {
             RelayEnd::Closed => "closed",
             RelayEnd::Idle => "idle",
             RelayEnd::Quota => "quota",
+            RelayEnd::Disconnected => "disconnect",
             RelayEnd::Drain => "drain",
             RelayEnd::ClientReset(_) => "client_reset",
             RelayEnd::UpstreamReset(_) => "upstream_reset",
@@ -399,7 +402,12 @@ pub async fn relay(
     };
     let cut_watch = async {
         match &cut {
-            Some(l) => l.wait().await,
+            Some(l) => {
+                l.wait().await;
+                if l.why() == crate::plan::shard::CUT_BY_OPERATOR {
+                    return RelayEnd::Disconnected;
+                }
+            }
             None => std::future::pending().await,
         }
         RelayEnd::Quota

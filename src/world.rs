@@ -7,9 +7,9 @@
 //! A reload prepares the next world from the new file and the current one (usage and exit
 //! health carry over by name), then publishes it: nothing is patched in afterwards.
 
-use crate::config::Snapshot;
-use crate::error::ProxyError;
-use crate::plan::ledger::AccountState;
+use crate::accounts::store::{AccountSource, Change};
+use crate::accounts::{self, Directory};
+use crate::config::{Plan, Snapshot};
 use crate::plan::Ledger;
 use crate::route::Exits;
 use std::sync::Arc;
@@ -19,45 +19,105 @@ pub struct World {
     pub config: Snapshot,
     /// Exits' health and the index by targeting.
     pub exits: Exits,
-    /// Each account's live usage, at its [`crate::config::Account::id`].
-    usage: Vec<Option<Arc<AccountState>>>,
+    /// Accounts and plans of the API: one directory for every world (a reload keeps it).
+    pub accounts: Arc<Directory>,
+    /// The live usage of the accounts in use (attached on first use, by name).
+    pub ledger: Arc<Ledger>,
 }
 
 impl World {
-    /// The world `config` describes, continuing `prev` (its usage and exit health).
-    pub fn prepare(config: Snapshot, ledger: &Ledger, prev: Option<&World>) -> World {
-        let usage = ledger.usage_for(&config);
+    /// The world `config` describes, continuing `prev` (its exit health); the accounts in
+    /// use get their plans as `config` defines them from their next admission.
+    pub fn prepare(
+        config: Snapshot,
+        ledger: &Arc<Ledger>,
+        accounts: &Arc<Directory>,
+        prev: Option<&World>,
+    ) -> World {
         let exits = Exits::build(&config, prev.map(|w| (&w.config, &w.exits)));
-        World {
+        let world = World {
             config,
             exits,
-            usage,
-        }
+            accounts: accounts.clone(),
+            ledger: ledger.clone(),
+        };
+        world.reapply_plans();
+        world
     }
 
-    /// A world with the given usage per account id and fresh exit health (harnesses and
-    /// tests: no ledger behind it).
-    pub fn with_usage(config: Snapshot, usage: Vec<Option<Arc<AccountState>>>) -> World {
+    /// A world with its own in-memory ledger, an empty directory and fresh exit health
+    /// (harnesses and tests).
+    pub fn standalone(config: Snapshot) -> World {
         let exits = Exits::build(&config, None);
         World {
             config,
             exits,
-            usage,
+            accounts: Arc::new(Directory::default()),
+            ledger: Ledger::in_memory(),
         }
     }
 
-    /// Account `id`'s usage (an id from this world's config).
-    pub fn usage(&self, id: usize) -> Result<&Arc<AccountState>, ProxyError> {
-        self.usage
-            .get(id)
-            .and_then(Option::as_ref)
-            .ok_or(ProxyError::Unavailable("account not loaded"))
+    /// The plan account `name` is on in this world.
+    pub fn plan_of(&self, name: &str) -> Option<Arc<Plan>> {
+        crate::auth::plan_of(&self.config, &self.accounts, name)
     }
 
-    /// The usage of the account named `name`.
-    pub fn usage_of(&self, name: &str) -> Option<&Arc<AccountState>> {
-        let id = self.config.accounts.get(name)?.id;
-        self.usage.get(id)?.as_ref()
+    /// Apply one change of the store (written by the API or `tollgate account …`): the
+    /// account or plan is read again (gone: removed), a disconnect cuts the account's
+    /// live connections on every core at its next tick, a release forgets a session.
+    pub fn apply(
+        &self,
+        store: &mut dyn AccountSource,
+        sessions: &crate::route::sessions::SessionTable,
+        change: &Change,
+    ) -> Result<(), String> {
+        match change {
+            Change::Account(name) => match store.get(name)? {
+                Some(row) => {
+                    let record = accounts::record_from(&self.accounts, &row)?;
+                    self.accounts.put(record);
+                    if let (Some(state), Some(plan)) = (self.ledger.get(name), self.plan_of(name)) {
+                        state.apply(&plan);
+                    }
+                }
+                None => {
+                    if self.accounts.remove(name).is_some() {
+                        self.ledger.forget(name);
+                    }
+                }
+            },
+            Change::Plan(name) => {
+                match store.get_plan(name)? {
+                    Some(row) => {
+                        self.accounts.put_plan(accounts::plan_from(&row)?);
+                    }
+                    None => {
+                        self.accounts.remove_plan(name);
+                    }
+                }
+                self.reapply_plans();
+            }
+            Change::Disconnect(name) => {
+                self.ledger.disconnect(name);
+            }
+            Change::Release { account, session } => {
+                sessions.release(account, session);
+            }
+            Change::Resync => {
+                for gone in accounts::load(&self.accounts, store)? {
+                    self.ledger.forget(&gone);
+                }
+                self.reapply_plans();
+                tracing::info!(accounts = self.accounts.len(), "store accounts read again");
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply this world's plans to every account in use (after a reload, or a plan change
+    /// through the API), so live connections' next leases follow them.
+    pub fn reapply_plans(&self) {
+        self.ledger.reapply(|name| self.plan_of(name));
     }
 }
 
@@ -68,10 +128,10 @@ mod tests {
     use crate::plan::store::SqliteStore;
     use std::time::{Duration, Instant};
 
-    fn file(users: &[&str], exits: &[&str]) -> Snapshot {
-        let mut t = String::from(
+    fn file(users: &[&str], exits: &[&str], threads: u32) -> Snapshot {
+        let mut t = format!(
             "[[listener]]\nlisten = \"127.0.0.1:0\"\nnetwork = \"n\"\n[[network]]\nname = \"n\"\n\
-             [[plan]]\nname = \"p\"\nbandwidth = \"1GiB\"\nthreads = 4\n",
+             [[plan]]\nname = \"p\"\nbandwidth = \"1GiB\"\nthreads = {threads}\n",
         );
         for e in exits {
             t += &format!("[[exit]]\nname = \"{e}\"\nnetwork = \"n\"\nkind = \"direct\"\n");
@@ -85,13 +145,15 @@ mod tests {
     }
 
     /// A reload that reorders accounts and exits keeps each account's usage and each exit's
-    /// health with its name, and every id resolves in the world it came from.
+    /// health with its name, and applies the new plans to the accounts in use.
     #[test]
     fn a_reload_carries_usage_and_health_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(Box::new(SqliteStore::open(dir.path()).unwrap())).unwrap();
-        let first = World::prepare(file(&["a", "b"], &["x", "y"]), &ledger, None);
-        first.usage_of("b").unwrap().settle(777, 0);
+        let accounts = Arc::new(Directory::default());
+        let first = World::prepare(file(&["a", "b"], &["x", "y"], 4), &ledger, &accounts, None);
+        let b = ledger.attach("b", &first.plan_of("b").unwrap()).unwrap();
+        b.settle(777, 0);
         let y = first.config.exit_by_name["y"];
         let t0 = Instant::now();
         assert!(first
@@ -99,20 +161,20 @@ mod tests {
             .health(y)
             .failure(1, Duration::from_secs(60), t0));
 
-        let next = World::prepare(file(&["c", "b", "a"], &["y", "x"]), &ledger, Some(&first));
-        assert_eq!(next.usage_of("b").unwrap().used(), 777);
-        assert_eq!(next.usage_of("a").unwrap().used(), 0);
-        assert!(Arc::ptr_eq(
-            next.usage_of("b").unwrap(),
-            first.usage_of("b").unwrap()
-        ));
-        for (name, acc) in &next.config.accounts {
-            assert_eq!(&next.usage(acc.id).unwrap().name, name);
-        }
+        let next = World::prepare(
+            file(&["c", "b", "a"], &["y", "x"], 9),
+            &ledger,
+            &accounts,
+            Some(&first),
+        );
+        let b2 = ledger.attach("b", &next.plan_of("b").unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&b, &b2));
+        assert_eq!(b2.used(), 777);
+        assert_eq!(b.threads(), 9, "the new plan applies to the account in use");
+        assert!(next.plan_of("nobody").is_none());
         let y2 = next.config.exit_by_name["y"];
         assert_ne!(y, y2, "the reload moved exit y");
         assert!(next.exits.is_benched(y2, t0));
         assert!(!next.exits.is_benched(next.config.exit_by_name["x"], t0));
-        assert!(next.usage(99).is_err());
     }
 }

@@ -1,14 +1,23 @@
-//! The admin listener: `/metrics` (OpenMetrics text) and `/healthz`, served by axum on
-//! hyper with a current-thread tokio runtime on the admin's own thread: a scrape never
-//! competes with an executor, connections are served concurrently (a client trickling
-//! bytes holds only its own connection), and every request has deadlines.
+//! The admin listener: `/metrics` (OpenMetrics text), `/healthz` and the accounts API
+//! (`/v1/…`, [`api`]), served by axum on hyper with a current-thread tokio runtime on the
+//! admin's own thread: a scrape or an API call never competes with an executor,
+//! connections are served concurrently (a client trickling bytes holds only its own
+//! connection), and every request has deadlines.
 
+pub mod api;
+pub mod cli;
+pub mod ops;
 pub mod scrape;
 
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use crate::accounts::store::AccountSource;
+use crate::route::sessions::SessionTable;
+use crate::world::World;
+use arc_swap::ArcSwap;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use scrape::{render, Metrics};
@@ -29,18 +38,20 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 /// Admin connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 256;
 
+/// What the admin's handlers share.
 #[derive(Clone)]
-struct State {
-    metrics: Arc<Metrics>,
-    health: Arc<dyn Health>,
+pub struct AppState {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<dyn Health>,
+    /// The running world (its token, accounts, ledger).
+    pub world: Arc<ArcSwap<World>>,
+    pub sessions: Arc<SessionTable>,
+    /// The accounts API's handle on the store (`None`: no store, the API answers 503).
+    pub store: Option<Arc<parking_lot::Mutex<Box<dyn AccountSource>>>>,
 }
 
 /// Bind the admin address and serve it on a thread. Returns the bound address.
-pub fn start(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    health: Arc<dyn Health>,
-) -> Result<SocketAddr, String> {
+pub fn start(addr: SocketAddr, state: AppState) -> Result<SocketAddr, String> {
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| format!("[admin] listen = \"{addr}\": {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
@@ -52,7 +63,6 @@ pub fn start(
         .enable_time()
         .build()
         .map_err(|e| format!("cannot start the admin runtime: {e}"))?;
-    let state = State { metrics, health };
     std::thread::Builder::new()
         .name("tollgate-admin".into())
         .spawn(move || runtime.block_on(serve(listener, state)))
@@ -60,15 +70,29 @@ pub fn start(
     Ok(bound)
 }
 
-fn router(state: State) -> Router {
+fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .merge(api::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
         .with_state(state)
 }
 
-async fn metrics(axum::extract::State(s): axum::extract::State<State>) -> impl IntoResponse {
+/// `[admin] protect_metrics`: the token is asked for here too.
+fn guarded(s: &AppState, headers: &HeaderMap) -> Result<(), ops::OpError> {
+    let world = s.world.load();
+    if !world.config.protect_metrics {
+        return Ok(());
+    }
+    api::check_token(&world, headers)
+}
+
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = guarded(&s, &headers) {
+        return e.into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -76,16 +100,20 @@ async fn metrics(axum::extract::State(s): axum::extract::State<State>) -> impl I
         )],
         render(s.metrics.clone()),
     )
+        .into_response()
 }
 
-async fn healthz(axum::extract::State(s): axum::extract::State<State>) -> impl IntoResponse {
+async fn healthz(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = guarded(&s, &headers) {
+        return e.into_response();
+    }
     match s.health.check() {
-        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
-async fn serve(listener: std::net::TcpListener, state: State) {
+async fn serve(listener: std::net::TcpListener, state: AppState) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         tracing::error!("admin listener unusable");
         return;
@@ -93,13 +121,13 @@ async fn serve(listener: std::net::TcpListener, state: State) {
     let app = router(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue; // over the cap: closed at once
         };
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(app.clone().layer(Extension(api::Peer(peer))));
         tokio::spawn(async move {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder

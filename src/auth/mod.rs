@@ -5,10 +5,12 @@
 pub mod guard;
 pub mod username;
 
-use crate::config::{Password, Snapshot};
+use crate::accounts::{Directory, Record};
+use crate::config::{Password, Plan, Snapshot};
 use crate::error::ProxyError;
 use ahash::AHashMap;
 use std::cell::RefCell;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// An authenticated client: its account and the modifiers it asked for (owned, so the
@@ -16,8 +18,8 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub account: String,
-    /// The account's id in the world it was authenticated in (its usage there).
-    pub account_id: usize,
+    /// The account's plan as it was at login.
+    pub plan: Arc<Plan>,
     /// Index into the snapshot's networks: the listener's network.
     pub network: usize,
     pub country: Option<String>,
@@ -64,11 +66,13 @@ fn verify_argon2(phc: &str, password: &[u8]) -> bool {
     }
 }
 
-/// Check username and password for a connection that arrived on `network`.
+/// Check username and password for a connection that arrived on `network`: the file's
+/// accounts first, then the store's (`accounts`).
 ///
 /// Errors are all 407 (`AuthFailed`): the reason is for the log, never for the client.
 pub async fn authenticate(
     snap: &Snapshot,
+    accounts: &Directory,
     cache: &CredCache,
     network: usize,
     user: &[u8],
@@ -83,18 +87,90 @@ pub async fn authenticate(
         username::GrammarError::EmptyValue => ProxyError::AuthFailed("empty modifier value"),
         username::GrammarError::BadSession => ProxyError::AuthFailed("malformed session id"),
     })?;
-    let account = snap
-        .accounts
+    if let Some(account) = snap.accounts.get(parsed.account) {
+        verify(&account.name, &account.password, cache, password).await?;
+        return identity(snap, Facts::file(snap, account), network, &parsed.mods);
+    }
+    let record = accounts
         .get(parsed.account)
         .ok_or(ProxyError::AuthFailed("unknown account"))?;
-    verify(account, cache, password).await?;
-    identity(snap, account, network, &parsed.mods)
+    verify(&record.name, &record.password, cache, password).await?;
+    identity(
+        snap,
+        Facts::store(snap, accounts, &record),
+        network,
+        &parsed.mods,
+    )
+}
+
+/// What a login checks of an account, wherever it is defined.
+struct Facts<'a> {
+    name: &'a str,
+    /// Whether it may use network `i` (of the snapshot).
+    networks: Networks<'a>,
+    enabled: bool,
+    expires: Option<jiff::Timestamp>,
+    /// `None`: its plan is not defined (a store account whose plan was removed).
+    plan: Option<Arc<Plan>>,
+}
+
+enum Networks<'a> {
+    Indexes(&'a [usize]),
+    Names(&'a [Arc<str>]),
+}
+
+impl<'a> Facts<'a> {
+    fn file(snap: &Snapshot, a: &'a crate::config::Account) -> Facts<'a> {
+        Facts {
+            name: &a.name,
+            networks: Networks::Indexes(&a.networks),
+            enabled: true,
+            expires: a.expires,
+            plan: snap.plans.get(a.plan).cloned(),
+        }
+    }
+
+    fn store(snap: &Snapshot, accounts: &Directory, r: &'a Record) -> Facts<'a> {
+        Facts {
+            name: &r.name,
+            networks: Networks::Names(&r.networks),
+            enabled: r.enabled,
+            expires: r.expires,
+            plan: plan_named(snap, accounts, &r.plan),
+        }
+    }
+
+    fn may_use(&self, snap: &Snapshot, network: usize) -> bool {
+        match self.networks {
+            Networks::Indexes(ix) => ix.contains(&network),
+            Networks::Names(names) => snap
+                .networks
+                .get(network)
+                .is_some_and(|n| names.iter().any(|x| **x == *n.name)),
+        }
+    }
+}
+
+/// A plan by name: the file's, then the store's.
+pub fn plan_named(snap: &Snapshot, accounts: &Directory, name: &str) -> Option<Arc<Plan>> {
+    snap.plan_named(name)
+        .cloned()
+        .or_else(|| accounts.plan(name))
+}
+
+/// The plan account `name` is on now (`None`: no such account, or its plan is gone).
+pub fn plan_of(snap: &Snapshot, accounts: &Directory, name: &str) -> Option<Arc<Plan>> {
+    match snap.accounts.get(name) {
+        Some(a) => snap.plans.get(a.plan).cloned(),
+        None => plan_named(snap, accounts, &accounts.get(name)?.plan),
+    }
 }
 
 /// Where a login happens: the configuration, this core's cache, the shared guard, and the
 /// client (its listener's network and its address).
 pub struct Gate<'a> {
     pub snap: &'a Snapshot,
+    pub accounts: &'a Directory,
     pub cache: &'a CredCache,
     pub guard: &'a guard::AuthGuard,
     pub network: usize,
@@ -107,6 +183,7 @@ pub struct Gate<'a> {
 pub async fn login(gate: &Gate<'_>, user: &[u8], password: &[u8]) -> Result<Identity, ProxyError> {
     let Gate {
         snap,
+        accounts,
         cache,
         guard,
         network,
@@ -120,8 +197,11 @@ pub async fn login(gate: &Gate<'_>, user: &[u8], password: &[u8]) -> Result<Iden
         delay: sec.auth_delay.0,
     };
     let ip = peer.map(|p| p.ip());
-    // The snapshot's address stands for the configuration generation.
-    let fp = guard.fingerprint(user, password, network, snap as *const Snapshot as usize);
+    // The snapshot's address and the store's change count stand for the accounts'
+    // generation: a credential that failed is checked again once either changed.
+    let generation =
+        (snap as *const Snapshot as usize) ^ (accounts.generation() as usize).rotate_left(17);
+    let fp = guard.fingerprint(user, password, network, generation);
     if let Some(ip) = ip {
         match guard.admit(ip, fp, &policy, std::time::Instant::now()) {
             guard::Admit::Check => {}
@@ -137,7 +217,7 @@ pub async fn login(gate: &Gate<'_>, user: &[u8], password: &[u8]) -> Result<Iden
             }
         }
     }
-    let res = authenticate(snap, cache, network, user, password).await;
+    let res = authenticate(snap, accounts, cache, network, user, password).await;
     if let (Err(ProxyError::AuthFailed(_)), Some(ip)) = (&res, ip) {
         if guard.failure(ip, fp, &policy, std::time::Instant::now()) {
             tracing::warn!(peer = %ip, block = ?sec.auth_block.0, "repeated authentication failures: address slowed");
@@ -150,27 +230,34 @@ pub async fn login(gate: &Gate<'_>, user: &[u8], password: &[u8]) -> Result<Iden
 /// `None` when it is not; the identity (or why it may not use this network) otherwise.
 pub fn by_address(
     snap: &Snapshot,
+    accounts: &Directory,
     network: usize,
     peer: Option<std::net::SocketAddr>,
 ) -> Option<Result<Identity, ProxyError>> {
-    let account = snap.account_for_ip(peer?.ip())?;
+    let ip = peer?.ip();
+    let mods = username::Modifiers::default();
+    if let Some(account) = snap.account_for_ip(ip) {
+        return Some(identity(snap, Facts::file(snap, account), network, &mods));
+    }
+    let record = accounts.account_for_ip(ip)?;
     Some(identity(
         snap,
-        account,
+        Facts::store(snap, accounts, &record),
         network,
-        &username::Modifiers::default(),
+        &mods,
     ))
 }
 
 async fn verify(
-    account: &crate::config::Account,
+    name: &str,
+    stored: &Password,
     cache: &CredCache,
     password: &[u8],
 ) -> Result<(), ProxyError> {
-    let ok = match &account.password {
+    let ok = match stored {
         Password::Plain(p) => bool::from(p.as_slice().ct_eq(password)),
         Password::Argon2(phc) => {
-            if cache.hit(&account.name, phc, password) {
+            if cache.hit(name, phc, password) {
                 true
             } else {
                 let (phc2, pw) = (phc.clone(), password.to_vec());
@@ -178,7 +265,7 @@ async fn verify(
                     .spawn_blocking(move || verify_argon2(&phc2, &pw))
                     .await;
                 if ok {
-                    cache.insert(&account.name, phc, password);
+                    cache.insert(name, phc, password);
                 }
                 ok
             }
@@ -192,18 +279,28 @@ async fn verify(
 
 fn identity(
     snap: &Snapshot,
-    account: &crate::config::Account,
+    account: Facts<'_>,
     network: usize,
     mods: &username::Modifiers<'_>,
 ) -> Result<Identity, ProxyError> {
-    if !account.may_use(network) {
+    if !account.may_use(snap, network) {
         return Err(ProxyError::AuthFailed("account may not use this network"));
     }
     // After the password check (or the allow-listed address): a guesser learns nothing.
     // Not an authentication failure: the address is not slowed for it.
-    if account.expired(crate::util::wall_now()) {
+    if !account.enabled {
+        return Err(ProxyError::AccountDisabled);
+    }
+    if account
+        .expires
+        .is_some_and(|t| crate::util::wall_now() >= t)
+    {
         return Err(ProxyError::AccountExpired);
     }
+    let Some(plan) = account.plan else {
+        tracing::error!(account = %account.name, "the account's plan is not defined; refusing it");
+        return Err(ProxyError::Unavailable("the account's plan is not defined"));
+    };
     let net = &snap.networks[network];
     if mods.targets() && !net.targeting {
         return Err(ProxyError::AuthFailed(
@@ -212,8 +309,8 @@ fn identity(
     }
     let own = |v: Option<&str>| v.map(str::to_owned);
     Ok(Identity {
-        account: account.name.clone(),
-        account_id: account.id,
+        account: account.name.to_owned(),
+        plan,
         network,
         country: own(mods.country),
         state: own(mods.state),

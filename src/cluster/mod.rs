@@ -12,6 +12,7 @@
 //! Executors talk to it over channels; a reply wakes the waiting task on its own core.
 //! The thread is in `node/`.
 
+pub mod accounts;
 mod node;
 pub mod scripts;
 pub mod usage;

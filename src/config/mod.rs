@@ -13,6 +13,7 @@ pub use model::{
     Account, Exit, ExitKind, Listener, Network, Password, Period, Plan, Snapshot, Source, Upstream,
 };
 pub use units::{parse_duration, parse_size, Dur, Size};
+pub use validate::{allow_ip, check_account_name, parse_expires, parse_period, parse_speed};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,13 @@ pub struct AdminSection {
     /// Export per-account bytes and threads (turn off with very many accounts).
     #[serde(default = "yes")]
     pub per_account_metrics: bool,
+    /// A file holding the accounts API's bearer token (one line, at least 16 bytes);
+    /// without it the API (`/v1/…`) is off. Re-read on SIGHUP.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// Ask for the token on `/metrics` and `/healthz` too.
+    #[serde(default)]
+    pub protect_metrics: bool,
 }
 
 fn yes() -> bool {

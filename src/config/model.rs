@@ -16,6 +16,10 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     /// `[admin] per_account_metrics`.
     pub per_account_metrics: bool,
+    /// `[admin] api_token_file`'s token: the accounts API is off without one.
+    pub api_token: Option<super::Secret>,
+    /// `[admin] protect_metrics`.
+    pub protect_metrics: bool,
     pub log: LogSection,
     pub dns: DnsSection,
     pub routing: RoutingSection,
@@ -24,7 +28,7 @@ pub struct Snapshot {
     pub networks: Vec<Network>,
     pub exits: Vec<Exit>,
     pub exit_by_name: AHashMap<String, usize>,
-    pub plans: Vec<Plan>,
+    pub plans: Vec<std::sync::Arc<Plan>>,
     pub accounts: AHashMap<String, Account>,
     /// `allow_ips` of every account: client network → account name.
     pub ip_rules: Vec<(ipnet::IpNet, String)>,
@@ -158,6 +162,33 @@ impl Period {
     }
 }
 
+impl Period {
+    /// The start of the period after the one that starts at `start` (Unix seconds): where
+    /// that one ends. 0 for [`Period::None`].
+    pub fn next_start(self, start: i64) -> i64 {
+        let Ok(t) = jiff::Timestamp::from_second(start) else {
+            return 0;
+        };
+        let z = t.to_zoned(jiff::tz::TimeZone::UTC);
+        let step = match self {
+            Period::None => return 0,
+            Period::Day => jiff::Span::new().days(1),
+            Period::Week => jiff::Span::new().weeks(1),
+            Period::Month => jiff::Span::new().months(1),
+        };
+        z.checked_add(step).map_or(0, |z| z.timestamp().as_second())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::None => "none",
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub enum Password {
     Plain(Vec<u8>),
@@ -209,6 +240,11 @@ impl Snapshot {
             .and_then(|(_, name)| self.accounts.get(name))
     }
 
+    /// A plan of the file, by name.
+    pub fn plan_named(&self, name: &str) -> Option<&std::sync::Arc<Plan>> {
+        self.plans.iter().find(|p| p.name == name)
+    }
+
     /// Index of a network by name.
     pub fn network_index(&self, name: &str) -> Option<usize> {
         self.networks.iter().position(|n| n.name == name)
@@ -246,5 +282,15 @@ mod tests {
             t("2024-03-01T00:00:00Z").as_second()
         );
         assert_eq!(start(Period::None, now), 0);
+        let dec = t("2026-12-01T00:00:00Z").as_second();
+        assert_eq!(
+            Period::Month.next_start(dec),
+            t("2027-01-01T00:00:00Z").as_second()
+        );
+        assert_eq!(
+            Period::Week.next_start(t("2026-11-30T00:00:00Z").as_second()),
+            t("2026-12-07T00:00:00Z").as_second()
+        );
+        assert_eq!(Period::Day.next_start(dec), dec + 86_400);
     }
 }

@@ -13,6 +13,7 @@ impl Snapshot {
     pub fn build(f: File) -> Result<Snapshot, String> {
         check_server(&f)?;
         let admin = build_admin(&f)?;
+        let api_token = read_api_token(&f)?;
         check_log(&f)?;
         check_limits(&f)?;
         let networks = build_networks(&f)?;
@@ -30,6 +31,8 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             per_account_metrics: f.admin.as_ref().is_none_or(|a| a.per_account_metrics),
+            protect_metrics: f.admin.as_ref().is_some_and(|a| a.protect_metrics),
+            api_token,
             server: f.server,
             admin,
             log: f.log,
@@ -94,6 +97,31 @@ fn build_admin(f: &File) -> Result<Option<SocketAddr>, String> {
         not_v4_mapped(a).map_err(|e| format!("[admin] listen: {e}"))?;
     }
     Ok(admin)
+}
+
+/// `[admin] api_token_file`: the token it holds (surrounding whitespace trimmed).
+fn read_api_token(f: &File) -> Result<Option<super::Secret>, String> {
+    let Some(a) = &f.admin else { return Ok(None) };
+    let Some(path) = &a.api_token_file else {
+        if a.protect_metrics {
+            return Err(
+                "[admin] protect_metrics: needs api_token_file (the token it asks for)".into(),
+            );
+        }
+        return Ok(None);
+    };
+    let at = format!("[admin] api_token_file = {:?}", path.display().to_string());
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{at}: {e}"))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(format!(
+            "{at}: the token must be at least 16 bytes (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    if token.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!("{at}: the token must be one line without spaces"));
+    }
+    Ok(Some(super::Secret(token.to_owned())))
 }
 
 /// `[log]`: the format, and a level tracing understands.
@@ -268,14 +296,17 @@ fn collides(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
-fn build_plans(f: &File) -> Result<Vec<Plan>, String> {
+fn build_plans(f: &File) -> Result<Vec<std::sync::Arc<Plan>>, String> {
     let mut plans = Vec::with_capacity(f.plans.len());
     for (i, p) in f.plans.iter().enumerate() {
         let at = format!("[[plan]] #{} (name = {:?})", i + 1, p.name);
         if p.name.is_empty() {
             return Err(format!("[[plan]] #{}: name must not be empty", i + 1));
         }
-        if plans.iter().any(|q: &Plan| q.name == p.name) {
+        if plans
+            .iter()
+            .any(|q: &std::sync::Arc<Plan>| q.name == p.name)
+        {
             return Err(format!("{at}: name: duplicate plan"));
         }
         if p.threads == 0 {
@@ -283,45 +314,78 @@ fn build_plans(f: &File) -> Result<Vec<Plan>, String> {
         }
         let speed = match &p.speed {
             None => 0,
-            Some(v) => {
-                let bad = || format!("{at}: speed = {v:?}: a size per second, e.g. \"10MiB/s\"");
-                let per_second = v.trim().strip_suffix("/s").ok_or_else(bad)?;
-                match super::parse_size(per_second) {
-                    Ok(n) if n >= 1024 => n,
-                    Ok(_) => return Err(format!("{at}: speed = {v:?}: at least 1KiB/s")),
-                    Err(_) => return Err(bad()),
-                }
-            }
+            Some(v) => parse_speed(v).map_err(|e| format!("{at}: speed = {v:?}: {e}"))?,
         };
         let period = match p.period.as_deref() {
-            None | Some("none") => Period::None,
-            Some("day") => Period::Day,
-            Some("week") => Period::Week,
-            Some("month") => Period::Month,
-            Some(other) => {
-                return Err(format!(
-                    "{at}: period = {other:?}: must be \"month\", \"week\", \"day\" or \"none\""
-                ))
-            }
+            None => Period::None,
+            Some(v) => parse_period(v).map_err(|e| format!("{at}: period = {v:?}: {e}"))?,
         };
         if period != Period::None && f.cluster.is_some() {
             return Err(format!(
                 "{at}: period: not supported with [cluster] yet (a cluster's usage lives in Redis)"
             ));
         }
-        plans.push(Plan {
+        plans.push(std::sync::Arc::new(Plan {
             name: p.name.clone(),
             bandwidth: p.bandwidth.0,
             threads: p.threads,
             speed,
             period,
-        });
+        }));
     }
     Ok(plans)
 }
 
+/// A plan's `speed`: a size per second, at least 1 KiB/s.
+pub fn parse_speed(v: &str) -> Result<u64, String> {
+    let bad = || "a size per second, e.g. \"10MiB/s\"".to_string();
+    let per_second = v.trim().strip_suffix("/s").ok_or_else(bad)?;
+    match super::parse_size(per_second) {
+        Ok(n) if n >= 1024 => Ok(n),
+        Ok(_) => Err("at least 1KiB/s".into()),
+        Err(_) => Err(bad()),
+    }
+}
+
+/// A plan's `period`.
+pub fn parse_period(v: &str) -> Result<Period, String> {
+    match v {
+        "none" => Ok(Period::None),
+        "day" => Ok(Period::Day),
+        "week" => Ok(Period::Week),
+        "month" => Ok(Period::Month),
+        _ => Err("must be \"month\", \"week\", \"day\" or \"none\"".into()),
+    }
+}
+
+/// An account's `expires`: an RFC 3339 time.
+pub fn parse_expires(t: &str) -> Result<jiff::Timestamp, String> {
+    t.parse::<jiff::Timestamp>()
+        .map_err(|e| format!("not an RFC 3339 time such as \"2027-01-31T23:59:59Z\" ({e})"))
+}
+
+/// An account name that the username grammar can address: 1 to 255 bytes, no ':', no
+/// spaces or control characters, no modifier key inside it.
+pub fn check_account_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 255 {
+        return Err("must be 1 to 255 bytes".into());
+    }
+    if name.contains(':') || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain ':', spaces or control characters".into());
+    }
+    if let Some(key) = KEYS
+        .iter()
+        .find(|k| name.contains(&format!("-{k}-")) || name.ends_with(&format!("-{k}")))
+    {
+        return Err(format!(
+            "contains the modifier key \"-{key}\", so it could not be addressed"
+        ));
+    }
+    Ok(())
+}
+
 /// A client address or network of `allow_ips`.
-fn allow_ip(at: &str, cidr: &str) -> Result<ipnet::IpNet, String> {
+pub fn allow_ip(at: &str, cidr: &str) -> Result<ipnet::IpNet, String> {
     match cidr.parse::<ipnet::IpNet>() {
         Ok(n) => Ok(n.trunc()),
         Err(_) => match cidr.parse::<IpAddr>() {
@@ -368,22 +432,7 @@ fn build_account(
     net_names: &[&str],
 ) -> Result<Account, String> {
     let at = format!("[[user]] #{} (name = {:?})", i + 1, u.name);
-    if u.name.is_empty() || u.name.len() > 255 {
-        return Err(format!("{at}: name: must be 1 to 255 bytes"));
-    }
-    if u.name.contains(':') || u.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!(
-            "{at}: name: must not contain ':', spaces or control characters"
-        ));
-    }
-    if let Some(key) = KEYS
-        .iter()
-        .find(|k| u.name.contains(&format!("-{k}-")) || u.name.ends_with(&format!("-{k}")))
-    {
-        return Err(format!(
-            "{at}: name: contains the modifier key \"-{key}\", so it could not be addressed"
-        ));
-    }
+    check_account_name(&u.name).map_err(|e| format!("{at}: name: {e}"))?;
     let password = build_password(&at, u)?;
     let plan = find(plan_names, &u.plan).ok_or_else(|| {
         format!(
@@ -415,9 +464,7 @@ fn build_account(
         id: i,
         expires: match &u.expires {
             None => None,
-            Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|e| {
-                format!("{at}: expires = {t:?}: not an RFC 3339 time such as \"2027-01-31T23:59:59Z\" ({e})")
-            })?),
+            Some(t) => Some(parse_expires(t).map_err(|e| format!("{at}: expires = {t:?}: {e}"))?),
         },
     })
 }

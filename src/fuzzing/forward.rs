@@ -20,7 +20,6 @@
 #![allow(clippy::panic)]
 
 use super::reader::{read_answer, Answer};
-use crate::plan::ledger::AccountState;
 use crate::worker::Worker;
 use crate::world::World;
 use arc_swap::ArcSwap;
@@ -118,12 +117,8 @@ pub fn run(data: &[u8]) {
     let Ok(snap) = crate::config::parse(&config(s.plan)) else {
         panic!("harness config invalid")
     };
-    // A fresh plan for every run (the ledger's part at start-up).
-    let mut usage = vec![None; snap.accounts.len()];
-    for acc in snap.accounts.values() {
-        usage[acc.id] = Some(AccountState::new(&acc.name, s.plan, 100, 0, 0));
-    }
-    let world = Arc::new(World::with_usage(snap, usage));
+    // A fresh ledger for every run: the plan starts unused.
+    let world = Arc::new(World::standalone(snap));
     HARNESS.with(|h| {
         h.ex.run(async {
             let w = h
@@ -132,6 +127,8 @@ pub fn run(data: &[u8]) {
                 .get_or_insert_with(|| worker(world.clone()))
                 .clone();
             w.services.world.store(world.clone());
+            // The core's views of accounts belong to the last run's ledger.
+            w.core.quota.release_all();
             Box::pin(exchange(w, world, &s)).await;
         })
     });
@@ -207,7 +204,7 @@ async fn exchange(w: Rc<Worker>, world: Arc<World>, s: &Script) {
     gateway.await;
     done.fire();
     origin_task.await;
-    let used = world.usage_of("u").map_or(0, |a| a.used());
+    let used = world.ledger.get("u").map_or(0, |a| a.used());
     assert!(
         relayed <= s.plan,
         "{relayed} bytes relayed to the client under a {}-byte plan",

@@ -124,7 +124,7 @@ async fn next_request(
 async fn identify(ctx: &Ctx, req: &Request) -> Result<Identity, ProxyError> {
     match &req.credentials {
         Some((user, pass)) => auth::login(&ctx.gate(), user, pass).await,
-        None => auth::by_address(ctx.config(), ctx.network, ctx.peer)
+        None => auth::by_address(ctx.config(), &ctx.world.accounts, ctx.network, ctx.peer)
             .unwrap_or(Err(ProxyError::AuthFailed("no Proxy-Authorization"))),
     }
 }

@@ -11,11 +11,11 @@
 //! ([`AccountState::wait_grant`]); `exhausted` is set only when Redis says the plan is
 //! used up across the cluster.
 
-use crate::config::{DownPolicy, Period};
+use crate::config::{DownPolicy, Period, Plan};
 use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -88,9 +88,36 @@ pub struct AccountState {
     /// Speed: when (ns after the process epoch) the bytes let through so far are paid for
     /// at the plan's rate (GCRA's theoretical arrival time). One CAS per chunk a core takes.
     speed_tat: AtomicU64,
-    /// The plan's period, and the start (Unix seconds) of the one `used` belongs to.
-    period: Mutex<Period>,
+    /// The plan's period ([`period_code`]), and the start (Unix seconds) of the one `used`
+    /// belongs to.
+    period: AtomicU8,
     period_start: AtomicI64,
+    /// Seen unused at the last sweep: dropped at the next one if still unused.
+    idle_mark: AtomicBool,
+    /// The account was deleted: cores stop using this state (a new one is attached if the
+    /// name is created again).
+    forgotten: AtomicBool,
+    /// Bumped by "disconnect this account": every core cuts the account's live
+    /// connections at its next tick.
+    disconnects: AtomicU32,
+}
+
+fn period_code(p: Period) -> u8 {
+    match p {
+        Period::None => 0,
+        Period::Day => 1,
+        Period::Week => 2,
+        Period::Month => 3,
+    }
+}
+
+fn period_of(code: u8) -> Period {
+    match code {
+        1 => Period::Day,
+        2 => Period::Week,
+        3 => Period::Month,
+        _ => Period::None,
+    }
 }
 
 /// How far ahead of the rate an account may run (its burst), in nanoseconds.
@@ -177,12 +204,68 @@ impl AccountState {
     /// Set the plan's period; `start` is the period the stored usage belongs to (0: not
     /// known, taken as the current one).
     pub fn set_period(&self, period: Period, start: i64) {
-        *self.period.lock() = period;
+        self.period.store(period_code(period), Ordering::Release);
         if start != 0 {
             let _ =
                 self.period_start
                     .compare_exchange(0, start, Ordering::AcqRel, Ordering::Acquire);
         }
+    }
+
+    pub fn period(&self) -> Period {
+        period_of(self.period.load(Ordering::Acquire))
+    }
+
+    /// Apply `plan` (limits, speed, period) where it differs from what the state holds:
+    /// called at every admission, so a plan change applies from the next one, and an
+    /// unchanged plan writes nothing shared.
+    pub fn apply(&self, plan: &Plan) {
+        if self.plan_bandwidth() != plan.bandwidth || self.threads() != plan.threads {
+            self.set_plan(plan.bandwidth, plan.threads);
+        }
+        if self.speed.load(Ordering::Relaxed) != plan.speed {
+            self.set_speed(plan.speed);
+        }
+        if self.period() != plan.period {
+            self.set_period(plan.period, 0);
+        }
+    }
+
+    /// The ledger dropped this state (the account was deleted).
+    pub fn forget(&self) {
+        self.forgotten.store(true, Ordering::Release);
+    }
+
+    pub fn is_forgotten(&self) -> bool {
+        self.forgotten.load(Ordering::Acquire)
+    }
+
+    /// Ask every core to cut this account's live connections (at its next tick).
+    pub fn disconnect(&self) {
+        self.disconnects.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times [`AccountState::disconnect`] was asked.
+    pub fn disconnects(&self) -> u32 {
+        self.disconnects.load(Ordering::Acquire)
+    }
+
+    /// Sweep: `true` when the state was already unused at the last sweep (drop it now);
+    /// otherwise marks it.
+    pub fn idle_twice(&self) -> bool {
+        self.idle_mark.swap(true, Ordering::AcqRel)
+    }
+
+    /// The state was used: clear the sweep's mark.
+    fn touch(&self) {
+        if self.idle_mark.load(Ordering::Relaxed) {
+            self.idle_mark.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether usage changed since the last durable write (without clearing it).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
     }
 
     /// The start of the period `used` belongs to (Unix seconds; 0 = no period).
@@ -194,7 +277,7 @@ impl AccountState {
     /// again from 0, and credit that was not needed (usage beyond the plan consumes it) is
     /// kept. Returns the period that ended and its usage, for the history.
     pub fn roll_period(&self, now: jiff::Timestamp) -> Option<(i64, u64)> {
-        let period = *self.period.lock();
+        let period = self.period();
         let start = period.start_of(now);
         if start == 0 {
             return None;
@@ -302,6 +385,7 @@ impl AccountState {
 
     /// Take a concurrency slot if the plan allows one more.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ThreadSlot> {
+        self.touch();
         let max = self.threads.load(Ordering::Relaxed);
         let mut cur = self.active.0.load(Ordering::Acquire);
         loop {

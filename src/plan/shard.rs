@@ -28,6 +28,10 @@ fn speed_chunk(rate: u64) -> u64 {
     (rate / 50).clamp(4 * 1024, 256 * 1024)
 }
 
+/// [`Local::cut`]'s latch fired because an operator asked to disconnect the account
+/// (otherwise: its bandwidth ran out).
+pub const CUT_BY_OPERATOR: u8 = 1;
+
 /// One account on one core.
 pub struct Local {
     state: Arc<AccountState>,
@@ -43,8 +47,11 @@ pub struct Local {
     /// Of those, bytes spent beyond the lease.
     unleased: Cell<u64>,
     conns: Cell<u32>,
-    /// Fired when the account runs out: its live connections on this core close.
+    /// Fired when the account runs out, or an operator disconnects it: its live
+    /// connections on this core close.
     cut: RefCell<Rc<Latch>>,
+    /// The account's disconnect count this core has acted on.
+    disconnects: Cell<u32>,
     metrics: Arc<CoreMetrics>,
 }
 
@@ -162,6 +169,14 @@ impl Shard {
         }
     }
 
+    /// The account's state as this core holds it (`None`: not held here, or the account
+    /// was deleted since).
+    pub fn state_of(&self, name: &str) -> Option<Arc<AccountState>> {
+        let map = self.locals.borrow();
+        let l = map.get(name)?;
+        (!l.state.is_forgotten()).then(|| l.state.clone())
+    }
+
     /// This core's view of an account (created on first use).
     pub fn local(&self, state: &Arc<AccountState>) -> Rc<Local> {
         let mut map = self.locals.borrow_mut();
@@ -184,6 +199,7 @@ impl Shard {
             unleased: Cell::new(0),
             conns: Cell::new(0),
             cut: RefCell::new(Rc::new(Latch::default())),
+            disconnects: Cell::new(state.disconnects()),
             metrics: self.metrics.clone(),
         });
         if let Some(old) = map.insert(state.name.clone(), l.clone()) {
@@ -194,10 +210,17 @@ impl Shard {
     }
 
     /// Periodic: settle spent bytes, return leases of accounts idle on this core, and
-    /// cut connections of accounts that ran out (on any core).
+    /// cut connections of accounts that ran out (on any core) or that an operator
+    /// disconnected.
     pub fn tick(&self) {
         self.locals.borrow_mut().retain(|_, l| {
             l.settle();
+            let asked = l.state.disconnects();
+            if asked != l.disconnects.replace(asked) {
+                // The connections of now go; later ones get a fresh latch.
+                let old = l.cut.replace(Rc::new(Latch::default()));
+                old.fire_because(CUT_BY_OPERATOR);
+            }
             l.speed.set(l.state.speed());
             if l.state.is_exhausted() {
                 // Another core found the account used up: hand back what this core holds

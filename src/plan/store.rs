@@ -22,6 +22,10 @@ pub struct Stored {
     pub updated: i64,
     /// Start (Unix seconds) of the plan period `used` belongs to; 0 = none.
     pub period_start: i64,
+    /// The plan's period and bandwidth at the last write: what a boundary passed while
+    /// the account is not in use needs to roll the row ([`UsageBackend::roll_dormant`]).
+    pub period: crate::config::Period,
+    pub plan_bandwidth: u64,
 }
 
 /// One ended plan period of an account: (account, period start, bytes used).
@@ -30,6 +34,13 @@ pub type EndedPeriod = (String, i64, u64);
 /// Where usage lives between restarts.
 pub trait UsageBackend: Send + std::fmt::Debug {
     fn load(&mut self) -> Result<HashMap<String, Stored>, String>;
+    /// One account's stored usage (`None`: never written).
+    fn load_one(&mut self, account: &str) -> Result<Option<Stored>, String>;
+    /// A second handle for reads that must not wait behind a write (SQLite: another
+    /// connection, WAL mode lets it read while the flusher writes); `None`: share this one.
+    fn reader(&self) -> Option<Box<dyn UsageBackend>> {
+        None
+    }
     /// Write these accounts' current values and the periods that ended, atomically: an
     /// ended period is never recorded without its account's new period, or the reverse (a
     /// crash between the two would count it twice, or lose it).
@@ -42,6 +53,17 @@ pub trait UsageBackend: Send + std::fmt::Debug {
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String>;
     /// An account's ended periods, newest first: (start, bytes used).
     fn periods(&mut self, account: &str) -> Result<Vec<(i64, u64)>, String>;
+    /// Start period `start` for every stored row of a `period` plan still in an earlier
+    /// one (accounts not in use when the boundary passed): its usage goes to the history
+    /// and starts again from 0, as [`super::ledger::AccountState::roll_period`] does for
+    /// accounts in use. Returns the rows rolled.
+    fn roll_dormant(
+        &mut self,
+        _period: crate::config::Period,
+        _start: i64,
+    ) -> Result<usize, String> {
+        Ok(0)
+    }
 }
 
 /// No local store: a cluster node's usage lives in Redis.
@@ -51,6 +73,9 @@ pub struct InRedis;
 impl UsageBackend for InRedis {
     fn load(&mut self) -> Result<HashMap<String, Stored>, String> {
         Ok(HashMap::new())
+    }
+    fn load_one(&mut self, _: &str) -> Result<Option<Stored>, String> {
+        Ok(None)
     }
     fn save(&mut self, _: &[(String, Stored)], _: &[EndedPeriod]) -> Result<(), String> {
         Ok(())
@@ -72,6 +97,7 @@ impl UsageBackend for InRedis {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    state_dir: std::path::PathBuf,
 }
 
 fn db_err(e: rusqlite::Error) -> String {
@@ -128,7 +154,22 @@ impl SqliteStore {
             )
             .map_err(db_err)?;
         }
-        Ok(SqliteStore { conn })
+        // And the plan's period and bandwidth, for rolling rows of accounts not in use.
+        let has_kind: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('usage') WHERE name = 'period'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(db_err)?;
+        if !has_kind {
+            conn.execute_batch(
+                "ALTER TABLE usage ADD COLUMN period TEXT NOT NULL DEFAULT 'none';
+                 ALTER TABLE usage ADD COLUMN plan_bandwidth INTEGER NOT NULL DEFAULT 0;",
+            )
+            .map_err(db_err)?;
+        }
+        Ok(SqliteStore {
+            conn,
+            state_dir: state_dir.to_path_buf(),
+        })
     }
 
     fn read_queue(&mut self) -> Result<Vec<(i64, String, Adjustment)>, String> {
@@ -163,7 +204,7 @@ impl UsageBackend for SqliteStore {
     fn load(&mut self) -> Result<HashMap<String, Stored>, String> {
         let mut stmt = self
             .conn
-            .prepare("SELECT account, used, credit, active, updated_at, period_start FROM usage")
+            .prepare("SELECT account, used, credit, active, updated_at, period_start, period, plan_bandwidth FROM usage")
             .map_err(db_err)?;
         let rows = stmt
             .query_map([], |r| {
@@ -175,11 +216,49 @@ impl UsageBackend for SqliteStore {
                         active: r.get::<_, i64>(3)?.max(0) as u32,
                         updated: r.get::<_, i64>(4)?,
                         period_start: r.get::<_, i64>(5)?,
+                        period: crate::config::parse_period(&r.get::<_, String>(6)?)
+                            .unwrap_or_default(),
+                        plan_bandwidth: r.get::<_, i64>(7)?.max(0) as u64,
                     },
                 ))
             })
             .map_err(db_err)?;
         rows.map(|r| r.map_err(db_err)).collect()
+    }
+
+    fn load_one(&mut self, account: &str) -> Result<Option<Stored>, String> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .prepare_cached(
+                "SELECT used, credit, active, updated_at, period_start, period, plan_bandwidth
+                 FROM usage WHERE account = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![account], |r| {
+                    Ok(Stored {
+                        used: r.get::<_, i64>(0)?.max(0) as u64,
+                        credit: r.get::<_, i64>(1)?.max(0) as u64,
+                        active: r.get::<_, i64>(2)?.max(0) as u32,
+                        updated: r.get::<_, i64>(3)?,
+                        period_start: r.get::<_, i64>(4)?,
+                        period: crate::config::parse_period(&r.get::<_, String>(5)?)
+                            .unwrap_or_default(),
+                        plan_bandwidth: r.get::<_, i64>(6)?.max(0) as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db_err)
+    }
+
+    fn reader(&self) -> Option<Box<dyn UsageBackend>> {
+        match SqliteStore::open(&self.state_dir) {
+            Ok(s) => Some(Box::new(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "usage store: no separate reader; reads share the writer");
+                None
+            }
+        }
     }
 
     fn save(&mut self, rows: &[(String, Stored)], ended: &[EndedPeriod]) -> Result<(), String> {
@@ -202,10 +281,12 @@ impl UsageBackend for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO usage (account, used, credit, active, updated_at, period_start)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO usage (account, used, credit, active, updated_at, period_start,
+                         period, plan_bandwidth)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT(account) DO UPDATE SET used = ?2, credit = ?3,
-                         active = ?4, updated_at = ?5, period_start = ?6",
+                         active = ?4, updated_at = ?5, period_start = ?6, period = ?7,
+                         plan_bandwidth = ?8",
                 )
                 .map_err(db_err)?;
             let now = now_unix();
@@ -216,7 +297,9 @@ impl UsageBackend for SqliteStore {
                     s.credit.min(i64::MAX as u64) as i64,
                     s.active,
                     now,
-                    s.period_start
+                    s.period_start,
+                    s.period.as_str(),
+                    s.plan_bandwidth.min(i64::MAX as u64) as i64
                 ])
                 .map_err(db_err)?;
             }
@@ -261,6 +344,32 @@ impl UsageBackend for SqliteStore {
         rows.map(|r| r.map_err(db_err)).collect()
     }
 
+    fn roll_dormant(&mut self, period: crate::config::Period, start: i64) -> Result<usize, String> {
+        if period == crate::config::Period::None {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO periods (account, start, used)
+             SELECT account, period_start, used FROM usage
+             WHERE period = ?1 AND period_start != 0 AND period_start < ?2
+             ON CONFLICT(account, start) DO UPDATE SET used = used + excluded.used",
+            params![period.as_str(), start],
+        )
+        .map_err(db_err)?;
+        // Credit the period needed (usage beyond the plan) is gone; the rest is kept.
+        let n = tx
+            .execute(
+                "UPDATE usage SET credit = MAX(0, credit - MAX(0, used - plan_bandwidth)),
+                     used = 0, period_start = ?2, updated_at = ?3
+                 WHERE period = ?1 AND period_start != 0 AND period_start < ?2",
+                params![period.as_str(), start, now_unix()],
+            )
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(n)
+    }
+
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
         Ok(self
             .read_queue()?
@@ -274,6 +383,47 @@ impl UsageBackend for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A boundary passed while an account was not in use rolls its stored row once: the
+    /// usage goes to the history, credit the period needed is gone, the rest kept.
+    #[test]
+    fn dormant_rows_roll_at_a_boundary() {
+        use crate::config::Period;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
+        let day = 1_764_547_200; // 2025-12-01T00:00:00Z
+        let row = |period, used| Stored {
+            used,
+            credit: 800,
+            period_start: day,
+            period,
+            plan_bandwidth: 1000,
+            ..Default::default()
+        };
+        s.save(
+            &[
+                ("daily".into(), row(Period::Day, 1500)),
+                ("monthly".into(), row(Period::Month, 1500)),
+                ("plain".into(), row(Period::None, 1500)),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.roll_dormant(Period::Day, day + 86_400).unwrap(), 1);
+        assert_eq!(
+            s.roll_dormant(Period::Day, day + 86_400).unwrap(),
+            0,
+            "once"
+        );
+        let got = s.load_one("daily").unwrap().unwrap();
+        assert_eq!(
+            (got.used, got.credit, got.period_start),
+            (0, 300, day + 86_400)
+        );
+        assert_eq!(s.periods("daily").unwrap(), vec![(day, 1500)]);
+        assert_eq!(s.load_one("monthly").unwrap().unwrap().used, 1500);
+        assert_eq!(s.load_one("plain").unwrap().unwrap().used, 1500);
+    }
+
     #[test]
     fn round_trip_and_queue() {
         let dir = tempfile::tempdir().unwrap();
@@ -285,6 +435,7 @@ mod tests {
             active: 3,
             updated: 0,
             period_start: 1_700_000_000,
+            ..Default::default()
         };
         s.save(&[("alice".into(), row)], &[]).unwrap();
         s.queue("alice", Adjustment::TopUp(1 << 30)).unwrap();

@@ -162,7 +162,13 @@ networks = ["res", "dc"]
     fn ident(country: Option<&str>, state: Option<&str>, city: Option<&str>) -> Identity {
         Identity {
             account: "alice".into(),
-            account_id: 0,
+            plan: std::sync::Arc::new(crate::config::Plan {
+                name: "p".into(),
+                bandwidth: 1,
+                threads: 1,
+                speed: 0,
+                period: crate::config::Period::None,
+            }),
             network: 0,
             country: country.map(Into::into),
             state: state.map(Into::into),

@@ -246,6 +246,34 @@ impl SessionTable {
         self.len() == 0
     }
 
+    /// Forget `account`'s sticky session `session` (on every network and targeting it was
+    /// used with): its next connection gets a fresh exit. Returns the bindings removed.
+    pub fn release(&self, account: &str, session: &str) -> usize {
+        let keys: Vec<String> = {
+            let mut owners = self.owners_of(account).lock();
+            let Some(owned) = owners.get_mut(account) else {
+                return 0;
+            };
+            let mut keys = Vec::new();
+            owned.retain(|(k, _)| {
+                let hit = k.rsplit_once('|').is_some_and(|(_, s)| s == session);
+                if hit {
+                    keys.push(k.clone());
+                }
+                !hit
+            });
+            keys
+        };
+        let mut removed = 0;
+        for k in keys {
+            if self.shard(&k).lock().remove(&k).is_some() {
+                self.total.fetch_sub(1, Ordering::Relaxed);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Live sessions of `account` (at the last sweep or creation).
     pub fn count_for(&self, account: &str) -> usize {
         self.owners_of(account)

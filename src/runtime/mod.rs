@@ -8,6 +8,8 @@
 mod boot;
 mod executor;
 
+use crate::accounts::store::{AccountSource, AccountStore, Change};
+use crate::accounts::Directory;
 use crate::admin;
 use crate::admin::scrape::Metrics;
 use crate::auth::guard::AuthGuard;
@@ -61,11 +63,7 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
         snap.server.spin_before_park.0,
     );
     let started = start_services(snap)?;
-    spawn_signal_thread(
-        opts.config_path,
-        started.services.world.clone(),
-        started.ledger.clone(),
-    )?;
+    spawn_signal_thread(opts.config_path, started.services.world.clone())?;
     let (stop_flusher, flusher) = spawn_flusher(started.ledger.clone(), flush_every)?;
     let cores: Vec<Arc<CoreMetrics>> = (0..workers)
         .map(|_| Arc::new(CoreMetrics::default()))
@@ -115,9 +113,36 @@ fn start_services(snap: Snapshot) -> Result<Started, String> {
         snap.routing.max_sessions_per_account,
     ));
     let shared = cluster.clone().map(|c| c as Arc<dyn SharedSessions>);
-    let world = World::prepare(snap, &ledger, None);
+    let state_dir = snap.server.state_dir.clone();
+    let accounts = Arc::new(Directory::default());
+    let t0 = std::time::Instant::now();
+    if snap.cluster.is_none() {
+        AccountStore::open(&state_dir)?.trim_changes()?;
+    }
+    let mut store = admin::ops::open_source(&snap)?;
+    // The change the directory is up to (`None`: read everything once the store answers).
+    let seen = match store
+        .last_change()
+        .and_then(|seq| crate::accounts::load(&accounts, &mut *store).map(|_| seq))
+    {
+        Ok(seq) => Some(seq),
+        // Only a cluster's Redis can be down at start: its accounts come when it is back.
+        Err(e) if snap.cluster.is_some() => {
+            tracing::error!(error = %e, "store accounts not loaded; retrying in the background");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::info!(
+        accounts = accounts.len(),
+        plans = accounts.plans().len(),
+        took_ms = t0.elapsed().as_millis() as u64,
+        "store accounts loaded"
+    );
+    warn_shadowed(&snap, &accounts);
+    let world = World::prepare(snap, &ledger, &accounts, None);
     boot::check_sources(&world);
-    Ok(Started {
+    let started = Started {
         services: Services {
             world: Arc::new(ArcSwap::from_pointee(world)),
             sessions: Sessions { table, shared },
@@ -125,7 +150,63 @@ fn start_services(snap: Snapshot) -> Result<Started, String> {
         },
         ledger,
         cluster,
-    })
+    };
+    spawn_account_sync(&started, store, seen)?;
+    Ok(started)
+}
+
+/// A file account shadows a store account of the same name (the file wins at login).
+fn warn_shadowed(snap: &Snapshot, accounts: &Directory) {
+    for name in snap.accounts.keys() {
+        if accounts.get(name).is_some() {
+            tracing::warn!(account = %name, "an account of the file has the name of a store account; the file's is served");
+        }
+    }
+}
+
+/// Follow the store's change log: what `tollgate account …` (another process) or the API
+/// wrote is applied within [`crate::accounts::store::POLL`].
+fn spawn_account_sync(
+    started: &Started,
+    mut store: Box<dyn AccountSource>,
+    mut seen: Option<i64>,
+) -> Result<(), String> {
+    let world = started.services.world.clone();
+    let table = started.services.sessions.table.clone();
+    std::thread::Builder::new()
+        .name("tollgate-accounts".into())
+        .spawn(move || {
+            let mut warned = false;
+            loop {
+                std::thread::sleep(crate::accounts::store::POLL);
+                let changes = match seen {
+                    None => store.last_change().map(|s| vec![(s, Change::Resync)]),
+                    Some(s) => store.changes_since(s),
+                };
+                let changes = match changes {
+                    Ok(c) => {
+                        warned = false;
+                        c
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(error = %e, "account store unreadable; will retry");
+                        }
+                        continue;
+                    }
+                };
+                let w = world.load();
+                for (seq, change) in changes {
+                    if let Err(e) = w.apply(&mut *store, &table, &change) {
+                        tracing::warn!(error = %e, ?change, "store change not applied; retrying");
+                        break;
+                    }
+                    seen = Some(seq);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the account sync: {e}"))?;
+    Ok(())
 }
 
 /// The admin listener, when configured: `/metrics` over every core's counters, `/healthz`.
@@ -148,7 +229,18 @@ fn start_admin(
     let health = Arc::new(executor::ExecutorHealth {
         cores: cores.to_vec(),
     });
-    admin::start(addr, metrics, health).map(Some)
+    let store = admin::ops::open_source(&world.config)?;
+    admin::start(
+        addr,
+        admin::AppState {
+            metrics,
+            health,
+            world: started.services.world.clone(),
+            sessions: started.services.sessions.table.clone(),
+            store: Some(Arc::new(parking_lot::Mutex::new(store))),
+        },
+    )
+    .map(Some)
 }
 
 /// Where and how executors run.
@@ -221,8 +313,12 @@ fn spawn_flusher(
                 ledger.roll_periods(crate::util::wall_now());
                 if std::time::Instant::now() >= next_flush {
                     next_flush += every;
-                    if let Err(e) = ledger.flush() {
-                        tracing::error!(error = %e, "usage write failed; will retry");
+                    match ledger.flush() {
+                        // Written: the states nobody uses can go.
+                        Ok(()) => {
+                            ledger.sweep();
+                        }
+                        Err(e) => tracing::error!(error = %e, "usage write failed; will retry"),
                     }
                 }
             }
@@ -232,11 +328,7 @@ fn spawn_flusher(
 }
 
 /// SIGHUP reloads; SIGTERM/SIGINT drain (a second one exits at once).
-fn spawn_signal_thread(
-    path: PathBuf,
-    world: Arc<ArcSwap<World>>,
-    ledger: Arc<Ledger>,
-) -> Result<(), String> {
+fn spawn_signal_thread(path: PathBuf, world: Arc<ArcSwap<World>>) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -249,7 +341,7 @@ fn spawn_signal_thread(
                         // A reload must never take the signal thread (and every later
                         // reload and drain) down with it.
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            reload(&path, &world, &ledger)
+                            reload(&path, &world)
                         }));
                         if r.is_err() {
                             tracing::error!("reload panicked; keeping the running configuration");
@@ -272,7 +364,7 @@ fn spawn_signal_thread(
 /// SIGHUP: re-read the file; a valid one becomes the next world (usage and exit health
 /// carried over), an invalid one is logged and ignored. Listeners are bound at start and
 /// keep their addresses.
-fn reload(path: &std::path::Path, world: &ArcSwap<World>, ledger: &Ledger) {
+fn reload(path: &std::path::Path, world: &ArcSwap<World>) {
     let new = match config::load(path) {
         Ok(new) => new,
         Err(e) => {
@@ -295,7 +387,8 @@ fn reload(path: &std::path::Path, world: &ArcSwap<World>, ledger: &Ledger) {
         tracing::warn!("reload: [cluster] changes take effect only after a restart");
     }
     tracing::info!(accounts = new.accounts.len(), "configuration reloaded");
-    let next = World::prepare(new, ledger, Some(&old));
+    warn_shadowed(&new, &old.accounts);
+    let next = World::prepare(new, &old.ledger, &old.accounts, Some(&old));
     boot::check_sources(&next);
     world.store(Arc::new(next));
 }

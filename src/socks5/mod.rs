@@ -78,7 +78,9 @@ async fn greet_and_authenticate(ctx: &Ctx, client: &mut Side) -> Result<Identity
         // Clients that cannot send credentials (browsers): an allow-listed address may
         // use "no authentication" and is its account.
         if methods.contains(&Method::NONE) {
-            if let Some(ident) = auth::by_address(ctx.config(), ctx.network, ctx.peer) {
+            if let Some(ident) =
+                auth::by_address(ctx.config(), &ctx.world.accounts, ctx.network, ctx.peer)
+            {
                 let ident = ident.map_err(|_| Stop::Reply(ProxyError::NoAcceptableMethod))?;
                 codec::encode_method(Method::NONE, &mut out);
                 client.send(&out).await.map_err(|_| Stop::Gone)?;

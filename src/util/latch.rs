@@ -12,6 +12,8 @@ use std::task::{Context, Poll, Waker};
 #[derive(Default)]
 pub struct Latch {
     fired: Cell<bool>,
+    /// Why it fired (the firer's code; 0 when fired by [`Latch::fire`]).
+    why: Cell<u8>,
     next_key: Cell<u64>,
     waiters: RefCell<ahash::AHashMap<u64, Waker>>,
 }
@@ -24,6 +26,19 @@ impl Latch {
                 w.wake();
             }
         }
+    }
+
+    /// Fire, saying why (read back by [`Latch::why`]).
+    pub fn fire_because(&self, why: u8) {
+        if !self.fired.get() {
+            self.why.set(why);
+        }
+        self.fire();
+    }
+
+    /// The code it was fired with (0: plain [`Latch::fire`], or not fired).
+    pub fn why(&self) -> u8 {
+        self.why.get()
     }
 
     pub fn is_fired(&self) -> bool {
