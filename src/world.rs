@@ -74,7 +74,7 @@ impl World {
         match change {
             Change::Account(name) => match store.get(name)? {
                 Some(row) => {
-                    let record = accounts::record_from(&self.accounts, &row)?;
+                    let record = accounts::record_from(&self.accounts, row)?;
                     self.accounts.put(record);
                     if let (Some(state), Some(plan)) = (self.ledger.get(name), self.plan_of(name)) {
                         state.apply(&plan);

@@ -171,6 +171,36 @@ fn an_api_account_is_served_over_both_protocols_at_once() {
     assert!(!log.contains("pw-one"), "a password reached the log");
 }
 
+/// A billing system that hashes passwords itself sends `password_hash` (an argon2 PHC
+/// string): stored as given, the password it hashes logs in.
+#[test]
+fn an_account_with_a_password_hash_made_elsewhere() {
+    let gw = start("");
+    let echo = echo_server("127.0.0.1:0");
+    // argon2id of "hash-pw-1".
+    let phc = "$argon2id$v=19$m=19456,t=2,p=1$7Hmh+VFRjwTJ4aoUI0B0uA$yHHBXLC2IQuYEoZ1wi8PxBwiz4mzyuBqMaIMRJSWmVI";
+    let body = json!({"password_hash": phc, "plan": "basic", "networks": ["residential"]});
+    assert_eq!(api(&gw, "PUT", "/v1/accounts/lena", Some(body)).0, 201);
+    assert!(socks_ok(&gw, "lena", "hash-pw-1", echo).is_ok());
+    assert!(matches!(
+        socks_ok(&gw, "lena", "other", echo),
+        Err(SocksOutcome::Auth(1))
+    ));
+    let (_, got) = api(&gw, "GET", "/v1/accounts/lena", None);
+    assert!(!got.to_string().contains("argon2"), "{got}");
+    for bad in [
+        json!({"password_hash": "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA", "plan": "basic", "networks": ["residential"]}),
+        json!({"password_hash": phc, "password": "x", "plan": "basic", "networks": ["residential"]}),
+    ] {
+        let (code, e) = api(&gw, "PUT", "/v1/accounts/lena", Some(bad));
+        assert_eq!(
+            (code, e["field"].as_str()),
+            (400, Some("password_hash")),
+            "{e}"
+        );
+    }
+}
+
 /// A new password works at once and the old one stops (each core's cache of checked
 /// argon2 hashes follows the hash); disabled and deleted accounts get 407 on their next
 /// connection, and their live tunnels are cut when asked.

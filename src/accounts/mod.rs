@@ -186,9 +186,9 @@ impl Directory {
     }
 
     /// Add many accounts at once (start-up); the address rules are built once at the end.
-    pub fn put_all(&self, records: impl IntoIterator<Item = Record>) {
+    pub fn put_all(&self, records: impl IntoIterator<Item = Arc<Record>>) {
         for r in records {
-            let r = ByName(Arc::new(r));
+            let r = ByName(r);
             if self.shard(&r.0.name).write().replace(r).is_none() {
                 self.len.fetch_add(1, Ordering::Relaxed);
             }
@@ -268,9 +268,8 @@ impl Directory {
 
     /// Make the directory hold exactly `plans` and `records` (a full resync); returns the
     /// names of the accounts it dropped.
-    pub fn replace_all(&self, plans: Vec<Plan>, records: Vec<Record>) -> Vec<String> {
-        let keep: std::collections::HashSet<Box<str>> =
-            records.iter().map(|r| r.name.clone()).collect();
+    pub fn replace_all(&self, plans: Vec<Plan>, records: Vec<Arc<Record>>) -> Vec<String> {
+        let keep: std::collections::HashSet<&str> = records.iter().map(|r| &*r.name).collect();
         let plan_names: std::collections::HashSet<String> =
             plans.iter().map(|p| p.name.clone()).collect();
         {
@@ -283,7 +282,7 @@ impl Directory {
         let mut dropped = Vec::new();
         for shard in self.shards.iter() {
             shard.write().retain(|r| {
-                let k = keep.contains(&r.0.name);
+                let k = keep.contains(&*r.0.name);
                 if !k {
                     dropped.push(r.0.name.to_string());
                 }
@@ -291,6 +290,7 @@ impl Directory {
             });
         }
         self.len.fetch_sub(dropped.len(), Ordering::Relaxed);
+        drop(keep);
         self.put_all(records);
         dropped
     }
@@ -306,7 +306,7 @@ impl Directory {
 
 /// A stored account as logins read it (its values checked again: the store may have been
 /// written by another version or by hand).
-pub fn record_from(dir: &Directory, row: &store::AccountRow) -> Result<Record, String> {
+pub fn record_from(dir: &Directory, row: store::AccountRow) -> Result<Record, String> {
     crate::config::check_account_name(&row.name).map_err(|e| format!("name: {e}"))?;
     let allow_ips = row
         .allow_ips
@@ -320,10 +320,10 @@ pub fn record_from(dir: &Directory, row: &store::AccountRow) -> Result<Record, S
         .transpose()
         .map_err(|e| format!("expires: {e}"))?;
     let (plan, networks) = dir.intern(&row.plan, &row.networks);
-    let mut hash = row.password_hash.clone();
+    let mut hash = row.password_hash;
     hash.shrink_to_fit();
     Ok(Record {
-        name: row.name.clone().into_boxed_str(),
+        name: row.name.into_boxed_str(),
         password: Password::Argon2(hash),
         plan,
         networks,
@@ -354,15 +354,29 @@ pub fn load(dir: &Directory, store: &mut dyn store::AccountSource) -> Result<Vec
             Err(e) => tracing::warn!(plan = %p.name, error = %e, "stored plan skipped"),
         }
     }
-    let rows = store.load_all()?;
-    let mut records = Vec::with_capacity(rows.len());
-    for row in rows {
-        match record_from(dir, &row) {
-            Ok(r) => records.push(r),
-            Err(e) => tracing::warn!(account = %row.name, error = %e, "stored account skipped"),
+    // Streamed: each row becomes its record as it is read, so a million accounts never
+    // sit in memory twice.
+    let mut records = Vec::new();
+    store.each_account(&mut |row| {
+        let name = row.name.clone();
+        match record_from(dir, row) {
+            Ok(r) => records.push(Arc::new(r)),
+            Err(e) => tracing::warn!(account = %name, error = %e, "stored account skipped"),
         }
+    })?;
+    let dropped = dir.replace_all(plans, records);
+    release_freed_memory();
+    Ok(dropped)
+}
+
+/// Hand the allocator's freed pages back to the system (after a full load, whose
+/// transient buffers would otherwise stay in the process's resident set).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
-    Ok(dir.replace_all(plans, records))
 }
 
 #[cfg(test)]

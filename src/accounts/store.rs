@@ -64,6 +64,13 @@ pub trait AccountSource: Send {
     fn get(&mut self, name: &str) -> Result<Option<AccountRow>, String>;
     /// Every account (start-up, resync), in no particular order.
     fn load_all(&mut self) -> Result<Vec<AccountRow>, String>;
+    /// Every account, handed to `f` one at a time as it is read.
+    fn each_account(&mut self, f: &mut dyn FnMut(AccountRow)) -> Result<(), String> {
+        for row in self.load_all()? {
+            f(row);
+        }
+        Ok(())
+    }
     /// Up to `limit` accounts named after `after`, by name.
     fn list(&mut self, after: &str, limit: usize) -> Result<Vec<AccountRow>, String>;
     /// Create or replace an account; `Ok(true)` when it was created.
@@ -201,6 +208,18 @@ impl AccountStore {
 }
 
 impl AccountSource for AccountStore {
+    fn each_account(&mut self, f: &mut dyn FnMut(AccountRow)) -> Result<(), String> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {} FROM accounts", Self::COLUMNS))
+            .map_err(db_err)?;
+        let mut rows = st.query([]).map_err(db_err)?;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            f(Self::row(r).map_err(db_err)?);
+        }
+        Ok(())
+    }
+
     fn get(&mut self, name: &str) -> Result<Option<AccountRow>, String> {
         self.conn
             .prepare_cached(&format!(

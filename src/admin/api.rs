@@ -469,14 +469,24 @@ async fn write_account(
         crate::config::check_account_name(&name).map_err(|e| OpError::bad("name", e))?;
         ops::account_writable(&world.config, &name)?;
     }
-    let hashed = match body.password.take() {
+    let hashed = match (body.password.take(), body.password_hash.take()) {
+        (Some(_), Some(_)) => {
+            return Err(OpError::bad(
+                "password_hash",
+                "give either password or password_hash, not both",
+            ))
+        }
+        (None, Some(h)) => {
+            crate::config::check_password_hash(&h).map_err(|e| OpError::bad("password_hash", e))?;
+            Some(h)
+        }
+        (None, None) => None,
         // argon2id costs tens of milliseconds: off the admin's event loop.
-        Some(p) => Some(
+        (Some(p), None) => Some(
             tokio::task::spawn_blocking(move || ops::hash_password(&p))
                 .await
                 .map_err(|_| OpError::store("hashing failed".into()))??,
         ),
-        None => None,
     };
     let fields = {
         let mut f = body.fields();

@@ -188,6 +188,7 @@ pub fn account(snap: &Snapshot, action: AccountAction) -> Result<(), String> {
             let hashed = ops::hash_password(&password_from_stdin()?).map_err(op)?;
             let body = AccountBody {
                 password: None,
+                password_hash: None,
                 plan: Some(plan),
                 networks: Some(networks),
                 allow_ips: Some(allow_ips),
@@ -222,6 +223,7 @@ pub fn account(snap: &Snapshot, action: AccountAction) -> Result<(), String> {
             };
             let body = AccountBody {
                 password: None,
+                password_hash: None,
                 plan,
                 networks: (!networks.is_empty()).then_some(networks),
                 allow_ips: (!allow_ips.is_empty()).then_some(allow_ips),

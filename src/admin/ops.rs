@@ -126,6 +126,8 @@ impl PlanBody {
 #[serde(deny_unknown_fields)]
 pub struct AccountBody {
     pub password: Option<String>,
+    /// An argon2 PHC string made by the caller, instead of `password` (no hashing here).
+    pub password_hash: Option<String>,
     pub plan: Option<String>,
     pub networks: Option<Vec<String>>,
     pub allow_ips: Option<Vec<String>>,
@@ -139,6 +141,7 @@ impl std::fmt::Debug for AccountBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccountBody")
             .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("password_hash", &self.password_hash.as_ref().map(|_| ".."))
             .field("plan", &self.plan)
             .field("networks", &self.networks)
             .field("allow_ips", &self.allow_ips)
@@ -154,6 +157,7 @@ impl AccountBody {
         let mut f = Vec::new();
         for (name, set) in [
             ("password", self.password.is_some()),
+            ("password_hash", self.password_hash.is_some()),
             ("plan", self.plan.is_some()),
             ("networks", self.networks.is_some()),
             ("allow_ips", self.allow_ips.is_some()),

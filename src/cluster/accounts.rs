@@ -269,9 +269,14 @@ impl AccountSource for RedisAccounts {
     }
 
     fn load_all(&mut self) -> Result<Vec<AccountRow>, String> {
+        let mut out = Vec::new();
+        self.each_account(&mut |r| out.push(r))?;
+        Ok(out)
+    }
+
+    fn each_account(&mut self, f: &mut dyn FnMut(AccountRow)) -> Result<(), String> {
         let key = self.key("accounts");
         self.with(|c, _| {
-            let mut out = Vec::new();
             let mut cursor: u64 = 0;
             loop {
                 let (next, items): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
@@ -280,9 +285,13 @@ impl AccountSource for RedisAccounts {
                     .arg("COUNT")
                     .arg(SCAN_BATCH)
                     .query(c)?;
-                out.extend(items.iter().filter_map(|(_, j)| Self::decode(j)));
+                for (_, j) in &items {
+                    if let Some(r) = Self::decode(j) {
+                        f(r);
+                    }
+                }
                 if next == 0 {
-                    return Ok(out);
+                    return Ok(());
                 }
                 cursor = next;
             }

@@ -13,7 +13,9 @@ pub use model::{
     Account, Exit, ExitKind, Listener, Network, Password, Period, Plan, Snapshot, Source, Upstream,
 };
 pub use units::{parse_duration, parse_size, Dur, Size};
-pub use validate::{allow_ip, check_account_name, parse_expires, parse_period, parse_speed};
+pub use validate::{
+    allow_ip, check_account_name, check_password_hash, parse_expires, parse_period, parse_speed,
+};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

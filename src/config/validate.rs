@@ -373,10 +373,16 @@ pub fn check_account_name(name: &str) -> Result<(), String> {
     if name.contains(':') || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("must not contain ':', spaces or control characters".into());
     }
-    if let Some(key) = KEYS
-        .iter()
-        .find(|k| name.contains(&format!("-{k}-")) || name.ends_with(&format!("-{k}")))
-    {
+    // `-key-` inside or `-key` at the end (without allocating: a million names are
+    // checked at start-up).
+    let has_key = |k: &str| {
+        name.match_indices('-').any(|(i, _)| {
+            let rest = &name[i + 1..];
+            rest.strip_prefix(k)
+                .is_some_and(|after| after.is_empty() || after.starts_with('-'))
+        })
+    };
+    if let Some(key) = KEYS.iter().find(|k| has_key(k)) {
         return Err(format!(
             "contains the modifier key \"-{key}\", so it could not be addressed"
         ));
@@ -485,24 +491,25 @@ fn build_password(at: &str, u: &UserSection) -> Result<Password, String> {
             Password::Plain(p.as_bytes().to_vec())
         }
         (None, Some(h)) => {
-            let parsed = argon2::PasswordHash::new(h)
-                .map_err(|e| format!("{at}: password_hash: not a PHC hash string ({e})"))?;
-            if !parsed.algorithm.as_str().starts_with("argon2") {
-                return Err(format!(
-                    "{at}: password_hash: only argon2 hashes are supported"
-                ));
-            }
-            // The whole string, so that no account is configured that can never log in.
-            if parsed.salt.is_none() || parsed.hash.is_none() {
-                return Err(format!(
-                "{at}: password_hash: incomplete, needs $argon2id$v=19$m=…,t=…,p=…$<salt>$<hash> (make one with `argon2` or Python's argon2-cffi)"
-            ));
-            }
-            argon2::Params::try_from(&parsed)
-                .map_err(|e| format!("{at}: password_hash: bad argon2 parameters ({e})"))?;
+            check_password_hash(h).map_err(|e| format!("{at}: password_hash: {e}"))?;
             Password::Argon2(h.clone())
         }
     })
+}
+
+/// A complete argon2 PHC string (`$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>`): checked
+/// whole, so that no account is made that can never log in.
+pub fn check_password_hash(h: &str) -> Result<(), String> {
+    let parsed =
+        argon2::PasswordHash::new(h).map_err(|e| format!("not a PHC hash string ({e})"))?;
+    if !parsed.algorithm.as_str().starts_with("argon2") {
+        return Err("only argon2 hashes are supported".into());
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("incomplete, needs $argon2id$v=19$m=…,t=…,p=…$<salt>$<hash> (make one with `argon2` or Python's argon2-cffi)".into());
+    }
+    argon2::Params::try_from(&parsed).map_err(|e| format!("bad argon2 parameters ({e})"))?;
+    Ok(())
 }
 
 #[cfg(test)]
