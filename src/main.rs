@@ -277,34 +277,73 @@ fn cluster_usage(
     cluster: &tollgate::config::ClusterSection,
     action: UsageAction,
 ) -> Result<(), String> {
-    use tollgate::cluster::usage;
+    use tollgate::accounts::store::AccountSource;
+    use tollgate::cluster::usage::{self, Roll};
+    use tollgate::config::Plan;
     use tollgate::plan::ledger::Adjustment;
+    let mut store = tollgate::cluster::accounts::RedisAccounts::open(cluster)?;
+    let store_plans: Vec<Plan> = store
+        .plans()?
+        .iter()
+        .filter_map(|p| tollgate::accounts::plan_from(p).ok())
+        .collect();
+    let plan_named = |name: &str| -> Option<Plan> {
+        snap.plan_named(name)
+            .map(|p| (**p).clone())
+            .or_else(|| store_plans.iter().find(|p| p.name == name).cloned())
+    };
+    // Every account with its plan: the file's, then the store's (in Redis).
+    let mut accounts: Vec<(String, Plan)> = snap
+        .accounts
+        .values()
+        .map(|a| (a.name.clone(), (*snap.plans[a.plan]).clone()))
+        .collect();
+    for a in store.load_all()? {
+        if !snap.accounts.contains_key(&a.name) {
+            if let Some(p) = plan_named(&a.plan) {
+                accounts.push((a.name, p));
+            }
+        }
+    }
+    accounts.sort_by(|a, b| a.0.cmp(&b.0));
+    let plan_of = |name: &str| {
+        accounts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| format!("no account named {name:?}"))
+    };
     match action {
         UsageAction::Reset { account } => {
-            usage::adjust(cluster, &account, Adjustment::Reset)?;
+            let roll = Roll::of(&plan_of(&account)?);
+            usage::adjust(cluster, &account, Adjustment::Reset, roll)?;
             println!("reset {account} (every node sees it at its next grant)");
         }
         UsageAction::TopUp { account, size } => {
             let bytes = tollgate::config::parse_size(&size)?;
-            let (_, credit) = usage::adjust(cluster, &account, Adjustment::TopUp(bytes))?;
+            let roll = Roll::of(&plan_of(&account)?);
+            let (_, credit) = usage::adjust(cluster, &account, Adjustment::TopUp(bytes), roll)?;
             println!("topped up {account} by {bytes} bytes (credit now {credit})");
         }
-        UsageAction::History { .. } => {
-            return Err(
-                "plan periods are not kept in a cluster yet ([[plan]] period needs a single node)"
-                    .into(),
-            );
+        UsageAction::History { account } => {
+            println!("{:<22} {:>16}", "period start (UTC)", "used");
+            for (start, used) in usage::history(cluster, &account)? {
+                let at = jiff::Timestamp::from_second(start)
+                    .map_or(start.to_string(), |t| t.to_string());
+                println!("{at:<22} {used:>16}");
+            }
         }
         UsageAction::Show => {
-            let mut names: Vec<&str> = snap.accounts.keys().map(String::as_str).collect();
-            names.sort();
+            let names: Vec<(&str, Roll)> = accounts
+                .iter()
+                .map(|(n, p)| (n.as_str(), Roll::of(p)))
+                .collect();
             let rows = usage::read(cluster, &names)?;
             println!(
                 "{:<24} {:<12} {:>16} {:>16} {:>16} {:>16} {:>7}",
                 "account", "plan", "used", "credit", "limit", "remaining", "active"
             );
-            for name in names {
-                let plan = &snap.plans[snap.accounts[name].plan];
+            for (name, plan) in &accounts {
                 let row = rows.get(name).copied().unwrap_or_default();
                 usage_row(name, plan, (row.used, row.credit, row.active), None);
             }

@@ -323,3 +323,76 @@ fn speed_limit_is_shared_by_the_nodes() {
         "{got:.0} B/s against {rate} B/s"
     );
 }
+
+/// `period = "day"` on a cluster: the plan used up on both nodes before the UTC day
+/// boundary is served again after it, on both, and the ended day's total is kept in
+/// Redis (`tollgate usage history`). The nodes' clocks are the test hook's, just before
+/// midnight; whichever node asks Redis first after the boundary rolls the totals, once.
+/// The status of a forwarded GET as alice; the body is read as far as the gateway lets it
+/// (a plan that runs out mid-answer cuts it).
+#[cfg(feature = "fault-injection")]
+fn status_of(gw: &Gateway, url: &str) -> u16 {
+    let mut s = connect(gw.addr());
+    let req = format!(
+        "GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nProxy-Authorization: {}\r\n\r\n",
+        basic("alice", "secret")
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let r = read_response(&mut s, true);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    r.code
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_plan_period_rolls_over_on_every_node_at_the_utc_boundary() {
+    let redis = Redis::start();
+    let o = http_origin();
+    let (offset, day_start) = clock_before_midnight(8);
+    let hook = [("TOLLGATE_TEST_CLOCK_OFFSET_S", offset)];
+    let cfg = |node: &str| {
+        node_config(&redis, node, ("64KiB", 10), "", DIRECT_EXIT)
+            .replace("threads = 10", "threads = 10\nperiod = \"day\"")
+    };
+    let a = Gateway::start_env(tempfile::tempdir().unwrap(), &cfg("a"), &hook);
+    let b = Gateway::start_env(tempfile::tempdir().unwrap(), &cfg("b"), &hook);
+    let url = o.url("/big?n=20000");
+    // Used up across both nodes before midnight.
+    let mut served = 0;
+    for gw in [&a, &b, &a, &b, &a, &b] {
+        if status_of(gw, &url) == 200 {
+            served += 1;
+        }
+    }
+    assert!(
+        (2..=3).contains(&served),
+        "{served} requests of 20 kB under 64 KiB"
+    );
+    for gw in [&a, &b] {
+        eventually("452 before midnight", || {
+            (status_of(gw, &url) == 452).then_some(())
+        });
+    }
+    let used = eventually("the day's usage settled in redis", || {
+        let show = a.usage_cmd(&["show"]);
+        let used: u64 = show
+            .lines()
+            .find(|l| l.starts_with("alice "))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())?;
+        (used > 40_000).then_some(used)
+    });
+    // After midnight (on the nodes' clocks): served again on both.
+    for gw in [&a, &b] {
+        eventually("served again after the boundary", || {
+            (status_of(gw, &url) == 200).then_some(())
+        });
+    }
+    let history = a.usage_cmd(&["history", "alice"]);
+    let day = jiff::Timestamp::from_second(day_start).unwrap().to_string();
+    assert!(
+        history.contains(&format!("{day:<22} {used:>16}")),
+        "{day} {used} not in:\n{history}"
+    );
+}

@@ -406,23 +406,6 @@ fn an_expired_account_is_refused_saying_so() {
     );
 }
 
-/// Seconds to move the gateway's wall clock so that it stands `before` seconds ahead of the
-/// next UTC midnight (the `fault-injection` clock hook).
-#[cfg(feature = "fault-injection")]
-fn clock_before_midnight(before: i64) -> (String, i64) {
-    let now = jiff::Timestamp::now();
-    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-    let midnight = today
-        .tomorrow()
-        .unwrap()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .unwrap()
-        .timestamp()
-        .as_second();
-    let offset = midnight - before - now.as_second();
-    (offset.to_string(), midnight - 86_400)
-}
-
 /// `period = "day"`: at the UTC day boundary usage starts again from 0 and the ended day is
 /// kept with its bytes (`tollgate usage history`); a gateway restarted after the boundary
 /// finds it too, however long it was down. The clock is the test hook's, moved to just

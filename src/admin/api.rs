@@ -577,26 +577,32 @@ fn usage_json(world: &World, name: &str) -> Result<Value, OpError> {
     let plan = world
         .plan_of(name)
         .ok_or_else(|| OpError::not_found("account", name))?;
-    let (used, credit, active) = match &world.config.cluster {
+    use crate::cluster::usage::Roll;
+    let (used, credit, active, start, past) = match &world.config.cluster {
         Some(c) => {
-            let all = crate::cluster::usage::read(c, &[name]).map_err(OpError::store)?;
+            let all = crate::cluster::usage::read(c, &[(name, Roll::of(&plan))])
+                .map_err(OpError::store)?;
             let s = all.get(name).copied().unwrap_or_default();
-            (s.used, s.credit, s.active)
+            let past = crate::cluster::usage::history(c, name).map_err(OpError::store)?;
+            (s.used, s.credit, s.active, s.period_start, past)
         }
         None => {
             let state = world
                 .ledger
                 .attach(name, &plan)
                 .map_err(|e| OpError::store(e.to_string()))?;
-            (state.used(), state.credit(), state.active())
+            let past = world.ledger.history(name).map_err(OpError::store)?;
+            (
+                state.used(),
+                state.credit(),
+                state.active(),
+                state.period_start(),
+                past,
+            )
         }
     };
     let limit = plan.bandwidth.saturating_add(credit);
-    let start = world.ledger.get(name).map_or(0, |s| s.period_start());
-    let history: Vec<Value> = world
-        .ledger
-        .history(name)
-        .map_err(OpError::store)?
+    let history: Vec<Value> = past
         .into_iter()
         .map(|(s, used)| {
             json!({
@@ -660,7 +666,8 @@ fn adjust(state: AppState, who: Authorized, name: String, adj: Adjustment) -> An
         .ok_or_else(|| OpError::not_found("account", &name))?;
     match &world.config.cluster {
         Some(c) => {
-            crate::cluster::usage::adjust(c, &name, adj).map_err(OpError::store)?;
+            let roll = crate::cluster::usage::Roll::of(&plan);
+            crate::cluster::usage::adjust(c, &name, adj, roll).map_err(OpError::store)?;
         }
         None => {
             let s = world

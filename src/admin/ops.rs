@@ -232,12 +232,6 @@ pub fn plan_row(
     }
     if let Some(p) = &body.period {
         config::parse_period(p).map_err(|e| OpError::bad("period", e))?;
-        if p != "none" && snap.cluster.is_some() {
-            return Err(OpError::bad(
-                "period",
-                "not supported with [cluster] yet (a cluster's usage lives in Redis)",
-            ));
-        }
         row.period = p.clone();
     }
     match &body.speed {

@@ -7,6 +7,9 @@
 //! - `bw:<account>`: hash, `used` (bytes billed, besides the nodes' own counters),
 //!   `credit` (operator top-ups), `used:<incarnation>` (bytes a node billed since it
 //!   started) and `out:<incarnation>` (bytes granted to a node, not yet spent or returned).
+//!   With a plan `period`, `period_start` is the start (Unix seconds) of the period the
+//!   totals belong to.
+//! - `periods:<account>`: hash, start of an ended period → bytes used in it.
 //! - `session:<key>`: string, the exit of a sticky session, expiring with its TTL.
 //!
 //! A node's entries count only while its `nodes` deadline is in the future: a node that
@@ -23,6 +26,31 @@ end
 local function alive(nodes, n, now)
   local e = redis.call('HGET', nodes, n)
   return e and tonumber(e) > now
+end
+-- Start period `start` (Unix seconds; 0: the plan has none) if the totals in `bw` belong
+-- to an earlier one: their usage goes to `hist`, credit the period needed is gone, and
+-- usage counts from 0 again (`used` set to minus the nodes' own counters, which only
+-- grow). Whichever node (or operator) sees the boundary first rolls it, once.
+local function roll(bw, hist, start, plan)
+  if start == 0 then return end
+  local cur = tonumber(redis.call('HGET', bw, 'period_start') or '0')
+  if cur >= start then return end
+  if cur == 0 then
+    redis.call('HSET', bw, 'period_start', start)
+    return
+  end
+  local all = redis.call('HGETALL', bw)
+  local base, nodes, credit = 0, 0, 0
+  for i = 1, #all, 2 do
+    local f, v = all[i], tonumber(all[i + 1])
+    if f == 'used' then base = v
+    elseif f == 'credit' then credit = v
+    elseif string.sub(f, 1, 5) == 'used:' then nodes = nodes + v end
+  end
+  local total = base + nodes
+  if total > 0 then redis.call('HINCRBY', hist, cur, total) end
+  credit = math.max(0, credit - math.max(0, total - plan))
+  redis.call('HSET', bw, 'used', -nodes, 'credit', credit, 'period_start', start)
 end
 "#;
 
@@ -43,18 +71,21 @@ redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 return 1
 "#;
 
-/// KEYS: bw hash, nodes hash. ARGV: plan bandwidth, me, smallest grant, largest grant.
+/// KEYS: bw hash, nodes hash, periods hash. ARGV: plan bandwidth, me, smallest grant,
+/// largest grant, the plan's current period start (0: none).
 /// Grants what keeps `used + Σ out <= plan + credit`, shared out over the nodes known to Redis;
 /// returns the grant (0 = the plan is used up). A dead node's unspent grant is dropped
-/// and its spending folded into `used`.
+/// and its spending folded into `used`. A period boundary rolls the totals first.
 const GRANT: &str = r#"
 local now = now_ms()
+roll(KEYS[1], KEYS[3], tonumber(ARGV[5]), tonumber(ARGV[1]))
 local all = redis.call('HGETALL', KEYS[1])
 local used, credit, out = 0, 0, 0
 for i = 1, #all, 2 do
   local f, v = all[i], tonumber(all[i + 1])
   if f == 'used' then used = used + v
   elseif f == 'credit' then credit = v
+  elseif f == 'period_start' then
   else
     local spent = string.sub(f, 1, 5) == 'used:'
     local n = spent and string.sub(f, 6) or string.sub(f, 5)
@@ -85,10 +116,12 @@ else redis.call('HDEL', KEYS[1], 'out:' .. ARGV[1]) end
 return 1
 "#;
 
-/// KEYS: bw hash. ARGV: what to do (`reset` or `top-up`), bytes. Returns {used, credit}
-/// after it. Usage totals `used` plus every node's `used:<incarnation>`; a reset makes
-/// that total 0 without touching the nodes' own (ever-growing) counters.
+/// KEYS: bw hash, periods hash. ARGV: what to do (`reset`, `top-up` or `show`), bytes,
+/// the plan's current period start (0: none), plan bandwidth. Returns {used, credit,
+/// period start} after it. Usage totals `used` plus every node's `used:<incarnation>`; a
+/// reset makes that total 0 without touching the nodes' own (ever-growing) counters.
 const ADJUST: &str = r#"
+roll(KEYS[1], KEYS[2], tonumber(ARGV[3] or '0'), tonumber(ARGV[4] or '0'))
 local all = redis.call('HGETALL', KEYS[1])
 local nodes, credit, base = 0, 0, 0
 for i = 1, #all, 2 do
@@ -103,7 +136,7 @@ if ARGV[1] == 'reset' then
 elseif ARGV[1] == 'top-up' then
   credit = redis.call('HINCRBY', KEYS[1], 'credit', ARGV[2])
 end
-return {base + nodes, credit}
+return {base + nodes, credit, tonumber(redis.call('HGET', KEYS[1], 'period_start') or '0')}
 "#;
 
 /// KEYS: nodes hash. ARGV: me, ttl (ms). Renews this node; returns {lapsed, live}: lapsed
@@ -213,6 +246,9 @@ impl Keys {
     }
     pub fn bw(&self, account: &str) -> String {
         format!("{}bw:{account}", self.prefix)
+    }
+    pub fn periods(&self, account: &str) -> String {
+        format!("{}periods:{account}", self.prefix)
     }
     pub fn session(&self, key: &str) -> String {
         format!("{}session:{key}", self.prefix)

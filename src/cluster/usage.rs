@@ -15,6 +15,25 @@ pub struct Shared {
     pub credit: u64,
     /// Thread slots held on live nodes.
     pub active: u32,
+    /// Start of the plan period the totals belong to (0: no period).
+    pub period_start: i64,
+}
+
+/// What rolling an account's totals to the current plan period needs: the period's start
+/// now (0: the plan has none) and the plan's bandwidth.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Roll {
+    pub start: i64,
+    pub plan_bandwidth: u64,
+}
+
+impl Roll {
+    pub fn of(plan: &crate::config::Plan) -> Roll {
+        Roll {
+            start: plan.period.start_of(crate::util::wall_now()),
+            plan_bandwidth: plan.bandwidth,
+        }
+    }
 }
 
 fn connect(cfg: &ClusterSection) -> Result<(redis::Connection, Scripts), String> {
@@ -28,10 +47,13 @@ fn connect(cfg: &ClusterSection) -> Result<(redis::Connection, Scripts), String>
     Ok((conn, scripts))
 }
 
-fn pair(v: Value) -> Option<(u64, u64)> {
+/// ADJUST's answer: (used, credit, period start).
+fn triple(v: Value) -> Option<(u64, u64, i64)> {
     match v {
         Value::Array(items) => match items.as_slice() {
-            [Value::Int(u), Value::Int(c)] => Some(((*u).max(0) as u64, (*c).max(0) as u64)),
+            [Value::Int(u), Value::Int(c), Value::Int(p)] => {
+                Some(((*u).max(0) as u64, (*c).max(0) as u64, *p))
+            }
             _ => None,
         },
         _ => None,
@@ -39,24 +61,55 @@ fn pair(v: Value) -> Option<(u64, u64)> {
 }
 
 /// Apply an operator's adjustment at once; returns the account's (used, credit) after it.
-pub fn adjust(cfg: &ClusterSection, account: &str, adj: Adjustment) -> Result<(u64, u64), String> {
+/// A plan period that started since the last look is rolled first.
+pub fn adjust(
+    cfg: &ClusterSection,
+    account: &str,
+    adj: Adjustment,
+    roll: Roll,
+) -> Result<(u64, u64), String> {
     let (mut conn, scripts) = connect(cfg)?;
     let keys = Keys {
         prefix: cfg.key_prefix.clone(),
     };
-    let mut c = evalsha(&scripts.adjust, &[&keys.bw(account)]);
+    let mut c = evalsha(
+        &scripts.adjust,
+        &[&keys.bw(account), &keys.periods(account)],
+    );
     match adj {
         Adjustment::Reset => c.arg("reset").arg(0),
         Adjustment::TopUp(n) => c.arg("top-up").arg(n),
     };
+    c.arg(roll.start).arg(roll.plan_bandwidth);
     let v = conn
         .req_command(&c)
         .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))?;
-    pair(v).ok_or_else(|| "unexpected reply from redis".into())
+    triple(v)
+        .map(|(u, c, _)| (u, c))
+        .ok_or_else(|| "unexpected reply from redis".into())
 }
 
-/// Usage, credit and live slots of `accounts`.
-pub fn read(cfg: &ClusterSection, accounts: &[&str]) -> Result<HashMap<String, Shared>, String> {
+/// An account's ended plan periods, newest first: (start, bytes used).
+pub fn history(cfg: &ClusterSection, account: &str) -> Result<Vec<(i64, u64)>, String> {
+    let (mut conn, _) = connect(cfg)?;
+    let keys = Keys {
+        prefix: cfg.key_prefix.clone(),
+    };
+    let all: HashMap<i64, i64> = redis::cmd("HGETALL")
+        .arg(keys.periods(account))
+        .query(&mut conn)
+        .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))?;
+    let mut v: Vec<(i64, u64)> = all.into_iter().map(|(s, u)| (s, u.max(0) as u64)).collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.0));
+    Ok(v)
+}
+
+/// Usage, credit and live slots of `accounts` (each rolled to its plan's current period
+/// first).
+pub fn read(
+    cfg: &ClusterSection,
+    accounts: &[(&str, Roll)],
+) -> Result<HashMap<String, Shared>, String> {
     let (mut conn, scripts) = connect(cfg)?;
     let keys = Keys {
         prefix: cfg.key_prefix.clone(),
@@ -69,10 +122,13 @@ pub fn read(cfg: &ClusterSection, accounts: &[&str]) -> Result<HashMap<String, S
         .query(&mut conn)
         .map_err(fail)?;
     let mut out = HashMap::new();
-    for &name in accounts {
-        let mut c = evalsha(&scripts.adjust, &[&keys.bw(name)]);
-        c.arg("show").arg(0);
-        let (used, credit) = pair(conn.req_command(&c).map_err(fail)?)
+    for &(name, roll) in accounts {
+        let mut c = evalsha(&scripts.adjust, &[&keys.bw(name), &keys.periods(name)]);
+        c.arg("show")
+            .arg(0)
+            .arg(roll.start)
+            .arg(roll.plan_bandwidth);
+        let (used, credit, period_start) = triple(conn.req_command(&c).map_err(fail)?)
             .ok_or_else(|| "unexpected reply from redis".to_owned())?;
         let slots: HashMap<String, u32> = redis::cmd("HGETALL")
             .arg(keys.threads(name))
@@ -89,6 +145,7 @@ pub fn read(cfg: &ClusterSection, accounts: &[&str]) -> Result<HashMap<String, S
                 used,
                 credit,
                 active,
+                period_start,
             },
         );
     }

@@ -320,11 +320,6 @@ fn build_plans(f: &File) -> Result<Vec<std::sync::Arc<Plan>>, String> {
             None => Period::None,
             Some(v) => parse_period(v).map_err(|e| format!("{at}: period = {v:?}: {e}"))?,
         };
-        if period != Period::None && f.cluster.is_some() {
-            return Err(format!(
-                "{at}: period: not supported with [cluster] yet (a cluster's usage lives in Redis)"
-            ));
-        }
         plans.push(std::sync::Arc::new(Plan {
             name: p.name.clone(),
             bandwidth: p.bandwidth.0,

@@ -277,6 +277,11 @@ impl AccountState {
     /// again from 0, and credit that was not needed (usage beyond the plan consumes it) is
     /// kept. Returns the period that ended and its usage, for the history.
     pub fn roll_period(&self, now: jiff::Timestamp) -> Option<(i64, u64)> {
+        if self.cluster.is_some() {
+            // A cluster's totals roll in Redis (the grant script); this node's counters
+            // are its own spending, which only grows.
+            return None;
+        }
         let period = self.period();
         let start = period.start_of(now);
         if start == 0 {

@@ -667,3 +667,19 @@ pub fn bytes_read_within(streams: Vec<TcpStream>, secs: f64) -> u64 {
         .collect();
     threads.into_iter().map(|t| t.join().unwrap()).sum()
 }
+
+/// Seconds to move the gateway's wall clock so that it stands `before` seconds ahead of the
+/// next UTC midnight (the `fault-injection` clock hook).
+pub fn clock_before_midnight(before: i64) -> (String, i64) {
+    let now = jiff::Timestamp::now();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let midnight = today
+        .tomorrow()
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp()
+        .as_second();
+    let offset = midnight - before - now.as_second();
+    (offset.to_string(), midnight - 86_400)
+}

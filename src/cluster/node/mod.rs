@@ -233,12 +233,17 @@ impl Node {
     fn grant_cmd(&self, state: &AccountState) -> redis::Cmd {
         let mut c = evalsha(
             &self.scripts.grant,
-            &[&self.keys.bw(&state.name), &self.keys.nodes()],
+            &[
+                &self.keys.bw(&state.name),
+                &self.keys.nodes(),
+                &self.keys.periods(&state.name),
+            ],
         );
         c.arg(state.plan_bandwidth())
             .arg(&self.me)
             .arg(MIN_GRANT)
-            .arg(MAX_GRANT);
+            .arg(MAX_GRANT)
+            .arg(state.period().start_of(crate::util::wall_now()));
         c
     }
 

@@ -89,7 +89,11 @@ impl Node {
         };
         match (up, int(v)) {
             (true, Some(g)) if g > 0 => a.state.add_grant(g as u64),
-            (true, Some(_)) => a.state.set_exhausted(),
+            // Nothing more for now: used up only once this node has nothing of its
+            // grants left to lease either (a refill asked for early must not cut the
+            // connections still spending the last grant).
+            (true, Some(_)) if a.state.remaining() == 0 => a.state.set_exhausted(),
+            (true, Some(_)) => {}
             _ => {
                 let left = self.cfg.down_allowance.0.saturating_sub(a.down_granted);
                 if left == 0 {
