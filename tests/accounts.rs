@@ -784,3 +784,52 @@ fn two_nodes_share_the_api_accounts_through_redis() {
     }
     assert_eq!(api(&b, "GET", "/v1/accounts/kate", None).0, 404);
 }
+
+/// An API account on a `period = "day"` plan, idle when the UTC boundary passes (its live
+/// state dropped meanwhile): its stored row rolls at the boundary, so `tollgate usage show`
+/// reads 0 at once, and the API shows the ended day in `history`. The clock is the test
+/// hook's, just before midnight.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn an_idle_api_account_rolls_over_at_the_utc_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let (offset, day_start) = clock_before_midnight(6);
+    let cfg = api_config("").replace(
+        "allow_private_targets = true",
+        "allow_private_targets = true\nusage_flush = \"100ms\"",
+    );
+    let gw = Gateway::start_env(dir, &cfg, &[("TOLLGATE_TEST_CLOCK_OFFSET_S", offset)]);
+    let echo = echo_server("127.0.0.1:0");
+    let plan = json!({"bandwidth": "1GiB", "threads": 10, "period": "day"});
+    assert_eq!(api(&gw, "PUT", "/v1/plans/daily", Some(plan)).0, 201);
+    let body = json!({"password": "pw", "plan": "daily", "networks": ["residential"]});
+    assert_eq!(api(&gw, "PUT", "/v1/accounts/mona", Some(body)).0, 201);
+    let mut s = socks_ok(&gw, "mona", "pw", echo).unwrap();
+    assert_eq!(echo_through(&mut s, &[1u8; 30_000]).len(), 30_000);
+    drop(s);
+    let stored = |gw: &Gateway| -> Option<u64> {
+        let show = gw.usage_cmd(&["show"]);
+        let line = show.lines().find(|l| l.starts_with("mona "))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    };
+    let used = eventually("mona's day in the store", || {
+        stored(&gw).filter(|u| *u >= 60_000)
+    });
+    let day = jiff::Timestamp::from_second(day_start).unwrap().to_string();
+    eventually("the new day's usage at 0 in the store", || {
+        (stored(&gw) == Some(0)).then_some(())
+    });
+    // Rolled in the store: its live state had been dropped (unused) before midnight.
+    assert!(
+        gw.stderr()
+            .contains("plan period ended for stored accounts not in use"),
+        "{}",
+        gw.stderr()
+    );
+    let (_, u) = api(&gw, "GET", "/v1/accounts/mona/usage", None);
+    assert_eq!(u["used"], 0, "{u}");
+    assert_eq!(u["history"][0]["start"], day.as_str(), "{u}");
+    assert_eq!(u["history"][0]["used"], used, "{u}");
+    assert_eq!(u["period"]["start"], u["history"][0]["end"], "{u}");
+}
