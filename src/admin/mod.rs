@@ -8,11 +8,10 @@ pub mod api;
 pub mod cli;
 pub mod ops;
 pub mod scrape;
+mod state;
 
-use crate::accounts::store::AccountSource;
-use crate::route::sessions::SessionTable;
-use crate::world::World;
-use arc_swap::ArcSwap;
+pub use state::{AppState, Health};
+
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,16 +19,10 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use scrape::{render, Metrics};
+use scrape::render;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What `/healthz` consults.
-pub trait Health: Send + Sync {
-    /// `Ok` while every executor serves; `Err(reason)` while draining or when one stalls.
-    fn check(&self) -> Result<(), String>;
-}
 
 /// A request head must arrive within this long.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,18 +30,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 /// Admin connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 256;
-
-/// What the admin's handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<dyn Health>,
-    /// The running world (its token, accounts, ledger).
-    pub world: Arc<ArcSwap<World>>,
-    pub sessions: Arc<SessionTable>,
-    /// The accounts API's handle on the store (`None`: no store, the API answers 503).
-    pub store: Option<Arc<parking_lot::Mutex<Box<dyn AccountSource>>>>,
-}
 
 /// Bind the admin address and serve it on a thread. Returns the bound address.
 pub fn start(addr: SocketAddr, state: AppState) -> Result<SocketAddr, String> {

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, O
 use std::sync::Arc;
 use std::task::Waker;
 
+mod grant;
+mod speed;
+
 /// Smallest and largest lease a core takes at once.
 pub const MIN_LEASE: u64 = 16 * 1024;
 pub const MAX_LEASE: u64 = 4 * 1024 * 1024;
@@ -318,57 +321,6 @@ impl AccountState {
         Some((old, used))
     }
 
-    /// Set the plan's speed (bytes per second; 0 = unlimited).
-    pub fn set_speed(&self, bytes_per_second: u64) {
-        self.speed.store(bytes_per_second, Ordering::Relaxed);
-    }
-
-    /// The speed this node enforces: the plan's, or on a cluster its share (the plan's
-    /// divided by the nodes alive), so that the nodes together stay near the plan's.
-    pub fn speed(&self) -> u64 {
-        let speed = self.speed.load(Ordering::Relaxed);
-        match (&self.cluster, speed) {
-            (Some(c), s) if s > 0 => (s / c.nodes()).max(1),
-            _ => speed,
-        }
-    }
-
-    /// Take up to `want` bytes of the speed budget at `now` (ns after the process epoch):
-    /// `Ok(bytes)`, at least one, or `Err(ns)` to wait before any is free. Unlimited plans
-    /// always get `want`.
-    pub fn take_speed(&self, want: u64, now: u64) -> Result<u64, u64> {
-        let rate = u128::from(self.speed());
-        if rate == 0 || want == 0 {
-            return Ok(want);
-        }
-        let mut tat = self.speed_tat.load(Ordering::Acquire);
-        loop {
-            let base = tat.max(now);
-            let room_ns = (now + SPEED_BURST_NS).saturating_sub(base);
-            let room = (u128::from(room_ns) * rate / 1_000_000_000) as u64;
-            if room == 0 {
-                // Wait until `want` (or 1/20 s of the rate, if less) fits.
-                let need = u128::from(want).min(rate / 20).max(1);
-                let need_ns = (need * 1_000_000_000).div_ceil(rate) as u64;
-                // At least 1 ms: a waiter sleeps, it never spins on the clock.
-                return Err((base + need_ns)
-                    .saturating_sub(now + SPEED_BURST_NS)
-                    .max(1_000_000));
-            }
-            let grant = want.min(room);
-            let cost = (u128::from(grant) * 1_000_000_000).div_ceil(rate) as u64;
-            match self.speed_tat.compare_exchange_weak(
-                tat,
-                base + cost,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(grant),
-                Err(t) => tat = t,
-            }
-        }
-    }
-
     pub fn plan_bandwidth(&self) -> u64 {
         self.plan_bandwidth.load(Ordering::Relaxed)
     }
@@ -494,80 +446,6 @@ impl AccountState {
             None => self.remaining() == 0,
             Some(_) => self.is_exhausted(),
         }
-    }
-
-    /// Cluster: mark a grant request as on its way; false when one already is.
-    pub fn begin_grant(&self) -> bool {
-        !self.granting.swap(true, Ordering::AcqRel)
-    }
-
-    /// Cluster: wake `waker` when the grant on its way is answered.
-    pub fn wait_grant(&self, waker: &Waker) {
-        let mut w = self.waiters.lock();
-        if !w.iter().any(|x| x.will_wake(waker)) {
-            w.push(waker.clone());
-        }
-    }
-
-    /// Cluster: the grant request was answered (or given up): wake the waiters.
-    pub fn finish_grant(&self) {
-        self.granting.store(false, Ordering::Release);
-        let waiters = std::mem::take(&mut *self.waiters.lock());
-        for w in waiters {
-            w.wake();
-        }
-    }
-
-    /// Cluster: Redis granted this node `bytes` more.
-    pub fn add_grant(&self, bytes: u64) {
-        self.last_grant.store(bytes, Ordering::Relaxed);
-        self.limit.fetch_add(bytes, Ordering::AcqRel);
-        self.exhausted.store(false, Ordering::Release);
-    }
-
-    /// Cluster: Redis said the plan is used up across the cluster.
-    pub fn set_exhausted(&self) {
-        self.exhausted.store(true, Ordering::Release);
-    }
-
-    /// Cluster: time to fetch the next grant (half of the last one is left).
-    pub fn wants_grant(&self) -> bool {
-        self.cluster.is_some()
-            && !self.is_exhausted()
-            && self.remaining() < self.last_grant.load(Ordering::Relaxed) / 2
-    }
-
-    /// Cluster: take back the node's grant not leased to a core (to return it to Redis).
-    /// Uses the cores' own compare-and-swap, so a lease racing it is never double-counted.
-    pub fn reclaim(&self) -> u64 {
-        let mut cur = self.reserved.load(Ordering::Acquire);
-        loop {
-            let limit = self.limit.load(Ordering::Acquire);
-            if cur >= limit {
-                return 0;
-            }
-            match self.reserved.compare_exchange_weak(
-                cur,
-                limit,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.returned.fetch_add(limit - cur, Ordering::AcqRel);
-                    return limit - cur;
-                }
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Cluster: granted to this node and neither spent nor returned (leases of its cores
-    /// included).
-    pub fn unspent_grant(&self) -> u64 {
-        self.limit
-            .load(Ordering::Acquire)
-            .saturating_sub(self.used.load(Ordering::Acquire))
-            .saturating_sub(self.returned.load(Ordering::Acquire))
     }
 
     /// Bytes that may still be leased.
