@@ -23,7 +23,7 @@ FLOORS = [
     # accounts and plans of the API: the directory and its store
     ["accounts"],
     # 2: domain state: who (auth), what they may spend (plan)
-    ["auth", "plan"],
+    ["auth", "plan", "support"],
     # 3: where it may go (targeting, exit choice, health, sessions)
     ["route"],
     # 4: byte movement and metering, and one end of a connection

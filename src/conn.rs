@@ -77,6 +77,11 @@ impl Ctx {
         }
     }
 
+    /// Where this connection's refusals are recorded for support.
+    pub fn trail(&self) -> &crate::support::Trail {
+        &self.w.services.trail
+    }
+
     /// What dialing an exit uses.
     pub fn egress(&self) -> Egress<'_> {
         Egress {
@@ -98,6 +103,9 @@ pub struct Exchange<'a> {
     pub exit: Option<usize>,
     /// The address a direct exit's connection left from.
     pub source: Option<std::net::IpAddr>,
+    /// Set for a refusal the gateway answers itself: shown to the client, on the access
+    /// line, and the key of the error record.
+    pub request_id: Option<String>,
     started: Instant,
     base: (u64, u64),
 }
@@ -112,6 +120,7 @@ impl<'a> Exchange<'a> {
             target: None,
             exit: None,
             source: None,
+            request_id: None,
             started: Instant::now(),
             base: (0, 0),
         }
@@ -175,8 +184,28 @@ impl<'a> Exchange<'a> {
             ms = self.started.elapsed().as_millis() as u64,
             code,
             end,
-            error,
+            error = error.as_deref(),
+            request_id = self.request_id.as_deref(),
         );
+        if let (Some(id), Err(e)) = (self.request_id, outcome) {
+            ctx.trail().record(crate::support::ErrorRecord {
+                id,
+                at_ms: crate::util::wall_now().as_millisecond(),
+                account: self.account.map(str::to_owned),
+                proto: self.proto.to_owned(),
+                code,
+                error: e.to_string(),
+                body: if self.proto == "http" {
+                    e.http_status().body.to_owned()
+                } else {
+                    String::new()
+                },
+                target: self.target.map(|t| Escaped(t).to_string()),
+                peer: ctx.peer.map(|p| p.to_string()),
+                exit: exit.map(str::to_owned),
+                network: network.map(str::to_owned),
+            });
+        }
     }
 }
 

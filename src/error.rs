@@ -239,6 +239,17 @@ impl ProxyError {
     /// head, and no body (RFC 9110 9.3.2), or a HEAD client would read the body as the next
     /// response.
     pub fn http_response_to(&self, keep_alive: bool, head: bool) -> Vec<u8> {
+        self.http_response_with_id(keep_alive, head, None)
+    }
+
+    /// [`ProxyError::http_response_to`] with the refusal's request id (`X-Request-Id`) and
+    /// its `Date` (an HTTP-date), what a customer quotes to support.
+    pub fn http_response_with_id(
+        &self,
+        keep_alive: bool,
+        head: bool,
+        support: Option<(&str, &str)>,
+    ) -> Vec<u8> {
         let st = self.http_status();
         let mut out = String::with_capacity(256);
         let _ = write!(
@@ -254,6 +265,9 @@ impl ProxyError {
         );
         if st.code == 407 {
             let _ = write!(out, "Proxy-Authenticate: Basic realm=\"{PROXY_NAME}\"\r\n");
+        }
+        if let Some((request_id, date)) = support {
+            let _ = write!(out, "X-Request-Id: {request_id}\r\nDate: {date}\r\n");
         }
         out.push_str(if keep_alive {
             "Connection: keep-alive\r\n\r\n"

@@ -68,6 +68,7 @@ pub mod session;
 pub mod side;
 pub mod sniff;
 pub mod socks5;
+pub mod support;
 pub mod util;
 pub mod worker;
 pub mod world;

@@ -15,8 +15,9 @@ use crate::side::{SendError, Side};
 /// How a protocol answers a refusal.
 pub trait Frontend {
     /// The bytes that answer `e` (none: close without a reply), and whether the connection
-    /// stays open for another request after them.
-    fn refusal(&self, e: &ProxyError) -> (Vec<u8>, bool);
+    /// stays open for another request after them. `request_id` is the refusal's id for
+    /// support (HTTP shows it in `X-Request-Id`).
+    fn refusal(&self, e: &ProxyError, request_id: &str) -> (Vec<u8>, bool);
 }
 
 /// Why admission refused: the error to answer, and whether the connection may stay open
@@ -115,7 +116,10 @@ pub async fn fail_as(
     e: &ProxyError,
     end: &'static str,
 ) -> bool {
-    let (reply, open) = front.refusal(e);
+    let mut ex = ex;
+    let id = crate::support::new_id();
+    let (reply, open) = front.refusal(e, &id);
+    ex.request_id = Some(id);
     let sent = reply.is_empty() || client.send_refusal(&reply).await.is_ok();
     ex.finish(ctx, client, Err(e), end);
     open && sent

@@ -27,6 +27,8 @@ pub struct Services {
     pub sessions: Sessions,
     /// Failed-login tracking per source address.
     pub guard: Arc<AuthGuard>,
+    /// Where refusals' error records go (support's lookups).
+    pub trail: crate::support::Trail,
 }
 
 /// Per-core state, touched by this executor only.

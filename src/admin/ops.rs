@@ -17,6 +17,17 @@ pub fn open_source(snap: &Snapshot) -> Result<Box<dyn AccountSource>, String> {
     }
 }
 
+/// Where this configuration's error records live: Redis with `[cluster]`, else the
+/// embedded store.
+pub fn open_trail(snap: &Snapshot) -> Result<Box<dyn crate::support::TrailStore>, String> {
+    match &snap.cluster {
+        Some(c) => Ok(Box::new(crate::cluster::trail::RedisTrail::open(c)?)),
+        None => Ok(Box::new(crate::support::SqliteTrail::open(
+            &snap.server.state_dir,
+        )?)),
+    }
+}
+
 /// A refused operation: its HTTP status, what to tell the caller, and the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpError {

@@ -23,4 +23,6 @@ pub struct AppState {
     pub sessions: Arc<SessionTable>,
     /// The accounts API's handle on the store (`None`: no store, the API answers 503).
     pub store: Option<Arc<parking_lot::Mutex<Box<dyn AccountSource>>>>,
+    /// The support trail's records, for lookups (`None`: none kept).
+    pub trail: Option<Arc<parking_lot::Mutex<Box<dyn crate::support::TrailStore>>>>,
 }

@@ -15,6 +15,7 @@
 pub mod accounts;
 mod node;
 pub mod scripts;
+pub mod trail;
 pub mod usage;
 
 use crate::config::{ClusterSection, DownPolicy};

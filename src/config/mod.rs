@@ -48,6 +48,27 @@ pub struct File {
     pub users: Vec<UserSection>,
     #[serde(default)]
     pub cluster: Option<ClusterSection>,
+    #[serde(default)]
+    pub support: SupportSection,
+}
+
+/// `[support]`: the error records kept for support (see `support`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupportSection {
+    /// Error records kept at most (the oldest go first).
+    pub errors_kept: u64,
+    /// How long an error record is kept.
+    pub errors_for: Dur,
+}
+
+impl Default for SupportSection {
+    fn default() -> Self {
+        Self {
+            errors_kept: 100_000,
+            errors_for: Dur(std::time::Duration::from_secs(7 * 86_400)),
+        }
+    }
 }
 
 /// `[server]`

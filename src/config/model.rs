@@ -4,6 +4,7 @@
 
 use super::{
     ClusterSection, DnsSection, LogSection, RoutingSection, SecuritySection, ServerSection,
+    SupportSection,
 };
 use ahash::AHashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ pub struct Snapshot {
     pub ip_rules: Vec<(ipnet::IpNet, String)>,
     /// `[cluster]`: shared state in Redis; `None` = single node. Read at start only.
     pub cluster: Option<ClusterSection>,
+    pub support: SupportSection,
 }
 
 #[derive(Debug, Clone)]

@@ -47,6 +47,7 @@ impl Snapshot {
             accounts,
             ip_rules,
             cluster,
+            support: f.support,
         })
     }
 }

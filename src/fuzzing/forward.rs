@@ -142,6 +142,7 @@ fn worker(world: Arc<World>) -> Rc<Worker> {
             shared: None,
         },
         guard: Arc::new(crate::auth::guard::AuthGuard::default()),
+        trail: crate::support::Trail::discard(),
     };
     Worker::new(0, 1, services, Default::default())
 }

@@ -42,12 +42,17 @@ impl Keep {
 }
 
 impl Frontend for Keep {
-    fn refusal(&self, e: &ProxyError) -> (Vec<u8>, bool) {
+    fn refusal(&self, e: &ProxyError, request_id: &str) -> (Vec<u8>, bool) {
         if self.replied {
             return (Vec::new(), false);
         }
         let open = self.open && e.http_keeps_connection();
-        (e.http_response_to(open, self.head), open)
+        let date = crate::util::wall_now()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .strftime("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let support = Some((request_id, date.as_str()));
+        (e.http_response_with_id(open, self.head, support), open)
     }
 }
 

@@ -140,13 +140,20 @@ fn start_services(snap: Snapshot) -> Result<Started, String> {
         "store accounts loaded"
     );
     warn_shadowed(&snap, &accounts);
+    let trail_store = admin::ops::open_trail(&snap)?;
     let world = World::prepare(snap, &ledger, &accounts, None);
     boot::check_sources(&world);
+    let world = Arc::new(ArcSwap::from_pointee(world));
+    let current = world.clone();
+    let trail = crate::support::Trail::start(trail_store, move || {
+        crate::support::Retention::of(&current.load().config)
+    })?;
     let started = Started {
         services: Services {
-            world: Arc::new(ArcSwap::from_pointee(world)),
+            world,
             sessions: Sessions { table, shared },
             guard: Arc::new(AuthGuard::default()),
+            trail,
         },
         ledger,
         cluster,
@@ -238,6 +245,9 @@ fn start_admin(
             world: started.services.world.clone(),
             sessions: started.services.sessions.table.clone(),
             store: Some(Arc::new(parking_lot::Mutex::new(store))),
+            trail: Some(Arc::new(parking_lot::Mutex::new(admin::ops::open_trail(
+                &world.config,
+            )?))),
         },
     )
     .map(Some)

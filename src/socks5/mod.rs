@@ -55,7 +55,7 @@ async fn next<T>(
 struct Socks5;
 
 impl Frontend for Socks5 {
-    fn refusal(&self, err: &ProxyError) -> (Vec<u8>, bool) {
+    fn refusal(&self, err: &ProxyError, _request_id: &str) -> (Vec<u8>, bool) {
         let mut out = Vec::with_capacity(16);
         match err.socks_reply() {
             SocksReply::Close => {}

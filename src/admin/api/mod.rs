@@ -35,10 +35,12 @@ pub struct Peer(pub SocketAddr);
 
 mod accounts;
 mod plans;
+mod requests;
 mod usage;
 
 use accounts::{delete_account, get_account, list_accounts, patch_account, put_account};
 use plans::{delete_plan, get_plan, list_plans, patch_plan, put_plan};
+use requests::{account_errors, get_request};
 use usage::{disconnect, release, reset, top_up, usage};
 
 pub fn routes() -> Router<AppState> {
@@ -60,6 +62,8 @@ pub fn routes() -> Router<AppState> {
                 .delete(delete_account),
         )
         .route("/v1/accounts/{name}/usage", get(usage))
+        .route("/v1/accounts/{name}/errors", get(account_errors))
+        .route("/v1/requests/{id}", get(get_request))
         .route("/v1/accounts/{name}/top-up", post(top_up))
         .route("/v1/accounts/{name}/reset", post(reset))
         .route("/v1/accounts/{name}/disconnect", post(disconnect))
