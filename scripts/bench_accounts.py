@@ -15,7 +15,9 @@ copied with that hash), starts the gateway and reports:
   - a login of the last account (served: the lookup is one hash probe whatever N);
   - API writes while SOCKS5 tunnels are opened and closed in a loop: PATCH (no password),
     PUT of a new account with a `password_hash` made by the caller, and PUT with a password
-    (argon2id hashing included), p50 / p99 / max in ms.
+    (argon2id hashing included), p50 / p99 / max in ms;
+  - dashboard pages under the same load: the account list searched by a name prefix, and
+    an account's page.
 Every loop is bounded in count and time; only 127.0.0.1 is used.
 """
 import http.client
@@ -234,6 +236,17 @@ def api_latency(gw, admin, echo, n):
     db.close()
     put_hash = [call("PUT", f"/v1/accounts/hashed{i}", {"password_hash": phc, "plan": "p", "networks": ["n"]})
                 for i in range(WRITES)]
+
+    def page(path):
+        t = time.monotonic()
+        conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200, (path, r.status)
+        return (time.monotonic() - t) * 1000
+
+    list_pages = [page(f"/?q=acct{(i * 7) % 1000}") for i in range(100)]
+    account_pages = [page(f"/accounts/acct{(i * 7919) % n}") for i in range(100)]
     for t in threads:
         t.join()
 
@@ -243,7 +256,8 @@ def api_latency(gw, admin, echo, n):
                 "max_ms": round(v[-1], 2), "n": len(v)}
 
     return {"patch": stats(patch), "put_with_password_hash": stats(put_hash),
-            "put_with_password": stats(put), "tunnels_during": served[0]}
+            "put_with_password": stats(put), "dashboard_list": stats(list_pages),
+            "dashboard_account": stats(account_pages), "tunnels_during": served[0]}
 
 
 def main():
@@ -264,7 +278,8 @@ def main():
     print(f"bytes per idle account: {report['bytes_per_idle_account_start']} at start, "
           f"{report['bytes_per_idle_account_after_reload']} after a reload")
     print(f"last account served: {big['last_account_served']}")
-    for k in ("patch", "put_with_password_hash", "put_with_password"):
+    for k in ("patch", "put_with_password_hash", "put_with_password", "dashboard_list",
+              "dashboard_account"):
         s = lat[k]
         print(f"API {k:<23} p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  max {s['max_ms']} ms  (n={s['n']}, "
               f"{lat['tunnels_during']} tunnels served meanwhile)")

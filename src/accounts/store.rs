@@ -72,7 +72,16 @@ pub trait AccountSource: Send {
         Ok(())
     }
     /// Up to `limit` accounts named after `after`, by name.
-    fn list(&mut self, after: &str, limit: usize) -> Result<Vec<AccountRow>, String>;
+    fn list(&mut self, after: &str, limit: usize) -> Result<Vec<AccountRow>, String> {
+        self.search("", after, limit)
+    }
+    /// Up to `limit` accounts whose name starts with `prefix`, named after `after`, by name.
+    fn search(
+        &mut self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<AccountRow>, String>;
     /// Create or replace an account; `Ok(true)` when it was created.
     fn put(&mut self, a: &AccountRow) -> Result<bool, String>;
     /// Delete an account (and its stored usage where the store keeps it); `Ok(false)`
@@ -240,17 +249,24 @@ impl AccountSource for AccountStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
     }
 
-    /// Up to `limit` accounts named after `after`, by name.
-    fn list(&mut self, after: &str, limit: usize) -> Result<Vec<AccountRow>, String> {
+    fn search(
+        &mut self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<AccountRow>, String> {
+        // The prefix's range on the primary key: [prefix, prefix + U+10FFFF).
+        let upper = format!("{prefix}\u{10FFFF}");
         let mut st = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {} FROM accounts WHERE name > ?1 ORDER BY name LIMIT ?2",
+                "SELECT {} FROM accounts WHERE name > ?1 AND name >= ?2 AND name < ?3
+                 ORDER BY name LIMIT ?4",
                 Self::COLUMNS
             ))
             .map_err(db_err)?;
         let rows = st
-            .query_map(params![after, limit as i64], Self::row)
+            .query_map(params![after, prefix, upper, limit as i64], Self::row)
             .map_err(db_err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
     }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+mod dashboard;
 pub mod ops;
 pub mod scrape;
 mod state;
@@ -56,6 +57,7 @@ fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .merge(api::routes())
+        .merge(dashboard::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
         .with_state(state)

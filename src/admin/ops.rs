@@ -416,3 +416,68 @@ pub fn account_writable(snap: &Snapshot, name: &str) -> Result<(), OpError> {
     }
     Ok(())
 }
+
+/// One account of a listing: the file's (read-only) or the store's.
+pub enum Listed<'a> {
+    File(&'a crate::config::Account),
+    Store(AccountRow),
+}
+
+impl Listed<'_> {
+    pub fn name(&self) -> &str {
+        match self {
+            Listed::File(a) => &a.name,
+            Listed::Store(r) => &r.name,
+        }
+    }
+}
+
+/// A page of accounts by name, the file's and the store's merged: names starting with
+/// `prefix`, after `after`, at most `limit`; and the `after` of the next page (`None` on
+/// the last). A store account shadowed by the file's is listed once, as the file's.
+pub fn list_page<'a>(
+    snap: &'a Snapshot,
+    store: &mut dyn AccountSource,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+) -> Result<(Vec<Listed<'a>>, Option<String>), OpError> {
+    let mut file: Vec<&crate::config::Account> = snap
+        .accounts
+        .values()
+        .filter(|a| a.name.as_str() > after && a.name.starts_with(prefix))
+        .collect();
+    file.sort_by(|a, b| a.name.cmp(&b.name));
+    file.truncate(limit + 1);
+    let stored = store
+        .search(prefix, after, limit + 1)
+        .map_err(OpError::store)?;
+    let mut out: Vec<Listed<'a>> = Vec::with_capacity(limit + 1);
+    let mut file = file.into_iter().peekable();
+    let mut stored = stored.into_iter().peekable();
+    while out.len() <= limit {
+        let take_file = match (file.peek(), stored.peek()) {
+            (Some(f), Some(s)) => f.name <= s.name,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if take_file {
+            if let Some(f) = file.next() {
+                out.push(Listed::File(f));
+            }
+        } else if let Some(s) = stored.next() {
+            if !snap.accounts.contains_key(&s.name) {
+                out.push(Listed::Store(s));
+            }
+        }
+    }
+    let more = out.len() > limit;
+    out.truncate(limit);
+    let next = if more {
+        out.last().map(|l| l.name().to_owned())
+    } else {
+        None
+    };
+    Ok((out, next))
+}

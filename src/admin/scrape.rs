@@ -238,6 +238,15 @@ fn sum_map<K: Clone + Eq + std::hash::Hash>(
 }
 
 /// Per-core `name → (a, b)` maps summed over cores.
+impl Metrics {
+    /// (connect attempts, failures) per exit name, every core's summed.
+    pub fn exit_connects(&self) -> AHashMap<String, (u64, u64)> {
+        sum_pairs(&self.cores, |c| &c.exit_connects)
+            .into_iter()
+            .collect()
+    }
+}
+
 fn sum_pairs(
     cores: &[Arc<CoreMetrics>],
     field: fn(&CoreMetrics) -> &Pairs,

@@ -56,6 +56,15 @@ impl CredCache {
     }
 }
 
+/// Whether `password` is the one `stored` describes (blocking: an argon2 hash costs tens
+/// of milliseconds; run it off any event loop). Constant-time for plain passwords.
+pub fn password_matches(stored: &Password, password: &[u8]) -> bool {
+    match stored {
+        Password::Plain(p) => bool::from(p.as_slice().ct_eq(password)),
+        Password::Argon2(phc) => verify_argon2(phc, password),
+    }
+}
+
 fn verify_argon2(phc: &str, password: &[u8]) -> bool {
     use argon2::PasswordVerifier;
     match argon2::PasswordHash::new(phc) {

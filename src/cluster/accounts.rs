@@ -298,18 +298,36 @@ impl AccountSource for RedisAccounts {
         })
     }
 
-    fn list(&mut self, after: &str, limit: usize) -> Result<Vec<AccountRow>, String> {
+    fn search(
+        &mut self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<AccountRow>, String> {
         let (names_key, accounts) = (self.key("names"), self.key("accounts"));
-        let min = if after.is_empty() {
-            "-".to_string()
+        let min = if after.is_empty() || after < prefix {
+            if prefix.is_empty() {
+                "-".to_string()
+            } else {
+                format!("[{prefix}")
+            }
         } else {
             format!("({after}")
         };
+        // Past every name starting with the prefix (bytes compare; 0xFF is never in UTF-8).
+        let mut max = if prefix.is_empty() {
+            b"+".to_vec()
+        } else {
+            format!("({prefix}").into_bytes()
+        };
+        if !prefix.is_empty() {
+            max.push(0xFF);
+        }
         self.with(|c, _| {
             let names: Vec<String> = redis::cmd("ZRANGEBYLEX")
                 .arg(&names_key)
                 .arg(&min)
-                .arg("+")
+                .arg(&max)
                 .arg("LIMIT")
                 .arg(0)
                 .arg(limit)

@@ -151,3 +151,18 @@ pub fn read(
     }
     Ok(out)
 }
+
+/// The nodes Redis knows and until when each one's heartbeat holds (Unix ms).
+pub fn nodes(cfg: &ClusterSection) -> Result<Vec<(String, i64)>, String> {
+    let (mut conn, _) = connect(cfg)?;
+    let keys = Keys {
+        prefix: cfg.key_prefix.clone(),
+    };
+    let all: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.nodes())
+        .query(&mut conn)
+        .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))?;
+    let mut v: Vec<(String, i64)> = all.into_iter().collect();
+    v.sort();
+    Ok(v)
+}

@@ -94,6 +94,8 @@ pub struct Ledger {
     accounts: Mutex<AHashMap<String, Arc<AccountState>>>,
     /// Active counts as last written, to skip unchanged rows.
     written_active: Mutex<AHashMap<String, u32>>,
+    /// Bytes used as of the last hourly bucket written, per account in use.
+    hourly_base: Mutex<AHashMap<String, u64>>,
     backend: Mutex<Box<dyn UsageBackend>>,
     /// Reads of one account's row at attach (a connection waits for it), apart from the
     /// flusher's writes.
@@ -151,6 +153,7 @@ impl Ledger {
         Ok(Arc::new(Ledger {
             accounts: Mutex::new(AHashMap::new()),
             written_active: Mutex::new(AHashMap::new()),
+            hourly_base: Mutex::new(AHashMap::new()),
             backend: Mutex::new(backend),
             reader,
             cluster: None,
@@ -166,6 +169,7 @@ impl Ledger {
         Arc::new(Ledger {
             accounts: Mutex::new(AHashMap::new()),
             written_active: Mutex::new(AHashMap::new()),
+            hourly_base: Mutex::new(AHashMap::new()),
             backend: Mutex::new(Box::new(store::InRedis)),
             reader: None,
             cluster: Some(cluster),
@@ -181,6 +185,7 @@ impl Ledger {
         Arc::new(Ledger {
             accounts: Mutex::new(AHashMap::new()),
             written_active: Mutex::new(AHashMap::new()),
+            hourly_base: Mutex::new(AHashMap::new()),
             backend: Mutex::new(Box::new(store::InRedis)),
             reader: None,
             cluster: None,
@@ -240,6 +245,7 @@ impl Ledger {
                 };
                 s.set_speed(plan.speed);
                 s.set_period(plan.period, stored.period_start);
+                self.hourly_base.lock().insert(name.to_owned(), stored.used);
                 // Usage stored before a boundary (unused, or the gateway was down) belongs
                 // to its period.
                 if let Some((start, used)) = s.roll_period(crate::util::wall_now()) {
@@ -280,6 +286,7 @@ impl Ledger {
                 .insert(name.to_owned(), Arc::downgrade(&s));
         }
         self.written_active.lock().remove(name);
+        self.hourly_base.lock().remove(name);
     }
 
     /// Cut account `name`'s live connections on every core (at each one's next tick),
@@ -313,8 +320,10 @@ impl Ledger {
         });
         if !dropped.is_empty() {
             let mut written = self.written_active.lock();
+            let mut base = self.hourly_base.lock();
             for n in &dropped {
                 written.remove(n);
+                base.remove(n);
             }
         }
         dropped.len()
@@ -323,6 +332,29 @@ impl Ledger {
     /// Accounts attached now.
     pub fn attached(&self) -> usize {
         self.accounts.lock().len()
+    }
+
+    /// (used, credit, active threads, period start) of an account without attaching it:
+    /// its live state when in use, else its stored row (for listings of many accounts).
+    pub fn peek(&self, name: &str) -> Result<(u64, u64, u32, i64), String> {
+        if let Some(s) = self.get(name) {
+            return Ok((s.used(), s.credit(), s.active(), s.period_start()));
+        }
+        let row = match &self.reader {
+            Some(r) => r.lock().load_one(name)?,
+            None => self.backend.lock().load_one(name)?,
+        }
+        .unwrap_or_default();
+        Ok((row.used, row.credit, 0, row.period_start))
+    }
+
+    /// An account's hourly usage from `since` (Unix seconds): (hour start, bytes), oldest
+    /// first.
+    pub fn hourly(&self, name: &str, since: i64) -> Result<Vec<(i64, u64)>, String> {
+        match &self.reader {
+            Some(r) => r.lock().hourly(name, since),
+            None => self.backend.lock().hourly(name, since),
+        }
     }
 
     /// An account's ended periods, newest first: (start, bytes used).
@@ -452,6 +484,31 @@ impl Ledger {
         }
         let ended: Vec<EndedPeriod> = std::mem::take(&mut *self.ended.lock());
         let res = backend.save(&rows, &ended);
+        if res.is_ok() {
+            // The bytes since the last write go to this hour's bucket (a reset or a new
+            // period restarts the count: what was used since is this hour's).
+            let hour = crate::util::wall_now().as_second().div_euclid(3600) * 3600;
+            let mut base = self.hourly_base.lock();
+            let mut buckets = Vec::new();
+            for (name, row) in &rows {
+                let Some(b) = base.get_mut(name) else {
+                    continue;
+                };
+                let delta = if row.used >= *b {
+                    row.used - *b
+                } else {
+                    row.used
+                };
+                *b = row.used;
+                if delta > 0 {
+                    buckets.push((name.clone(), hour, delta));
+                }
+            }
+            drop(base);
+            if let Err(e) = backend.add_hourly(&buckets) {
+                tracing::warn!(error = %e, "hourly usage buckets not written");
+            }
+        }
         if res.is_err() {
             // Not written: the ended periods go with the next write.
             self.ended.lock().extend(ended);

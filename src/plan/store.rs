@@ -64,6 +64,15 @@ pub trait UsageBackend: Send + std::fmt::Debug {
     ) -> Result<usize, String> {
         Ok(0)
     }
+    /// Add bytes to accounts' hourly buckets (`hour`: Unix seconds of the hour's start),
+    /// for the dashboard's usage over time.
+    fn add_hourly(&mut self, _rows: &[(String, i64, u64)]) -> Result<(), String> {
+        Ok(())
+    }
+    /// An account's hourly buckets from `since` (Unix seconds), oldest first.
+    fn hourly(&mut self, _account: &str, _since: i64) -> Result<Vec<(i64, u64)>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// No local store: a cluster node's usage lives in Redis.
@@ -134,6 +143,13 @@ impl SqliteStore {
                  used       INTEGER NOT NULL,
                  PRIMARY KEY (account, start)
              );
+             CREATE TABLE IF NOT EXISTS usage_hourly (
+                 account TEXT NOT NULL,
+                 hour    INTEGER NOT NULL,
+                 bytes   INTEGER NOT NULL,
+                 PRIMARY KEY (account, hour)
+             );
+             CREATE INDEX IF NOT EXISTS usage_hourly_by_hour ON usage_hourly (hour);
              CREATE TABLE IF NOT EXISTS adjustments (
                  id         INTEGER PRIMARY KEY AUTOINCREMENT,
                  account    TEXT NOT NULL,
@@ -368,6 +384,45 @@ impl UsageBackend for SqliteStore {
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(n)
+    }
+
+    fn add_hourly(&mut self, rows: &[(String, i64, u64)]) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO usage_hourly (account, hour, bytes) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(account, hour) DO UPDATE SET bytes = bytes + ?3",
+                )
+                .map_err(db_err)?;
+            for (a, hour, bytes) in rows {
+                st.execute(params![a, hour, (*bytes).min(i64::MAX as u64) as i64])
+                    .map_err(db_err)?;
+            }
+        }
+        // Buckets are kept for 45 days.
+        let oldest = now_unix() - 45 * 86_400;
+        tx.execute("DELETE FROM usage_hourly WHERE hour < ?1", params![oldest])
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn hourly(&mut self, account: &str, since: i64) -> Result<Vec<(i64, u64)>, String> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT hour, bytes FROM usage_hourly WHERE account = ?1 AND hour >= ?2 ORDER BY hour",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![account, since], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(db_err)?;
+        rows.map(|r| r.map_err(db_err)).collect()
     }
 
     fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {

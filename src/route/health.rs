@@ -72,6 +72,22 @@ struct Unclear {
 const UNCLEAR_KEPT: usize = 16;
 
 impl Health {
+    /// Failures in a row since the last success.
+    pub fn failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// How long the exit stays benched from `now` (`None`: usable; `Some(MAX)`: left
+    /// out until a reload fixes it).
+    pub fn benched_for(&self, now: Instant) -> Option<Duration> {
+        if self.unusable.load(Ordering::Relaxed) {
+            return Some(Duration::MAX);
+        }
+        let until = self.benched_until_ms.load(Ordering::Relaxed);
+        let now = epoch_ms(now);
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
     pub fn is_benched(&self, now: Instant) -> bool {
         self.unusable.load(Ordering::Relaxed)
             || self.benched_until_ms.load(Ordering::Relaxed) > epoch_ms(now)

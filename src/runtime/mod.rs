@@ -245,6 +245,15 @@ fn start_admin(
             world: started.services.world.clone(),
             sessions: started.services.sessions.table.clone(),
             store: Some(Arc::new(parking_lot::Mutex::new(store))),
+            guard: started.services.guard.clone(),
+            secret: {
+                let mut s = [0u8; 32];
+                getrandom::getrandom(&mut s)
+                    .map_err(|e| format!("no randomness for the dashboard: {e}"))?;
+                s
+            },
+            exit_rates: Default::default(),
+            proxy_addr: bound.first().map(|(a, _, _)| a.to_string()),
             trail: Some(Arc::new(parking_lot::Mutex::new(admin::ops::open_trail(
                 &world.config,
             )?))),

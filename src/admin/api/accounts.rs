@@ -91,45 +91,14 @@ pub(super) async fn list_accounts(
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let after = page.after.unwrap_or_default();
     let world = state.world.load();
-    let mut file: Vec<&crate::config::Account> = world
-        .config
-        .accounts
-        .values()
-        .filter(|a| a.name.as_str() > after.as_str())
+    let (page, next) = ops::list_page(&world.config, &mut **store(&state)?, "", &after, limit)?;
+    let accounts: Vec<Value> = page
+        .iter()
+        .map(|l| match l {
+            ops::Listed::File(a) => file_account_json(&world, a),
+            ops::Listed::Store(r) => row_json(r),
+        })
         .collect();
-    file.sort_by(|a, b| a.name.cmp(&b.name));
-    file.truncate(limit + 1);
-    let stored = store(&state)?
-        .list(&after, limit + 1)
-        .map_err(OpError::store)?;
-    // Merge the two sorted lists.
-    let mut out: Vec<(String, Value)> = Vec::with_capacity(limit + 1);
-    let (mut i, mut j) = (0, 0);
-    while out.len() <= limit && (i < file.len() || j < stored.len()) {
-        let take_file = match (file.get(i), stored.get(j)) {
-            (Some(f), Some(s)) => f.name <= s.name,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if take_file {
-            out.push((file[i].name.clone(), file_account_json(&world, file[i])));
-            i += 1;
-        } else {
-            // A store account shadowed by the file's is listed once, as the file's.
-            if !world.config.accounts.contains_key(&stored[j].name) {
-                out.push((stored[j].name.clone(), row_json(&stored[j])));
-            }
-            j += 1;
-        }
-    }
-    let more = out.len() > limit;
-    out.truncate(limit);
-    let next = if more {
-        out.last().map(|(n, _)| n.clone())
-    } else {
-        None
-    };
-    let accounts: Vec<Value> = out.into_iter().map(|(_, v)| v).collect();
     ok(
         StatusCode::OK,
         json!({ "accounts": accounts, "next": next }),
@@ -161,12 +130,31 @@ pub(super) async fn write_account(
     body: Bytes,
     how: Write,
 ) -> Answer {
-    let mut body: AccountBody = parse(&body)?;
+    let body: AccountBody = parse(&body)?;
+    let (row, created) = save_account(&state, &who, &name, body, how).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    ok(status, row_json(&row))
+}
+
+/// Create, replace or change an account from `body` (the API's PUT/PATCH and the
+/// dashboard's forms): checked, the password hashed off the event loop, written to the
+/// store, applied to the running gateway, audited. Returns the row and whether it is new.
+pub(crate) async fn save_account(
+    state: &AppState,
+    who: &Authorized,
+    name: &str,
+    mut body: AccountBody,
+    how: Write,
+) -> Result<(AccountRow, bool), OpError> {
     {
         // Cheap refusals before the password is hashed.
         let world = state.world.load();
-        crate::config::check_account_name(&name).map_err(|e| OpError::bad("name", e))?;
-        ops::account_writable(&world.config, &name)?;
+        crate::config::check_account_name(name).map_err(|e| OpError::bad("name", e))?;
+        ops::account_writable(&world.config, name)?;
     }
     let hashed = match (body.password.take(), body.password_hash.take()) {
         (Some(_), Some(_)) => {
@@ -200,30 +188,29 @@ pub(super) async fn write_account(
     };
     let world = state.world.load();
     let (row, created) = {
-        let mut st = store(&state)?;
-        let (row, created) = ops::account_row(&world.config, &mut **st, &name, &body, hashed, how)?;
+        let mut st = store(state)?;
+        let (row, created) = ops::account_row(&world.config, &mut **st, name, &body, hashed, how)?;
         st.put(&row).map_err(OpError::store)?;
         world
-            .apply(&mut **st, &state.sessions, &Change::Account(name.clone()))
+            .apply(
+                &mut **st,
+                &state.sessions,
+                &Change::Account(name.to_owned()),
+            )
             .map_err(OpError::store)?;
         (row, created)
     };
     audit(
-        &who,
+        who,
         if created {
             "account.create"
         } else {
             "account.update"
         },
-        &name,
+        name,
         &fields,
     );
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    ok(status, row_json(&row))
+    Ok((row, created))
 }
 
 #[derive(Deserialize)]

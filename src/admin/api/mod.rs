@@ -38,6 +38,9 @@ mod plans;
 mod requests;
 mod usage;
 
+pub(crate) use accounts::save_account;
+pub(crate) use usage::{apply_adjustment, disconnect_account, usage_json};
+
 use accounts::{delete_account, get_account, list_accounts, patch_account, put_account};
 use plans::{delete_plan, get_plan, list_plans, patch_plan, put_plan};
 use requests::{account_errors, get_request};
@@ -120,6 +123,15 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
 pub struct Authorized {
     /// The client address, and the `X-Actor` it names itself with (if any).
     who: String,
+}
+
+impl Authorized {
+    /// An operator acting through the dashboard from `peer`.
+    pub(crate) fn dashboard(peer: &str) -> Authorized {
+        Authorized {
+            who: format!("dashboard@{peer}"),
+        }
+    }
 }
 
 /// Whether `headers` carry the configured token. `Err`: 404 when the API is off (no token

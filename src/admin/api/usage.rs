@@ -21,7 +21,7 @@ fn rfc3339(secs: i64) -> Value {
 }
 
 /// An account's usage now, as the API reports it.
-fn usage_json(world: &World, name: &str) -> Result<Value, OpError> {
+pub(crate) fn usage_json(world: &World, name: &str) -> Result<Value, OpError> {
     let plan = world
         .plan_of(name)
         .ok_or_else(|| OpError::not_found("account", name))?;
@@ -117,6 +117,18 @@ pub(super) async fn reset(
 /// never loses a paid top-up).
 fn adjust(state: AppState, who: Authorized, name: String, adj: Adjustment) -> Answer {
     let world = state.world.load();
+    apply_adjustment(&world, &who, &name, adj)?;
+    usage_json(&world, &name).and_then(|v| ok(StatusCode::OK, v))
+}
+
+/// Top up or reset an account, durably, and audit it (the API and the dashboard).
+pub(crate) fn apply_adjustment(
+    world: &World,
+    who: &Authorized,
+    name: &str,
+    adj: Adjustment,
+) -> Result<(), OpError> {
+    let name = name.to_owned();
     let plan = world
         .plan_of(&name)
         .ok_or_else(|| OpError::not_found("account", &name))?;
@@ -138,8 +150,8 @@ fn adjust(state: AppState, who: Authorized, name: String, adj: Adjustment) -> An
         Adjustment::TopUp(n) => ("usage.top-up", format!("bytes={n}")),
         Adjustment::Reset => ("usage.reset", String::new()),
     };
-    audit(&who, action, &name, &fields);
-    usage_json(&world, &name).and_then(|v| ok(StatusCode::OK, v))
+    audit(who, action, &name, &fields);
+    Ok(())
 }
 
 /// Cut the account's live connections on every core (each acts at its next tick, within
@@ -149,23 +161,33 @@ pub(super) async fn disconnect(
     who: Authorized,
     Path(name): Path<String>,
 ) -> Answer {
-    let world = state.world.load();
-    let active = world.ledger.disconnect(&name);
-    if active.is_none() && world.plan_of(&name).is_none() {
-        return Err(OpError::not_found("account", &name));
-    }
-    if world.config.cluster.is_some() {
-        // The other nodes cut theirs when they read it from the change log.
-        store(&state)?
-            .note(&Change::Disconnect(name.clone()))
-            .map_err(OpError::store)?;
-    }
-    let active = active.unwrap_or(0);
-    audit(&who, "account.disconnect", &name, "");
+    let active = disconnect_account(&state, &who, &name)?;
     ok(
         StatusCode::ACCEPTED,
         json!({ "account": name, "threads_active": active }),
     )
+}
+
+/// Cut an account's live connections on every core and node (the API and the dashboard);
+/// returns its connections on this node before the cut.
+pub(crate) fn disconnect_account(
+    state: &AppState,
+    who: &Authorized,
+    name: &str,
+) -> Result<u32, OpError> {
+    let world = state.world.load();
+    let active = world.ledger.disconnect(name);
+    if active.is_none() && world.plan_of(name).is_none() {
+        return Err(OpError::not_found("account", name));
+    }
+    if world.config.cluster.is_some() {
+        // The other nodes cut theirs when they read it from the change log.
+        store(state)?
+            .note(&Change::Disconnect(name.to_owned()))
+            .map_err(OpError::store)?;
+    }
+    audit(who, "account.disconnect", name, "");
+    Ok(active.unwrap_or(0))
 }
 
 /// Forget a sticky session: the account's next connection with that session id gets a
