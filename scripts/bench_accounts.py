@@ -21,6 +21,7 @@ copied with that hash), starts the gateway and reports:
 Every loop is bounded in count and time; only 127.0.0.1 is used.
 """
 import http.client
+import shutil
 import json
 import os
 import signal
@@ -263,9 +264,11 @@ def api_latency(gw, admin, echo, n):
 def main():
     base_gw, _, _, base = measure(10)
     base_gw.stop()
+    shutil.rmtree(base_gw.d, ignore_errors=True)
     gw, admin, echo, big = measure(N)
     lat = api_latency(gw, admin, echo, N)
     gw.stop()
+    shutil.rmtree(gw.d, ignore_errors=True)
     per = lambda k: round((big[k] - base[k]) * 1024 / (N - 10), 1)
     report = {"baseline_10": base, "big": big, "bytes_per_idle_account_start": per("rss_start_kib"),
               "bytes_per_idle_account_after_reload": per("rss_reload_kib"), "api_under_load": lat}

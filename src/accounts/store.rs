@@ -255,18 +255,24 @@ impl AccountSource for AccountStore {
         after: &str,
         limit: usize,
     ) -> Result<Vec<AccountRow>, String> {
-        // The prefix's range on the primary key: [prefix, prefix + U+10FFFF).
+        // The prefix's range on the primary key, [prefix, prefix + U+10FFFF), from past
+        // `after`: one lower bound, so that SQLite seeks to it (given two, it may scan
+        // from the smaller).
         let upper = format!("{prefix}\u{10FFFF}");
+        let (op, lower) = if after >= prefix {
+            (">", after)
+        } else {
+            (">=", prefix)
+        };
         let mut st = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {} FROM accounts WHERE name > ?1 AND name >= ?2 AND name < ?3
-                 ORDER BY name LIMIT ?4",
+                "SELECT {} FROM accounts WHERE name {op} ?1 AND name < ?2 ORDER BY name LIMIT ?3",
                 Self::COLUMNS
             ))
             .map_err(db_err)?;
         let rows = st
-            .query_map(params![after, prefix, upper, limit as i64], Self::row)
+            .query_map(params![lower, upper, limit as i64], Self::row)
             .map_err(db_err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
     }
@@ -489,6 +495,17 @@ mod tests {
         assert!(!s.put(&c).unwrap());
         assert_eq!(s.get("a").unwrap().unwrap(), c);
         assert_eq!(s.list("", 1).unwrap()[0].name, "a");
+        for n in ["ab", "abc", "b2"] {
+            s.put(&row(n)).unwrap();
+        }
+        let names = |v: Vec<AccountRow>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(names(s.search("ab", "", 10).unwrap()), ["ab", "abc"]);
+        assert_eq!(names(s.search("ab", "ab", 10).unwrap()), ["abc"]);
+        assert_eq!(names(s.search("b", "a", 10).unwrap()), ["b", "b2"]);
+        assert_eq!(names(s.search("b", "b", 1).unwrap()), ["b2"]);
+        for n in ["ab", "abc", "b2"] {
+            s.delete(n).unwrap();
+        }
         assert_eq!(s.list("a", 10).unwrap().len(), 1);
         assert!(s.delete("a").unwrap());
         assert!(!s.delete("a").unwrap());
@@ -509,8 +526,8 @@ mod tests {
             .into_iter()
             .map(|c| c.1)
             .collect();
-        assert_eq!(log.len(), 6);
-        assert_eq!(log[5], Change::Disconnect("b".into()));
+        assert_eq!(log.len(), 12);
+        assert_eq!(log[11], Change::Disconnect("b".into()));
         let last = s.last_change().unwrap();
         assert!(s.changes_since(last).unwrap().is_empty());
         // A second process sees the first one's writes.
