@@ -191,4 +191,45 @@ fn a_refusal_on_one_node_is_found_through_another() {
     );
     let (_, list) = get(&a, "/v1/accounts/alice/errors");
     assert_eq!(list["errors"][0]["request_id"], id.as_str());
+    // The dashboard's exits page lists both nodes with their heartbeats.
+    let out = Command::new("curl")
+        .args(["-sS", "-H"])
+        .arg(format!("Authorization: Bearer {TOKEN}"))
+        .arg(format!("http://{}/exits", a.admin.unwrap()))
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&out.stdout).to_string();
+    let nodes = page
+        .split("id=\"nodes\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{page}"));
+    assert!(
+        nodes.contains("<td>a.") && nodes.contains("<td>b."),
+        "{nodes}"
+    );
+    // Bytes relayed by node b are in the hourly chart node a draws (buckets in Redis).
+    let (mut t, r) = http_connect_as(b.addr(), "alice", "secret", &echo.to_string());
+    assert_eq!(r.code, 200);
+    assert_eq!(echo_through(&mut t, &[3u8; 20_000]).len(), 20_000);
+    eventually("node b's bytes in node a's chart", || {
+        let out = Command::new("curl")
+            .args(["-sS", "-H"])
+            .arg(format!("Authorization: Bearer {TOKEN}"))
+            .arg(format!("http://{}/accounts/alice", a.admin.unwrap()))
+            .output()
+            .ok()?;
+        let page = String::from_utf8_lossy(&out.stdout).to_string();
+        page.split("class=\"bar\"")
+            .skip(1)
+            .filter_map(|bar| {
+                bar.split("data-bytes=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .any(|b| b >= 40_000)
+            .then_some(())
+    });
 }

@@ -166,3 +166,113 @@ pub fn nodes(cfg: &ClusterSection) -> Result<Vec<(String, i64)>, String> {
     v.sort();
     Ok(v)
 }
+
+/// A cluster node's usage backend: nothing stored locally (usage lives in Redis's
+/// counters), but the dashboard's hourly buckets are added up in Redis from every node
+/// (`hourly:<account>`: hour → bytes, kept 45 days).
+pub struct RedisBuckets {
+    cfg: ClusterSection,
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+}
+
+impl std::fmt::Debug for RedisBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisBuckets")
+    }
+}
+
+impl RedisBuckets {
+    pub fn open(cfg: &ClusterSection) -> Result<RedisBuckets, String> {
+        let client = redis::Client::open(cfg.redis.as_str())
+            .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))?;
+        Ok(RedisBuckets {
+            cfg: cfg.clone(),
+            client,
+            conn: None,
+        })
+    }
+
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        let fail = |e: redis::RedisError, cfg: &ClusterSection| {
+            format!("redis {}: {e}", cfg.redis_for_logs())
+        };
+        if self.conn.is_none() {
+            let timeout = self.cfg.redis_timeout.0;
+            let c = self
+                .client
+                .get_connection_with_timeout(timeout)
+                .and_then(|c| {
+                    c.set_read_timeout(Some(timeout))?;
+                    c.set_write_timeout(Some(timeout))?;
+                    Ok(c)
+                })
+                .map_err(|e| fail(e, &self.cfg))?;
+            self.conn = Some(c);
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return Err("redis: not connected".into());
+        };
+        match f(&mut conn) {
+            Ok(v) => {
+                self.conn = Some(conn);
+                Ok(v)
+            }
+            Err(e) => Err(fail(e, &self.cfg)),
+        }
+    }
+}
+
+impl crate::plan::store::UsageBackend for RedisBuckets {
+    fn load(&mut self) -> Result<HashMap<String, crate::plan::store::Stored>, String> {
+        Ok(HashMap::new())
+    }
+    fn load_one(&mut self, _: &str) -> Result<Option<crate::plan::store::Stored>, String> {
+        Ok(None)
+    }
+    fn save(
+        &mut self,
+        _: &[(String, crate::plan::store::Stored)],
+        _: &[crate::plan::store::EndedPeriod],
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn queue(&mut self, _: &str, _: Adjustment) -> Result<(), String> {
+        Err("usage of a cluster is adjusted in Redis".into())
+    }
+    fn take_queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
+        Ok(Vec::new())
+    }
+    fn queued(&mut self) -> Result<Vec<(String, Adjustment)>, String> {
+        Ok(Vec::new())
+    }
+    fn periods(&mut self, _: &str) -> Result<Vec<(i64, u64)>, String> {
+        Ok(Vec::new())
+    }
+    fn add_hourly(&mut self, rows: &[(String, i64, u64)]) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (account, hour, bytes) in rows {
+            let key = format!("{}hourly:{account}", self.cfg.key_prefix);
+            pipe.cmd("HINCRBY").arg(&key).arg(hour).arg(*bytes).ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(45 * 86_400).ignore();
+        }
+        self.with(|c| pipe.query::<()>(c))
+    }
+    fn hourly(&mut self, account: &str, since: i64) -> Result<Vec<(i64, u64)>, String> {
+        let key = format!("{}hourly:{account}", self.cfg.key_prefix);
+        let all: HashMap<i64, i64> = self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let mut v: Vec<(i64, u64)> = all
+            .into_iter()
+            .filter(|(h, _)| *h >= since)
+            .map(|(h, b)| (h, b.max(0) as u64))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+}

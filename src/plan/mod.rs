@@ -165,12 +165,14 @@ impl Ledger {
     }
 
     /// A ledger whose usage lives in the cluster's Redis (nothing is stored locally).
-    pub fn shared(cluster: Arc<dyn SharedPlan>) -> Arc<Ledger> {
+    /// `buckets` keeps what a cluster node keeps besides Redis's counters (its hourly usage
+    /// buckets, also in Redis).
+    pub fn shared(cluster: Arc<dyn SharedPlan>, buckets: Box<dyn UsageBackend>) -> Arc<Ledger> {
         Arc::new(Ledger {
             accounts: Mutex::new(AHashMap::new()),
             written_active: Mutex::new(AHashMap::new()),
             hourly_base: Mutex::new(AHashMap::new()),
-            backend: Mutex::new(Box::new(store::InRedis)),
+            backend: Mutex::new(buckets),
             reader: None,
             cluster: Some(cluster),
             ended: Mutex::new(Vec::new()),

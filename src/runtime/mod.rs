@@ -104,7 +104,10 @@ fn start_services(snap: Snapshot) -> Result<Started, String> {
     let ledger = match &cluster {
         Some(c) => {
             tracing::info!(node = %c.me, policy = ?c.cfg.on_redis_down, "cluster: plans, usage and sessions shared through redis");
-            Ledger::shared(c.clone())
+            Ledger::shared(
+                c.clone(),
+                Box::new(crate::cluster::usage::RedisBuckets::open(&c.cfg)?),
+            )
         }
         None => Ledger::open(Box::new(SqliteStore::open(&snap.server.state_dir)?))?,
     };
