@@ -17,7 +17,7 @@ FLOORS = [
     # 0: leaves: primitives, the error table, per-core counters, ISO codes
     ["error", "util", "geo", "metrics"],
     # sans-IO codecs (fuzzed): they parse bytes and know nothing of state
-    ["sniff", "auth::username", "http::codec", "socks5::codec"],
+    ["sniff", "auth::username", "http::codec", "socks5::codec", "proxy_header"],
     # 1: validated configuration, pure data
     ["config"],
     # accounts and plans of the API: the directory and its store

@@ -18,6 +18,24 @@ pub fn sniff(data: &[u8]) {
     }
 }
 
+/// PROXY protocol headers, for every accepted version: what is consumed lies within the
+/// input, and a decision never changes with more bytes after it.
+pub fn proxy_header(data: &[u8]) {
+    use crate::proxy_header::{parse, Versions};
+    for v in [Versions::V1, Versions::V2, Versions::Any] {
+        if let Ok(Parsed::Done(h, n)) = parse(data, v) {
+            assert!(n <= data.len());
+            let mut more = data.to_vec();
+            more.extend_from_slice(b"\r\nPROXY trailing");
+            let again = match parse(&more, v) {
+                Ok(Parsed::Done(h2, n2)) => Some((h2, n2)),
+                _ => None,
+            };
+            assert_eq!(again, Some((h, n)), "more bytes changed a decision");
+        }
+    }
+}
+
 /// Request heads: consumed is within the input, and re-encoding never panics.
 pub fn http_request_head(data: &[u8]) {
     if let Ok(Parsed::Done(req, n)) = codec::parse_request(data) {

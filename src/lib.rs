@@ -61,6 +61,7 @@ pub mod listener;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;
+pub mod proxy_header;
 pub mod relay;
 pub mod route;
 pub mod runtime;

@@ -36,6 +36,8 @@ pub const CONNECT_BUCKETS: [f64; 12] = [
 /// One core's metrics.
 #[derive(Debug, Default)]
 pub struct CoreMetrics {
+    /// Connections closed for their PROXY protocol header: (listener index, why).
+    pub proxy_header_refused: Mutex<AHashMap<(usize, &'static str), u64>>,
     /// (listener index, protocol) → connections.
     pub accepted: Mutex<AHashMap<(usize, &'static str), u64>>,
     pub active: AtomicI64,

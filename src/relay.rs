@@ -46,6 +46,14 @@ impl Meter {
         }
     }
 
+    /// `n` bytes read were not the client's (a load balancer's PROXY header): neither
+    /// counted nor billed. Only before an account is bound.
+    pub fn not_the_clients(&self, n: usize) {
+        self.up.set(self.up.get().saturating_sub(n as u64));
+        self.unbilled_up
+            .set(self.unbilled_up.get().saturating_sub(n as u64));
+    }
+
     /// Bytes sent to the client.
     pub fn add_down(&self, n: usize) {
         self.down.set(self.down.get() + n as u64);

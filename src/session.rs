@@ -14,10 +14,18 @@ use std::time::Instant;
 pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
     let _live = w.track();
     let peer = stream.peer_addr().ok();
-    let Some(ctx) = Ctx::new(w, listener, peer) else {
+    let Some(mut ctx) = Ctx::new(w, listener, peer) else {
         return;
     };
     let mut client = Side::new(stream);
+    if let Some(pp) = ctx.config().listeners[listener].proxy.clone() {
+        if let Err(why) = Box::pin(proxy_header(&mut ctx, &mut client, &pp)).await {
+            let refused = &ctx.core().metrics.proxy_header_refused;
+            *refused.lock().entry((listener, why)).or_default() += 1;
+            tracing::debug!(peer = ?ctx.peer, why, "closed: PROXY protocol header");
+            return;
+        }
+    }
     // Boxed: the sniff phase's timer and read state are freed before the connection's long
     // life, which the task allocation lasts for.
     let Some(proto) = Box::pin(sniff_first_bytes(&mut client, ctx.handshake_deadline)).await else {
@@ -70,12 +78,46 @@ async fn refuse_socks4(client: &mut Side, deadline: Instant) {
     tracing::debug!("refused a SOCKS4 request");
 }
 
-/// The first bytes, until the protocol is known: the first read is one direct `recv`
-/// (see [`Side::fill_first`]), the rest go through the one read loop.
-async fn sniff_first_bytes(client: &mut Side, deadline: Instant) -> Option<Protocol> {
+/// A load balancer's PROXY protocol header, before the client's bytes: only from a
+/// trusted sender, whole, within the handshake deadline. The client's address it carries
+/// becomes the connection's peer (for `allow_ips`, the auth guard, access lines); its bytes
+/// are not the client's (not counted, not billed). `Err`: why the connection is closed.
+async fn proxy_header(
+    ctx: &mut Ctx,
+    client: &mut Side,
+    pp: &crate::config::ProxyProtocol,
+) -> Result<(), &'static str> {
+    if !ctx.peer.is_some_and(|p| pp.trusts(p.ip())) {
+        return Err("untrusted_sender");
+    }
+    let deadline = ctx.handshake_deadline;
     match until(deadline, client.fill_first()).await {
         Some(Ok(n)) if n > 0 => {}
-        _ => return None,
+        _ => return Err("missing"),
+    }
+    let parse = |b: &[u8]| crate::proxy_header::parse(b, pp.versions);
+    let (header, n) = match client.read_until(&Bounds::new(1024, deadline), parse).await {
+        Ok(h) => h,
+        Err(ReadStop::Bad(_)) => return Err("malformed"),
+        Err(_) => return Err("missing"),
+    };
+    client.consume(n);
+    client.meter.not_the_clients(n);
+    if let Some(source) = header.source {
+        ctx.peer = Some(source);
+    }
+    Ok(())
+}
+
+/// The first bytes, until the protocol is known: the first read is one direct `recv`
+/// (see [`Side::fill_first`]), the rest go through the one read loop. Bytes already read
+/// (after a PROXY header) are sniffed first.
+async fn sniff_first_bytes(client: &mut Side, deadline: Instant) -> Option<Protocol> {
+    if client.buf.is_empty() {
+        match until(deadline, client.fill_first()).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
     }
     let parse = |b: &[u8]| Ok(sniff(b).map_or(Parsed::Incomplete, |p| Parsed::Done(p, 0)));
     let bounds = Bounds::new(2 * READ_CHUNK, deadline);

@@ -794,12 +794,12 @@ fn two_nodes_share_the_api_accounts_through_redis() {
 fn an_idle_api_account_rolls_over_at_the_utc_boundary() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let (offset, day_start) = clock_before_midnight(6);
+    let (clock, day_start) = TestClock::before_midnight(3600);
     let cfg = api_config("").replace(
         "allow_private_targets = true",
         "allow_private_targets = true\nusage_flush = \"100ms\"",
     );
-    let gw = Gateway::start_env(dir, &cfg, &[("TOLLGATE_TEST_CLOCK_OFFSET_S", offset)]);
+    let gw = Gateway::start_env(dir, &cfg, &clock.env());
     let echo = echo_server("127.0.0.1:0");
     let plan = json!({"bandwidth": "1GiB", "threads": 10, "period": "day"});
     assert_eq!(api(&gw, "PUT", "/v1/plans/daily", Some(plan)).0, 201);
@@ -817,6 +817,13 @@ fn an_idle_api_account_rolls_over_at_the_utc_boundary() {
         stored(&gw).filter(|u| *u >= 60_000)
     });
     let day = jiff::Timestamp::from_second(day_start).unwrap().to_string();
+    // Idle past two sweeps (its live state dropped), then midnight passes.
+    eventually("mona's live state dropped", || {
+        gw.metric("tollgate_account_threads_active{account=\"mona\"}")
+            .is_none()
+            .then_some(())
+    });
+    clock.past_midnight(2);
     eventually("the new day's usage at 0 in the store", || {
         (stored(&gw) == Some(0)).then_some(())
     });

@@ -349,8 +349,9 @@ fn status_of(gw: &Gateway, url: &str) -> u16 {
 fn a_plan_period_rolls_over_on_every_node_at_the_utc_boundary() {
     let redis = Redis::start();
     let o = http_origin();
-    let (offset, day_start) = clock_before_midnight(8);
-    let hook = [("TOLLGATE_TEST_CLOCK_OFFSET_S", offset)];
+    // An hour before midnight until the plan is used up; then just past it.
+    let (clock, day_start) = TestClock::before_midnight(3600);
+    let hook = clock.env();
     let cfg = |node: &str| {
         node_config(&redis, node, ("64KiB", 10), "", DIRECT_EXIT)
             .replace("threads = 10", "threads = 10\nperiod = \"day\"")
@@ -374,16 +375,21 @@ fn a_plan_period_rolls_over_on_every_node_at_the_utc_boundary() {
             (status_of(gw, &url) == 452).then_some(())
         });
     }
-    let used = eventually("the day's usage settled in redis", || {
+    // The day's usage as Redis ends up with it: the same on two reads a settle apart.
+    let read_used = || -> Option<u64> {
         let show = a.usage_cmd(&["show"]);
-        let used: u64 = show
-            .lines()
+        show.lines()
             .find(|l| l.starts_with("alice "))
             .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|v| v.parse().ok())?;
-        (used > 40_000).then_some(used)
+            .and_then(|v| v.parse().ok())
+    };
+    let used = eventually("the day's usage settled in redis", || {
+        let first = read_used()?;
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        (first > 40_000 && read_used() == Some(first)).then_some(first)
     });
     // After midnight (on the nodes' clocks): served again on both.
+    clock.past_midnight(2);
     for gw in [&a, &b] {
         eventually("served again after the boundary", || {
             (status_of(gw, &url) == 200).then_some(())

@@ -23,6 +23,11 @@ fn run(target: &str, check: fn(&[u8])) {
 }
 
 #[test]
+fn proxy_header() {
+    run("proxy_header", fuzzing::proxy_header);
+}
+
+#[test]
 fn sniff() {
     run("sniff", fuzzing::sniff);
 }

@@ -109,6 +109,24 @@ impl Metrics {
             let labels = [("listener", listener), ("protocol", proto.to_string())];
             ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }
+        let refused = sum_map(&self.cores, |c| {
+            c.proxy_header_refused
+                .lock()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect()
+        });
+        let mut m = enc.encode_descriptor(
+            "tollgate_proxy_header_refused",
+            "Connections closed for their PROXY protocol header: untrusted_sender, missing, malformed",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((l, why), v) in refused {
+            let listener = self.listeners.get(l).cloned().unwrap_or_default();
+            let labels = [("listener", listener), ("reason", why.to_string())];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
         let active = self.cores.iter().map(|c| c.active.load(Ordering::Relaxed));
         gauge(
             enc,

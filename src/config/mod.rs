@@ -10,7 +10,8 @@ mod validate;
 pub use cluster::{ClusterSection, DownPolicy};
 pub use exits::parse_upstream_url;
 pub use model::{
-    Account, Exit, ExitKind, Listener, Network, Password, Period, Plan, Snapshot, Source, Upstream,
+    Account, Exit, ExitKind, Listener, Network, Password, Period, Plan, ProxyProtocol, Snapshot,
+    Source, Upstream,
 };
 pub use units::{parse_duration, parse_size, Dur, Size};
 pub use validate::{
@@ -259,6 +260,13 @@ impl Default for SecuritySection {
 pub struct ListenerSection {
     pub listen: String,
     pub network: String,
+    /// `"v1"`, `"v2"` or `"any"`: connections start with a PROXY protocol header (a load
+    /// balancer's), whose client address is used.
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
+    /// The senders (balancers) allowed to send it; other connections are closed.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// `[[network]]`

@@ -43,6 +43,23 @@ pub struct Listener {
     pub listen: SocketAddr,
     /// Index into [`Snapshot::networks`].
     pub network: usize,
+    /// `proxy_protocol`: the versions accepted and who may send them.
+    pub proxy: Option<ProxyProtocol>,
+}
+
+/// A listener behind load balancers that speak the PROXY protocol.
+#[derive(Debug, Clone)]
+pub struct ProxyProtocol {
+    pub versions: crate::proxy_header::Versions,
+    /// The balancers' addresses (`proxy_protocol_from`).
+    pub from: Vec<ipnet::IpNet>,
+}
+
+impl ProxyProtocol {
+    /// Whether `sender` may send a header.
+    pub fn trusts(&self, sender: IpAddr) -> bool {
+        self.from.iter().any(|n| n.contains(&sender))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -255,7 +255,43 @@ fn build_listeners(
                 ));
             }
         }
-        out.push(Listener { listen, network });
+        let proxy = match l.proxy_protocol.as_deref() {
+            None => {
+                if !l.proxy_protocol_from.is_empty() {
+                    return Err(format!("{at}: proxy_protocol_from: needs proxy_protocol"));
+                }
+                None
+            }
+            Some(v) => {
+                use crate::proxy_header::Versions;
+                let versions = match v {
+                    "v1" => Versions::V1,
+                    "v2" => Versions::V2,
+                    "any" => Versions::Any,
+                    other => {
+                        return Err(format!(
+                            "{at}: proxy_protocol = {other:?}: must be \"v1\", \"v2\" or \"any\""
+                        ))
+                    }
+                };
+                if l.proxy_protocol_from.is_empty() {
+                    return Err(format!(
+                        "{at}: proxy_protocol_from: list the balancers allowed to send the header (e.g. [\"10.0.0.0/24\"])"
+                    ));
+                }
+                let from = l
+                    .proxy_protocol_from
+                    .iter()
+                    .map(|c| allow_ip(&format!("{at}: proxy_protocol_from"), c))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(super::model::ProxyProtocol { versions, from })
+            }
+        };
+        out.push(Listener {
+            listen,
+            network,
+            proxy,
+        });
     }
     Ok(out)
 }

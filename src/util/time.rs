@@ -37,13 +37,16 @@ pub fn epoch_ns(t: Instant) -> u64 {
 
 /// The wall clock (UTC), for what is decided by calendar: plan periods, account expiry.
 /// Built with `fault-injection`, `TOLLGATE_TEST_CLOCK_OFFSET_S` (seconds, may be negative)
-/// moves it, so that tests can stand just before a period boundary.
+/// moves it, or `TOLLGATE_TEST_CLOCK_FILE` names a file holding that offset, read at each
+/// call (a test moves a running gateway's clock across a boundary when it is ready).
 pub fn wall_now() -> jiff::Timestamp {
     let now = jiff::Timestamp::now();
     #[cfg(feature = "fault-injection")]
-    if let Some(off) = std::env::var("TOLLGATE_TEST_CLOCK_OFFSET_S")
+    if let Some(off) = std::env::var("TOLLGATE_TEST_CLOCK_FILE")
         .ok()
-        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .or_else(|| std::env::var("TOLLGATE_TEST_CLOCK_OFFSET_S").ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
     {
         if let Ok(t) = now.checked_add(jiff::SignedDuration::from_secs(off)) {
             return t;

@@ -683,3 +683,40 @@ pub fn clock_before_midnight(before: i64) -> (String, i64) {
     let offset = midnight - before - now.as_second();
     (offset.to_string(), midnight - 86_400)
 }
+
+/// A gateway clock the test moves (the `fault-injection` hook `TOLLGATE_TEST_CLOCK_FILE`):
+/// its offset in seconds, read by the gateway at each look at the calendar.
+pub struct TestClock {
+    dir: tempfile::TempDir,
+}
+
+impl TestClock {
+    /// A clock standing `before` seconds ahead of the next UTC midnight; also returns the
+    /// start of the day it stands in.
+    pub fn before_midnight(before: i64) -> (TestClock, i64) {
+        let clock = TestClock {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let (offset, day_start) = clock_before_midnight(before);
+        std::fs::write(clock.path(), offset).unwrap();
+        (clock, day_start)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("offset")
+    }
+
+    /// The environment that hands this clock to a gateway.
+    pub fn env(&self) -> [(&'static str, String); 1] {
+        [(
+            "TOLLGATE_TEST_CLOCK_FILE",
+            self.path().display().to_string(),
+        )]
+    }
+
+    /// Move the clock to `after` seconds past the next UTC midnight (of the real clock).
+    pub fn past_midnight(&self, after: i64) {
+        let (offset, _) = clock_before_midnight(-after);
+        std::fs::write(self.path(), offset).unwrap();
+    }
+}

@@ -88,12 +88,20 @@ impl Node {
             return;
         };
         match (up, int(v)) {
-            (true, Some(g)) if g > 0 => a.state.add_grant(g as u64),
+            (true, Some(g)) if g > 0 => {
+                a.state.add_grant(g as u64);
+                // Redis added the grant to this node's `out` itself: what was last written
+                // no longer stands there, so the next settle writes it whatever it is (an
+                // idle node handing it all back writes the same figures as before the
+                // grant, and skipping that write would leave the grant counted as held).
+                a.bw_written = None;
+            }
             // Nothing more for now: used up only once this node has nothing of its
             // grants left to lease either (a refill asked for early must not cut the
             // connections still spending the last grant).
             (true, Some(_)) if a.state.remaining() == 0 => a.state.set_exhausted(),
-            (true, Some(_)) => {}
+            // Cores handed back leases since: what they returned is this node's to lease.
+            (true, Some(_)) => a.state.clear_exhausted(),
             _ => {
                 let left = self.cfg.down_allowance.0.saturating_sub(a.down_granted);
                 if left == 0 {

@@ -6,6 +6,12 @@ use std::sync::atomic::Ordering;
 use std::task::Waker;
 
 impl AccountState {
+    /// Cluster: Redis has nothing more, but this node still holds grant to lease (its
+    /// cores gave leases back): not used up here.
+    pub fn clear_exhausted(&self) {
+        self.exhausted.store(false, Ordering::Release);
+    }
+
     /// Cluster: mark a grant request as on its way; false when one already is.
     pub fn begin_grant(&self) -> bool {
         !self.granting.swap(true, Ordering::AcqRel)
