@@ -230,15 +230,6 @@ impl Directory {
         self.get(name)
     }
 
-    /// Whether some store account already allows `net`.
-    pub fn allowed_for(&self, net: &ipnet::IpNet) -> Option<Arc<str>> {
-        self.ip_rules
-            .load()
-            .iter()
-            .find(|(n, _)| n == net)
-            .map(|(_, a)| a.clone())
-    }
-
     /// A plan of the store.
     pub fn plan(&self, name: &str) -> Option<Arc<Plan>> {
         self.plans.read().get(name).cloned()
@@ -293,14 +284,6 @@ impl Directory {
         drop(keep);
         self.put_all(records);
         dropped
-    }
-
-    /// Store accounts on `plan` (a scan: for refusing to delete a plan in use).
-    pub fn count_on_plan(&self, plan: &str) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().iter().filter(|r| &*r.0.plan == plan).count())
-            .sum()
     }
 }
 
@@ -423,6 +406,5 @@ mod tests {
         assert!(d.account_for_ip(ip("10.1.2.3")).is_none());
         assert!(d.remove("b").is_none());
         assert_eq!(d.len(), 2);
-        assert_eq!(d.count_on_plan("p"), 2);
     }
 }

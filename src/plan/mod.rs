@@ -331,11 +331,6 @@ impl Ledger {
         dropped.len()
     }
 
-    /// Accounts attached now.
-    pub fn attached(&self) -> usize {
-        self.accounts.lock().len()
-    }
-
     /// (used, credit, active threads, period start) of an account without attaching it:
     /// its live state when in use, else its stored row (for listings of many accounts).
     pub fn peek(&self, name: &str) -> Result<(u64, u64, u32, i64), String> {
