@@ -354,7 +354,7 @@ pub fn load(dir: &Directory, store: &mut dyn store::AccountSource) -> Result<Vec
 
 /// Hand the allocator's freed pages back to the system (after a full load, whose
 /// transient buffers would otherwise stay in the process's resident set).
-fn release_freed_memory() {
+pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
     unsafe {

@@ -151,6 +151,8 @@ fn start_services(snap: Snapshot) -> Result<Started, String> {
     let trail = crate::support::Trail::start(trail_store, move || {
         crate::support::Retention::of(&current.load().config)
     })?;
+    // The configuration file's parse is freed: hand its pages back.
+    crate::accounts::release_freed_memory();
     let started = Started {
         services: Services {
             world,
@@ -413,4 +415,8 @@ fn reload(path: &std::path::Path, world: &ArcSwap<World>) {
     let next = World::prepare(new, &old.ledger, &old.accounts, Some(&old));
     boot::check_sources(&next);
     world.store(Arc::new(next));
+    drop(old);
+    // The file's parse and the replaced world are freed: hand their pages back (a big
+    // file's reload would otherwise leave the process twice its size).
+    crate::accounts::release_freed_memory();
 }
