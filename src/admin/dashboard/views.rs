@@ -2,7 +2,6 @@
 
 use super::{
     chart, customer, error_page, html, login_page, me_cookie, operator, pages, redirect, render,
-    ME_COOKIE,
 };
 use crate::admin::api::{usage_json, Peer};
 use crate::admin::ops::{self, OpError};
@@ -445,6 +444,5 @@ pub(super) async fn me_login(
         }
         return me_login_page("Incorrect username or password", StatusCode::UNAUTHORIZED);
     }
-    let _ = ME_COOKIE;
     redirect("/me", Some(me_cookie(&state, &c.username)))
 }
