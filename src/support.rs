@@ -178,15 +178,9 @@ fn db_err(e: rusqlite::Error) -> String {
 
 impl SqliteTrail {
     pub fn open(state_dir: &Path) -> Result<SqliteTrail, String> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| format!("state_dir {}: {e}", state_dir.display()))?;
-        let path = state_dir.join("usage.sqlite3");
-        let conn = Connection::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        let conn = crate::util::db::open(state_dir)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS errors (
+            "CREATE TABLE IF NOT EXISTS errors (
                  seq     INTEGER PRIMARY KEY AUTOINCREMENT,
                  id      TEXT NOT NULL UNIQUE,
                  at_ms   INTEGER NOT NULL,

@@ -131,15 +131,9 @@ fn now_unix() -> i64 {
 impl AccountStore {
     /// Open (creating if needed) the store under `state_dir`.
     pub fn open(state_dir: &Path) -> Result<AccountStore, String> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| format!("state_dir {}: {e}", state_dir.display()))?;
-        let path = state_dir.join("usage.sqlite3");
-        let conn = Connection::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        let conn = crate::util::db::open(state_dir)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS accounts (
+            "CREATE TABLE IF NOT EXISTS accounts (
                  name          TEXT PRIMARY KEY,
                  password_hash TEXT NOT NULL,
                  plan          TEXT NOT NULL,

@@ -130,9 +130,12 @@ return log(ARGV[2], ARGV[3], ARGV[4])
 "#;
 
 pub struct RedisAccounts {
-    cfg: ClusterSection,
-    client: redis::Client,
-    conn: Option<redis::Connection>,
+    link: super::link::Lazy,
+    scripts: Writes,
+}
+
+/// The scripts that write the directory.
+struct Writes {
     put_account: Script,
     put_plan: Script,
     note: Script,
@@ -140,62 +143,33 @@ pub struct RedisAccounts {
 
 impl std::fmt::Debug for RedisAccounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RedisAccounts({})", self.cfg.redis_for_logs())
+        write!(f, "RedisAccounts({})", self.link.cfg().redis_for_logs())
     }
 }
 
 impl RedisAccounts {
     /// A handle on the cluster's accounts (connected on first use, again after a failure).
     pub fn open(cfg: &ClusterSection) -> Result<RedisAccounts, String> {
-        let client = redis::Client::open(cfg.redis.as_str())
-            .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))?;
         Ok(RedisAccounts {
-            cfg: cfg.clone(),
-            client,
-            conn: None,
-            put_account: Script::new(&format!("{LOG}{PUT_ACCOUNT}")),
-            put_plan: Script::new(&format!("{LOG}{PUT_PLAN}")),
-            note: Script::new(&format!("{LOG}{NOTE}")),
+            link: super::link::Lazy::open(cfg)?,
+            scripts: Writes {
+                put_account: Script::new(&format!("{LOG}{PUT_ACCOUNT}")),
+                put_plan: Script::new(&format!("{LOG}{PUT_PLAN}")),
+                note: Script::new(&format!("{LOG}{NOTE}")),
+            },
         })
     }
 
     fn key(&self, k: &str) -> String {
-        format!("{}dir:{k}", self.cfg.key_prefix)
+        format!("{}dir:{k}", self.link.cfg().key_prefix)
     }
 
-    /// Run `f` on the connection (made if needed); a failed call drops it, so the next
-    /// one connects again.
     fn with<T>(
         &mut self,
-        f: impl FnOnce(&mut redis::Connection, &Self) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut redis::Connection, &Writes) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
-        if self.conn.is_none() {
-            let c = self
-                .client
-                .get_connection_with_timeout(self.cfg.redis_timeout.0)
-                .and_then(|c| {
-                    c.set_read_timeout(Some(self.cfg.redis_timeout.0))?;
-                    c.set_write_timeout(Some(self.cfg.redis_timeout.0))?;
-                    Ok(c)
-                })
-                .map_err(|e| format!("redis {}: {e}", self.cfg.redis_for_logs()))?;
-            self.conn = Some(c);
-        }
-        let Some(mut conn) = self.conn.take() else {
-            return Err("redis: not connected".into());
-        };
-        match f(&mut conn, self) {
-            Ok(v) => {
-                self.conn = Some(conn);
-                Ok(v)
-            }
-            Err(e) => {
-                if !e.is_io_error() && !e.is_timeout() && !e.is_connection_dropped() {
-                    self.conn = Some(conn);
-                }
-                Err(format!("redis {}: {e}", self.cfg.redis_for_logs()))
-            }
-        }
+        let scripts = &self.scripts;
+        self.link.with(|c| f(c, scripts))
     }
 
     fn decode(json: &str) -> Option<AccountRow> {
@@ -418,7 +392,7 @@ impl AccountSource for RedisAccounts {
         // Keys are `session:<account>|<network>|<country>|<state>|<city>|<session>`.
         let pattern = format!(
             "{}session:{}|*|{}",
-            self.cfg.key_prefix,
+            self.link.cfg().key_prefix,
             glob_escape(account),
             glob_escape(session)
         );

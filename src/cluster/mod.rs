@@ -13,6 +13,7 @@
 //! The thread is in `node/`.
 
 pub mod accounts;
+mod link;
 mod node;
 pub mod scripts;
 pub mod trail;

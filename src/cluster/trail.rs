@@ -8,59 +8,28 @@ use crate::support::{ErrorRecord, Retention, TrailStore};
 use redis::Commands;
 
 pub struct RedisTrail {
-    cfg: ClusterSection,
-    client: redis::Client,
-    conn: Option<redis::Connection>,
+    link: super::link::Lazy,
     /// The age bound as of the last trim: each record expires after it.
     ttl_ms: u64,
 }
 
 impl RedisTrail {
     pub fn open(cfg: &ClusterSection) -> Result<RedisTrail, String> {
-        let client = redis::Client::open(cfg.redis.as_str())
-            .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))?;
         Ok(RedisTrail {
-            cfg: cfg.clone(),
-            client,
-            conn: None,
+            link: super::link::Lazy::open(cfg)?,
             ttl_ms: 7 * 86_400_000,
         })
     }
 
     fn key(&self, k: &str) -> String {
-        format!("{}{k}", self.cfg.key_prefix)
+        format!("{}{k}", self.link.cfg().key_prefix)
     }
 
     fn with<T>(
         &mut self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, String> {
-        let fail = |e: redis::RedisError, cfg: &ClusterSection| {
-            format!("redis {}: {e}", cfg.redis_for_logs())
-        };
-        if self.conn.is_none() {
-            let timeout = self.cfg.redis_timeout.0;
-            let c = self
-                .client
-                .get_connection_with_timeout(timeout)
-                .and_then(|c| {
-                    c.set_read_timeout(Some(timeout))?;
-                    c.set_write_timeout(Some(timeout))?;
-                    Ok(c)
-                })
-                .map_err(|e| fail(e, &self.cfg))?;
-            self.conn = Some(c);
-        }
-        let Some(mut conn) = self.conn.take() else {
-            return Err("redis: not connected".into());
-        };
-        match f(&mut conn) {
-            Ok(v) => {
-                self.conn = Some(conn);
-                Ok(v)
-            }
-            Err(e) => Err(fail(e, &self.cfg)),
-        }
+        self.link.with(f)
     }
 }
 

@@ -171,9 +171,7 @@ pub fn nodes(cfg: &ClusterSection) -> Result<Vec<(String, i64)>, String> {
 /// counters), but the dashboard's hourly buckets are added up in Redis from every node
 /// (`hourly:<account>`: hour → bytes, kept 45 days).
 pub struct RedisBuckets {
-    cfg: ClusterSection,
-    client: redis::Client,
-    conn: Option<redis::Connection>,
+    link: super::link::Lazy,
 }
 
 impl std::fmt::Debug for RedisBuckets {
@@ -184,45 +182,13 @@ impl std::fmt::Debug for RedisBuckets {
 
 impl RedisBuckets {
     pub fn open(cfg: &ClusterSection) -> Result<RedisBuckets, String> {
-        let client = redis::Client::open(cfg.redis.as_str())
-            .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))?;
         Ok(RedisBuckets {
-            cfg: cfg.clone(),
-            client,
-            conn: None,
+            link: super::link::Lazy::open(cfg)?,
         })
     }
 
-    fn with<T>(
-        &mut self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, String> {
-        let fail = |e: redis::RedisError, cfg: &ClusterSection| {
-            format!("redis {}: {e}", cfg.redis_for_logs())
-        };
-        if self.conn.is_none() {
-            let timeout = self.cfg.redis_timeout.0;
-            let c = self
-                .client
-                .get_connection_with_timeout(timeout)
-                .and_then(|c| {
-                    c.set_read_timeout(Some(timeout))?;
-                    c.set_write_timeout(Some(timeout))?;
-                    Ok(c)
-                })
-                .map_err(|e| fail(e, &self.cfg))?;
-            self.conn = Some(c);
-        }
-        let Some(mut conn) = self.conn.take() else {
-            return Err("redis: not connected".into());
-        };
-        match f(&mut conn) {
-            Ok(v) => {
-                self.conn = Some(conn);
-                Ok(v)
-            }
-            Err(e) => Err(fail(e, &self.cfg)),
-        }
+    fn key(&self, account: &str) -> String {
+        format!("{}hourly:{account}", self.link.cfg().key_prefix)
     }
 }
 
@@ -258,15 +224,17 @@ impl crate::plan::store::UsageBackend for RedisBuckets {
         }
         let mut pipe = redis::pipe();
         for (account, hour, bytes) in rows {
-            let key = format!("{}hourly:{account}", self.cfg.key_prefix);
+            let key = self.key(account);
             pipe.cmd("HINCRBY").arg(&key).arg(hour).arg(*bytes).ignore();
             pipe.cmd("EXPIRE").arg(&key).arg(45 * 86_400).ignore();
         }
-        self.with(|c| pipe.query::<()>(c))
+        self.link.with(|c| pipe.query::<()>(c))
     }
     fn hourly(&mut self, account: &str, since: i64) -> Result<Vec<(i64, u64)>, String> {
-        let key = format!("{}hourly:{account}", self.cfg.key_prefix);
-        let all: HashMap<i64, i64> = self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let key = self.key(account);
+        let all: HashMap<i64, i64> = self
+            .link
+            .with(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
         let mut v: Vec<(i64, u64)> = all
             .into_iter()
             .filter(|(h, _)| *h >= since)

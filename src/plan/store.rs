@@ -9,7 +9,6 @@ use super::ledger::Adjustment;
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 /// An account's stored usage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,15 +121,9 @@ fn now_unix() -> i64 {
 impl SqliteStore {
     /// Open (creating if needed) `<state_dir>/usage.sqlite3`.
     pub fn open(state_dir: &Path) -> Result<SqliteStore, String> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| format!("state_dir {}: {e}", state_dir.display()))?;
-        let path = state_dir.join("usage.sqlite3");
-        let conn = Connection::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        let conn = crate::util::db::open(state_dir)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS usage (
+            "CREATE TABLE IF NOT EXISTS usage (
                  account    TEXT PRIMARY KEY,
                  used       INTEGER NOT NULL,
                  credit     INTEGER NOT NULL DEFAULT 0,

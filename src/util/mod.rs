@@ -2,6 +2,7 @@
 //! latch, a per-core buffer pool, deadlines on futures, the parse result of every codec.
 
 pub mod buf;
+pub mod db;
 pub mod latch;
 pub mod parsed;
 pub mod time;
