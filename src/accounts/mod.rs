@@ -172,14 +172,16 @@ impl Directory {
 
     /// Add or replace an account; returns the one it replaced.
     pub fn put(&self, record: Record) -> Option<Arc<Record>> {
-        let rules_change = !record.allow_ips.is_empty();
-        let record = ByName(Arc::new(record));
-        let old = self.shard(&record.0.name).write().replace(record);
+        let record = Arc::new(record);
+        let old = self
+            .shard(&record.name)
+            .write()
+            .replace(ByName(record.clone()));
         if old.is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
-        if rules_change || old.as_ref().is_some_and(|o| !o.0.allow_ips.is_empty()) {
-            self.rebuild_rules();
+        if !record.allow_ips.is_empty() || old.as_ref().is_some_and(|o| !o.0.allow_ips.is_empty()) {
+            self.set_rules(&record.name, &record.allow_ips);
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         old.map(|o| o.0)
@@ -202,12 +204,25 @@ impl Directory {
         let old = self.shard(name).write().take(name)?;
         self.len.fetch_sub(1, Ordering::Relaxed);
         if !old.0.allow_ips.is_empty() {
-            self.rebuild_rules();
+            self.set_rules(name, &[]);
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         Some(old.0)
     }
 
+    /// Replace one account's address rules: a copy of the rules, not a scan of every
+    /// account (a write through the API stays cheap with a million of them).
+    fn set_rules(&self, name: &str, nets: &[ipnet::IpNet]) {
+        let name: Arc<str> = Arc::from(name);
+        self.ip_rules.rcu(|old| {
+            let mut rules: Vec<(ipnet::IpNet, Arc<str>)> =
+                old.iter().filter(|(_, n)| *n != name).cloned().collect();
+            rules.extend(nets.iter().map(|net| (*net, name.clone())));
+            rules
+        });
+    }
+
+    /// Build every account's address rules again (start-up, a full resync).
     fn rebuild_rules(&self) {
         let mut rules = Vec::new();
         for shard in self.shards.iter() {
