@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what a script of this project needs, when it is missing:
-#   scripts/deps.sh test      curl, Python requests + PySocks, chromium, redis-server, node + npm
+#   scripts/deps.sh test      curl, Python requests + PySocks + urllib3 2, chromium, redis-server, node + npm
 #                             (ws, http-proxy-agent under target/test-node), ip and unshare (the
 #                             IPv6 prefix test's network namespace), rustfmt, clippy
 #   scripts/deps.sh bench     the peer proxies of scripts/bench.sh (microsocks, dante, squid, tinyproxy, npm)
@@ -53,7 +53,9 @@ if [ "${#apt_pkgs[@]}" -gt 0 ]; then
 fi
 
 if [ "$what" = test ]; then
-  python3 -c 'import requests, socks' >/dev/null 2>&1 || pip_install requests pysocks
+  # urllib3 2 or later: the first to speak TLS to an https:// proxy (Debian's is 1.26).
+  python3 -c 'import requests, socks, urllib3; assert int(urllib3.__version__.split(".")[0]) >= 2' \
+    >/dev/null 2>&1 || pip_install requests pysocks 'urllib3>=2'
   # Node packages for the tests, kept under target/ (tests/clients.rs finds them there).
   node_dir="${TOLLGATE_NODE_DIR:-$here/../target/test-node}"
   if [ ! -d "$node_dir/node_modules/ws" ] || [ ! -d "$node_dir/node_modules/http-proxy-agent" ]; then

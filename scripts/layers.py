@@ -15,7 +15,7 @@ import sys
 # Bottom to top. A unit may import units on lower floors only (and its own descendants).
 FLOORS = [
     # 0: leaves: primitives, the error table, per-core counters, ISO codes
-    ["error", "util", "geo", "metrics"],
+    ["error", "util", "geo", "metrics", "stream", "tls"],
     # sans-IO codecs (fuzzed): they parse bytes and know nothing of state
     ["sniff", "auth::username", "http::codec", "socks5::codec", "proxy_header"],
     # 1: validated configuration, pure data

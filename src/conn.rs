@@ -27,6 +27,8 @@ pub struct Ctx {
     pub peer: Option<SocketAddr>,
     /// Greeting, authentication and request must be complete by then.
     pub handshake_deadline: Instant,
+    /// The client speaks inside a TLS session (an HTTPS proxy client).
+    pub tls: bool,
 }
 
 impl Ctx {
@@ -43,6 +45,7 @@ impl Ctx {
             network,
             peer,
             handshake_deadline,
+            tls: false,
         })
     }
 
@@ -195,7 +198,7 @@ impl<'a> Exchange<'a> {
                 proto: self.proto.to_owned(),
                 code,
                 error: e.to_string(),
-                body: if self.proto == "http" {
+                body: if matches!(self.proto, "http" | "https") {
                     e.http_status().body.to_owned()
                 } else {
                     String::new()

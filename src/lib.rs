@@ -8,7 +8,7 @@
 //!
 //! | floor | modules | what lives there |
 //! |---|---|---|
-//! | primitives | [`error`], [`util`], [`geo`], [`metrics`] | the one error type and its reply table; latch, buffer pool, deadlines, [`util::Parsed`]; ISO codes; per-core counters |
+//! | primitives | [`error`], [`util`], [`geo`], [`metrics`], [`stream`], [`tls`] | the one error type and its reply table; latch, buffer pool, deadlines, [`util::Parsed`]; ISO codes; per-core counters; a connection's byte stream (plain or TLS) and the HTTPS listener's certificate |
 //! | codecs | [`sniff`], [`auth::username`], [`http::codec`], [`socks5::codec`] | sans-IO parsers and encoders, fuzzed; no state |
 //! | data | [`config`] | the validated configuration: pure data |
 //! | directory | [`accounts`] | accounts and plans of the API: the shared directory logins read, the SQLite store and its change log |
@@ -69,7 +69,9 @@ pub mod session;
 pub mod side;
 pub mod sniff;
 pub mod socks5;
+pub mod stream;
 pub mod support;
+pub mod tls;
 pub mod util;
 pub mod worker;
 pub mod world;

@@ -38,6 +38,8 @@ pub const CONNECT_BUCKETS: [f64; 12] = [
 pub struct CoreMetrics {
     /// Connections closed for their PROXY protocol header: (listener index, why).
     pub proxy_header_refused: Mutex<AHashMap<(usize, &'static str), u64>>,
+    /// TLS ClientHellos by (listener index, result): ok, failed, timeout, no_certificate.
+    pub tls_handshakes: Mutex<AHashMap<(usize, &'static str), u64>>,
     /// (listener index, protocol) → connections.
     pub accepted: Mutex<AHashMap<(usize, &'static str), u64>>,
     pub active: AtomicI64,

@@ -4,9 +4,9 @@
 //! direction in one place ([`Meter`]).
 
 use crate::plan::shard::Charge;
+use crate::stream::Stream;
 use crate::util::{BufPool, Latch, RELAY_BUF, RELAY_BUF_BULK};
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -225,8 +225,8 @@ enum Dir {
 
 struct Pump<'a> {
     pool: &'a BufPool,
-    client: &'a mut TcpStream,
-    upstream: &'a mut TcpStream,
+    client: &'a mut Stream,
+    upstream: &'a mut Stream,
     meter: &'a Meter,
     last: &'a Cell<Instant>,
     quota_hit: &'a Cell<bool>,
@@ -380,8 +380,8 @@ impl Drop for Pump<'_> {
 pub async fn relay(
     pool: &BufPool,
     stop: &Latch,
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    client: &mut Stream,
+    upstream: &mut Stream,
     meter: &Meter,
     idle: Duration,
 ) -> RelayEnd {

@@ -4,6 +4,7 @@
 use crate::conn::Ctx;
 use crate::side::{Bounds, ReadStop, Side, READ_CHUNK};
 use crate::sniff::{sniff, Protocol};
+use crate::stream::{Prefixed, Stream};
 use crate::util::{until, Parsed};
 use crate::worker::Worker;
 use glommio::net::TcpStream;
@@ -35,6 +36,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
         Protocol::Socks5 => "socks5",
         Protocol::Http => "http",
         Protocol::Socks4 => "socks4",
+        Protocol::Tls => "tls",
         Protocol::Unknown => "unknown",
     };
     let accepted = &ctx.core().metrics.accepted;
@@ -45,9 +47,59 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
         Protocol::Socks5 => Box::pin(crate::socks5::serve(&ctx, &mut client)).await,
         Protocol::Http => Box::pin(crate::http::serve(&ctx, &mut client)).await,
         Protocol::Socks4 => Box::pin(refuse_socks4(&mut client, ctx.handshake_deadline)).await,
+        Protocol::Tls => Box::pin(serve_tls(&mut ctx, client)).await,
         Protocol::Unknown => {
             tracing::debug!(peer = ?ctx.peer, first = client.buf.first(), "closed: not SOCKS5 or HTTP");
         }
+    }
+}
+
+/// A TLS ClientHello: on a listener with a certificate, the handshake (within the
+/// handshake deadline from accept), then the protocol inside is sniffed and served as
+/// usual (the HTTP proxy; SOCKS5 over TLS too). The meter starts inside the session: the
+/// plan bills the decrypted bytes, exactly what the same exchange costs in the clear;
+/// the handshake and the records' framing are billed to no one.
+async fn serve_tls(ctx: &mut Ctx, client: Side) {
+    let listener = ctx.listener;
+    let count = |result: &'static str| {
+        let m = &ctx.core().metrics.tls_handshakes;
+        *m.lock().entry((listener, result)).or_default() += 1;
+    };
+    let Some(config) = ctx.config().listeners[listener].tls.clone() else {
+        let mut client = client;
+        let _ = client.send_refusal(&crate::tls::NO_CERTIFICATE_ALERT).await;
+        count("no_certificate");
+        tracing::debug!(peer = ?ctx.peer, "refused a TLS ClientHello: the listener has no tls_cert");
+        return;
+    };
+    let Side { stream, buf, .. } = client;
+    let Stream::Plain(tcp) = stream else {
+        return;
+    };
+    let accept = futures_rustls::TlsAcceptor::from(config).accept(Prefixed::new(buf, tcp));
+    let session = match until(ctx.handshake_deadline, accept).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            count("failed");
+            tracing::debug!(peer = ?ctx.peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        None => {
+            count("timeout");
+            tracing::debug!(peer = ?ctx.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    count("ok");
+    ctx.tls = true;
+    let mut client = Side::new(Stream::Tls(Box::new(session)));
+    match sniff_first_bytes(&mut client, ctx.handshake_deadline).await {
+        Some(Protocol::Http) => Box::pin(crate::http::serve(ctx, &mut client)).await,
+        Some(Protocol::Socks5) => Box::pin(crate::socks5::serve(ctx, &mut client)).await,
+        Some(other) => {
+            tracing::debug!(peer = ?ctx.peer, ?other, "closed: inside TLS, not HTTP or SOCKS5")
+        }
+        None => {}
     }
 }
 

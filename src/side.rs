@@ -5,16 +5,16 @@
 
 use crate::error::ProxyError;
 use crate::relay::Meter;
+use crate::stream::Stream;
 use crate::util::{any_fired, until, Latch, Parsed};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 /// One end of a proxied exchange: a stream, the bytes read from it but not yet used, and
 /// the meter its bytes are counted on.
 pub struct Side {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: Vec<u8>,
     pub meter: Meter,
 }
@@ -32,9 +32,9 @@ pub enum SendError {
 pub const READ_CHUNK: usize = 8 * 1024;
 
 impl Side {
-    pub fn new(stream: TcpStream) -> Side {
+    pub fn new(stream: impl Into<Stream>) -> Side {
         Side {
-            stream,
+            stream: stream.into(),
             buf: Vec::new(),
             meter: Meter::default(),
         }
@@ -60,8 +60,12 @@ impl Side {
         }
     }
 
-    /// A non-blocking `recv`; `None` when nothing has arrived yet.
+    /// A non-blocking `recv`; `None` when nothing has arrived yet (or the stream is a TLS
+    /// session, whose bytes only its reads can decrypt).
     fn recv_now(&mut self) -> Option<std::io::Result<usize>> {
+        if self.stream.is_tls() {
+            return None;
+        }
         let mut tmp = [0u8; 1024];
         // SAFETY: valid fd, buffer and length.
         let n = unsafe {

@@ -11,7 +11,10 @@ pub enum Protocol {
     /// An HTTP method token followed by a space (or a line end: a malformed request line,
     /// which the HTTP handler answers with 400).
     Http,
-    /// Neither (TLS, garbage): closed without a reply.
+    /// `0x16`: a TLS handshake record (a ClientHello): an HTTPS proxy client, served on a
+    /// listener with a certificate, answered with an alert on one without.
+    Tls,
+    /// None of these (garbage): closed without a reply.
     Unknown,
 }
 
@@ -23,6 +26,7 @@ pub fn sniff(buf: &[u8]) -> Option<Protocol> {
     match buf.first()? {
         0x05 => Some(Protocol::Socks5),
         0x04 => Some(Protocol::Socks4),
+        0x16 => Some(Protocol::Tls),
         b'A'..=b'Z' => {
             for (i, &c) in buf.iter().enumerate().take(MAX_METHOD + 1) {
                 match c {
@@ -55,7 +59,9 @@ mod tests {
             (b"\x04\x01\x00\x50", Some(Socks4)),
             (b"GET\r\n", Some(Http)),
             (b"GET\n", Some(Http)),
-            (b"\x16\x03\x01", Some(Unknown)),
+            (b"\x16\x03\x01", Some(Tls)),
+            (b"\x16", Some(Tls)),
+            (b"\x15\x03\x01", Some(Unknown)),
             (b"GET / HTTP/1.1\r\n", Some(Http)),
             (b"CONNECT a:443 HTTP/1.1", Some(Http)),
             (b"GE", None),

@@ -127,6 +127,24 @@ impl Metrics {
             let labels = [("listener", listener), ("reason", why.to_string())];
             ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }
+        let tls = sum_map(&self.cores, |c| {
+            c.tls_handshakes
+                .lock()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect()
+        });
+        let mut m = enc.encode_descriptor(
+            "tollgate_tls_handshakes",
+            "TLS ClientHellos (HTTPS proxy clients) by result: ok, failed, timeout, no_certificate",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((l, result), v) in tls {
+            let listener = self.listeners.get(l).cloned().unwrap_or_default();
+            let labels = [("listener", listener), ("result", result.to_string())];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
         let active = self.cores.iter().map(|c| c.active.load(Ordering::Relaxed));
         gauge(
             enc,

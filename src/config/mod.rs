@@ -267,6 +267,12 @@ pub struct ListenerSection {
     /// The senders (balancers) allowed to send it; other connections are closed.
     #[serde(default)]
     pub proxy_protocol_from: Vec<String>,
+    /// PEM certificate chain and private key: the listener also serves the HTTP proxy
+    /// inside TLS (an HTTPS proxy), told apart by the first byte like SOCKS5 and HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[[network]]`

@@ -45,6 +45,9 @@ pub struct Listener {
     pub network: usize,
     /// `proxy_protocol`: the versions accepted and who may send them.
     pub proxy: Option<ProxyProtocol>,
+    /// `tls_cert` / `tls_key`, loaded: TLS ClientHellos are served (an HTTPS proxy);
+    /// without, they are answered with an alert.
+    pub tls: Option<crate::tls::ServerConfig>,
 }
 
 /// A listener behind load balancers that speak the PROXY protocol.

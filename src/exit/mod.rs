@@ -19,10 +19,10 @@ use crate::metrics::CoreMetrics;
 use crate::route::choose::{Choice, Chooser};
 use crate::route::Route;
 use crate::side::Side;
+use crate::stream::Stream;
 use crate::util::within;
 use connect::{connect_target, From};
 use dns::DnsCache;
-use glommio::net::TcpStream;
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -36,7 +36,7 @@ pub struct Egress<'a> {
 
 /// An established outbound connection.
 pub struct Outbound {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Our side of it: the SOCKS5 reply's BND.ADDR.
     pub local: SocketAddr,
     /// Index into the snapshot's exits.
@@ -147,7 +147,7 @@ async fn connect_via(
             };
             let (stream, local) = connect_target(dns, target, from, allow_private, timeout).await?;
             return Ok(Outbound {
-                stream,
+                stream: stream.into(),
                 local,
                 exit,
                 early: Vec::new(),

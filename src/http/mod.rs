@@ -62,6 +62,7 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     // Until a request has been admitted, the whole connection lives under the handshake
     // deadline from accept, however many 407s it collects.
     let mut admitted_once = false;
+    let proto = if ctx.tls { "https" } else { "http" };
     for n in 0u64.. {
         if n > 0 && ctx.core().drain.is_fired() {
             return;
@@ -69,8 +70,8 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
         // Each access line covers the bytes since the previous one, so they add up to the
         // connection's total.
         let ex = match n {
-            0 => Exchange::first("http"),
-            _ => Exchange::next("http", client),
+            0 => Exchange::first(proto),
+            _ => Exchange::next(proto, client),
         };
         let deadline = match admitted_once {
             true => Instant::now() + ctx.config().server.idle_timeout.0,

@@ -114,7 +114,7 @@ async fn request(ctx: &Ctx, client: &mut Side) -> Result<TargetAddr, Stop> {
 
 /// Serve a SOCKS5 client whose first bytes are in `client.buf`.
 pub async fn serve(ctx: &Ctx, client: &mut Side) {
-    let mut ex = Exchange::first("socks5");
+    let mut ex = Exchange::first(if ctx.tls { "socks5+tls" } else { "socks5" });
     // 1. Greeting and authentication. Boxed, like the request and the dial: their state
     //    is freed before the (long) relay.
     let ident = match Box::pin(greet_and_authenticate(ctx, client)).await {
