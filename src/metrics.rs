@@ -40,6 +40,8 @@ pub struct CoreMetrics {
     pub proxy_header_refused: Mutex<AHashMap<(usize, &'static str), u64>>,
     /// TLS ClientHellos by (listener index, result): ok, failed, timeout, no_certificate.
     pub tls_handshakes: Mutex<AHashMap<(usize, &'static str), u64>>,
+    /// SOCKS5 UDP datagrams not relayed, by reason.
+    pub udp_dropped: Mutex<AHashMap<&'static str, u64>>,
     /// (listener index, protocol) → connections.
     pub accepted: Mutex<AHashMap<(usize, &'static str), u64>>,
     pub active: AtomicI64,
@@ -67,6 +69,11 @@ pub struct CoreMetrics {
 }
 
 impl CoreMetrics {
+    /// A SOCKS5 UDP datagram was dropped for `why`.
+    pub fn udp_dropped(&self, why: &'static str) {
+        *self.udp_dropped.lock().entry(why).or_default() += 1;
+    }
+
     pub fn observe_connect(&self, d: Duration) {
         // Per-bucket counts; the encoder makes them cumulative.
         let s = d.as_secs_f64();

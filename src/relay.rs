@@ -104,6 +104,31 @@ impl Meter {
         got
     }
 
+    /// A datagram of `n` bytes relayed whole or not at all (SOCKS5 UDP): reserve all `n`
+    /// from the plan (waiting for a cluster grant or the speed limit like a read), then
+    /// count and bill them as received from the client (`up`) or sent to it. `false`: the
+    /// plan's bandwidth cannot cover it; nothing is billed and the reservation goes back.
+    pub async fn datagram(&self, n: usize, up: bool) -> bool {
+        let got = self.reserve(n).await;
+        let charge = self.charge.borrow();
+        if got < n {
+            if let Some(c) = &*charge {
+                c.release_reserved(got as u64);
+            }
+            return false;
+        }
+        let counter = if up { &self.up } else { &self.down };
+        counter.set(counter.get() + n as u64);
+        if let Some(c) = &*charge {
+            if up {
+                c.commit_reserved(n as u64);
+            } else {
+                c.down(n as u64);
+            }
+        }
+        true
+    }
+
     /// Charge this connection's traffic to an account from now on, and reserve the bytes
     /// that came before (the handshake, the request head) within the plan: they are billed
     /// once the exchange is relayed ([`Meter::commit`]). `false` when the plan cannot cover

@@ -145,6 +145,18 @@ impl Metrics {
             let labels = [("listener", listener), ("result", result.to_string())];
             ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }
+        let udp = sum_map(&self.cores, |c| {
+            c.udp_dropped.lock().iter().map(|(k, v)| (*k, *v)).collect()
+        });
+        let mut m = enc.encode_descriptor(
+            "tollgate_udp_dropped",
+            "SOCKS5 UDP datagrams not relayed, by reason: stranger (not the client, or an answer from a target it did not send to), fragmented, malformed, forbidden_target, no_route, too_large, quota",
+            None,
+            MetricType::Counter,
+        )?;
+        for (why, v) in udp {
+            ConstCounter::new(v).encode(m.encode_family(&[("reason", why.to_string())])?)?;
+        }
         let active = self.cores.iter().map(|c| c.active.load(Ordering::Relaxed));
         gauge(
             enc,

@@ -148,10 +148,53 @@ pub fn encode_reply(code: u8, bound: Address, out: &mut Vec<u8>) {
     Response::new(reply, bound).write_to_buf(out);
 }
 
+/// A client's UDP datagram (RFC 1928 section 7): `RSV(2) FRAG ATYP DST.ADDR DST.PORT
+/// DATA`. Returns FRAG, the destination and where DATA starts. A datagram is whole: a
+/// short one is malformed, not incomplete.
+pub fn parse_udp(buf: &[u8]) -> Result<(u8, Address, usize), ProxyError> {
+    let mut rd = buf;
+    match poll_once(socks5_proto::UdpHeader::read_from(&mut rd)) {
+        Some(Ok(h)) => Ok((h.frag, h.address, buf.len() - rd.len())),
+        Some(Err(SocksError::Protocol(ProtocolError::InvalidAddressTypeInUdpHeader {
+            ..
+        }))) => Err(ProxyError::AddressTypeNotSupported),
+        _ => Err(ProxyError::BadRequest("malformed socks5 udp datagram")),
+    }
+}
+
+/// The header of a datagram relayed back to the client: FRAG 0, from `source`.
+pub fn encode_udp_header(source: std::net::SocketAddr, out: &mut Vec<u8>) {
+    socks5_proto::UdpHeader::new(0, Address::SocketAddress(source)).write_to_buf(out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;
+
+    #[test]
+    fn udp_datagrams() {
+        let addr: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let mut d = Vec::new();
+        encode_udp_header(addr, &mut d);
+        assert_eq!(d, b"\0\0\0\x01\x7f\0\0\x01\0\x35");
+        d.extend_from_slice(b"query");
+        assert_eq!(
+            parse_udp(&d).unwrap(),
+            (0, Address::SocketAddress(addr), 10)
+        );
+        let dom = b"\0\0\x01\x03\x07example\0\x35data";
+        assert_eq!(
+            parse_udp(dom).unwrap(),
+            (1, Address::DomainAddress(b"example".to_vec(), 53), 14)
+        );
+        assert!(parse_udp(b"\0\0\0\x01\x7f\0").is_err());
+        assert!(parse_udp(b"").is_err());
+        assert!(matches!(
+            parse_udp(b"\0\0\0\x09\x7f\0\0\x01\0\x35"),
+            Err(ProxyError::AddressTypeNotSupported)
+        ));
+    }
 
     #[test]
     fn greeting() {

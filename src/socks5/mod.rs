@@ -4,6 +4,7 @@
 //! bound address; failures get their reply code from [`ProxyError::socks_reply`].
 
 pub mod codec;
+mod udp;
 
 use crate::auth::{self, Identity};
 use crate::conn::{Ctx, Exchange};
@@ -99,17 +100,27 @@ async fn greet_and_authenticate(ctx: &Ctx, client: &mut Side) -> Result<Identity
     Ok(ident)
 }
 
-/// The request: a CONNECT to an address or a host name.
-async fn request(ctx: &Ctx, client: &mut Side) -> Result<TargetAddr, Stop> {
+/// What the client asked for.
+enum Ask {
+    /// A CONNECT to an address or a host name.
+    Connect(TargetAddr),
+    /// A UDP association; the address the client says it will send from (often zeros).
+    Udp(Address),
+}
+
+/// The request: a CONNECT, or a UDP ASSOCIATE. BIND is not served (`0x07`).
+async fn request(ctx: &Ctx, client: &mut Side) -> Result<Ask, Stop> {
     let (command, address) = next(ctx, client, codec::parse_request).await?;
-    if command != Command::Connect {
-        return Err(Stop::Reply(ProxyError::CommandNotSupported));
+    match command {
+        Command::Connect => {}
+        Command::Associate => return Ok(Ask::Udp(address)),
+        Command::Bind => return Err(Stop::Reply(ProxyError::CommandNotSupported)),
     }
-    Ok(match address {
+    Ok(Ask::Connect(match address {
         Address::SocketAddress(a) => TargetAddr::Ip(a),
         Address::DomainAddress(name, port) => TargetAddr::from_socks_name(&name, port)
             .ok_or(ProxyError::BadRequest("not a host name"))?,
-    })
+    }))
 }
 
 /// Serve a SOCKS5 client whose first bytes are in `client.buf`.
@@ -130,7 +141,16 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
     //    after a successful auth step, so that clients see "not allowed by ruleset" rather
     //    than an auth failure.
     let target = match Box::pin(request(ctx, client)).await {
-        Ok(t) => t,
+        Ok(Ask::Connect(t)) => t,
+        Ok(Ask::Udp(hint)) => {
+            ex.proto = if ctx.tls {
+                "socks5-udp+tls"
+            } else {
+                "socks5-udp"
+            };
+            Box::pin(associate(ctx, client, ex, &ident, &hint)).await;
+            return;
+        }
         Err(Stop::Gone) => return,
         Err(Stop::Reply(e)) => {
             proxy::fail(ctx, client, ex, &Socks5, &e).await;
@@ -153,6 +173,55 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
             proxy::fail(ctx, client, ex, &Socks5, &e).await;
         }
     }
+}
+
+/// UDP ASSOCIATE: admission (the association holds a thread slot until it ends), a direct
+/// exit's sockets, the success reply with the relay's address, then the datagrams until
+/// the control connection closes.
+async fn associate(
+    ctx: &Ctx,
+    client: &mut Side,
+    mut ex: Exchange<'_>,
+    ident: &Identity,
+    hint: &Address,
+) {
+    let opened = async {
+        let (route, slot) = proxy::admit(ctx, client, ident)
+            .await
+            .map_err(|d| d.error)?;
+        let a = udp::open(ctx, client, &route, hint).await?;
+        Ok::<_, ProxyError>((a, slot))
+    };
+    let (a, _slot) = match opened.await {
+        Ok(v) => v,
+        Err(e) => {
+            proxy::fail(ctx, client, ex, &Socks5, &e).await;
+            return;
+        }
+    };
+    ex.exit = Some(a.exit);
+    ex.source = a.source;
+    let Ok(bound) = a.relay_addr() else {
+        proxy::fail(
+            ctx,
+            client,
+            ex,
+            &Socks5,
+            &ProxyError::Internal("no relay address"),
+        )
+        .await;
+        return;
+    };
+    let mut reply = Vec::with_capacity(32);
+    codec::encode_reply(0x00, Address::SocketAddress(bound), &mut reply);
+    client.meter.commit();
+    if client.send_relayed(&reply, true).await.is_err() {
+        ex.finish(ctx, client, Ok(200), "client_reset");
+        return;
+    }
+    let end = udp::relay(ctx, client, &a).await;
+    tracing::debug!(?end, relay = %bound, "socks5 udp association ended");
+    ex.finish(ctx, client, Ok(200), end.label());
 }
 
 /// Admission, then the dial; the slot is held until the tunnel closes.
