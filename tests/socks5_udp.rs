@@ -340,3 +340,49 @@ fn an_upstream_exit_answers_command_not_supported() {
     );
     assert!(matches!(out, SocksOutcome::Reply(0x07, _)), "{out:?}");
 }
+
+/// A prefix exit gives each association one address of the prefix (free-bound), the same
+/// one for every association of a sticky session; rotating associations spread.
+#[test]
+fn a_prefix_exit_gives_an_association_a_sticky_address() {
+    let exit =
+        "[[exit]]\nnetwork = \"residential\"\nkind = \"direct\"\nsource_cidr = \"127.1.0.0/16\"\n";
+    let gw = Gateway::start(&config("", exit));
+    let (echo, seen) = udp_echo();
+    let source_of = |user: &str| {
+        let c = client_socket("127.0.0.1");
+        let (s, out) = socks5(
+            gw.addr(),
+            user,
+            "secret",
+            3,
+            &Target::Addr(c.local_addr().unwrap()),
+        );
+        let SocksOutcome::Reply(0, Some(relay)) = out else {
+            panic!("{out:?}")
+        };
+        let before = seen.lock().unwrap().len();
+        for _ in 0..2 {
+            assert!(round_trip(&c, relay, &datagram(0, echo, b"which")).is_some());
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen[before].ip(),
+            seen[before + 1].ip(),
+            "one address per association"
+        );
+        drop(s);
+        seen[before].ip()
+    };
+    let sticky: Vec<_> = (0..3).map(|_| source_of("alice-session-udp1")).collect();
+    assert!(sticky.iter().all(|ip| *ip == sticky[0]), "{sticky:?}");
+    assert!(
+        "127.1.0.0/16"
+            .parse::<ipnet::IpNet>()
+            .unwrap()
+            .contains(&sticky[0]),
+        "{sticky:?}"
+    );
+    let rotating: std::collections::HashSet<_> = (0..6).map(|_| source_of("alice")).collect();
+    assert!(rotating.len() >= 3, "{rotating:?}");
+}
