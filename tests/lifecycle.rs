@@ -12,7 +12,7 @@ use std::process::Command;
 fn garbage_first_bytes_are_closed_and_serving_continues() {
     let gw = Gateway::start(&config("", DIRECT_EXIT));
     let o = http_origin();
-    for garbage in [&b"\x16\x03\x01\x02\x00"[..], b"hello\r\n", b"\xff\xfe"] {
+    for garbage in [&b"hello\r\n"[..], b"\xff\xfe", b"\x15\x03\x01\x00\x02"] {
         let mut s = connect(gw.addr());
         s.write_all(garbage).unwrap();
         let mut got = Vec::new();
@@ -20,6 +20,13 @@ fn garbage_first_bytes_are_closed_and_serving_continues() {
         let _ = s.read_to_end(&mut got);
         assert!(got.is_empty(), "{garbage:?} got {got:?}");
     }
+    // A TLS ClientHello on this listener without a certificate: a TLS alert, not silence
+    // (tests/https_proxy.rs has the listener that serves it).
+    let mut s = connect(gw.addr());
+    s.write_all(b"\x16\x03\x01\x02\x00").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert_eq!(got, [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28]);
     assert_eq!(http_get(gw.addr(), &o.url("/")).code, 200);
 }
 

@@ -98,8 +98,7 @@ fn failures_map_onto_reply_codes() {
     let rows: Vec<(u8, Target, u8)> = vec![
         (1, Target::Addr(refused), 0x05),
         (1, Target::Domain("no-such-host.invalid", 80), 0x04),
-        (2, Target::Addr(refused), 0x07), // BIND
-        (3, Target::Addr(refused), 0x07), // UDP ASSOCIATE
+        (2, Target::Addr(refused), 0x07), // BIND (UDP ASSOCIATE: tests/socks5_udp.rs)
     ];
     for (cmd, target, want) in rows {
         let (mut s, out) = socks5(gw.addr(), "alice", "secret", cmd, &target);
