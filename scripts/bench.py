@@ -5,6 +5,7 @@ Rows: tollgate as shipped, with spin_before_park, from a fixed source_ip and fro
 source_cidr prefix (tunnel rows only), the baseline binary when given, and the peers.
 
 usage: bench.py TOLLGATE_BIN LOADGEN_BIN   (env: BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=all
+       BENCH_FLOOR=the tunnel-floor server (floor-epoll) to measure new tunnels against,
        BENCH_NODE_MODULES=dir holding proxy-chain, BENCH_BASELINE=older tollgate binary to
        measure beside this one, BENCH_MODES=comma-separated rows to run, default all)
 
@@ -71,8 +72,8 @@ def group_stats(pgid):
 
 
 class Proxy:
-    def __init__(self, name, argv, port, modes, cwd, auth=True):
-        self.name, self.port, self.modes, self.auth = name, port, modes, auth
+    def __init__(self, name, argv, port, modes, cwd, auth=True, creds=(USER, PASS)):
+        self.name, self.port, self.modes, self.auth, self.creds = name, port, modes, auth, creds
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         wait_port(port, self.proc, name)
@@ -181,6 +182,20 @@ BasicAuth {USER} {PASS}
 LogLevel Critical
 """)
         peers.append(Proxy("tinyproxy", ["tinyproxy", "-d", "-c", conf], port, HTTP_MODES, work))
+    if "vproxy" in wanted and shutil.which("vproxy"):
+        # A Rust (tokio) proxy from crates.io that relays with splice(2): SOCKS5 and HTTP on
+        # one port ("auto"), two workers like tollgate, warnings only.
+        port = free_port()
+        peers.append(Proxy("vproxy", ["vproxy", "run", "-L", "warn", "-b", f"127.0.0.1:{port}", "-w", "2",
+                                      "-c", "100000", "auto", "-u", USER, "-p", PASS],
+                           port, SOCKS_MODES + HTTP_MODES, work))
+    # BENCH_FLOOR=path/to/floor-epoll (../shared/reviews/tunnel-floor, `make`): the least CPU
+    # a SOCKS5 tunnel can cost here, new tunnels only (its credentials are fixed).
+    floor = os.environ.get("BENCH_FLOOR")
+    if floor and "floor" in wanted:
+        port = free_port()
+        peers.append(Proxy("floor-epoll", [floor, "-p", str(port), "-t", "1"], port, ["tunnels-socks5"], work,
+                           creds=("benchuser", "benchpass")))
     modules = os.environ.get("BENCH_NODE_MODULES", "")
     if "proxy-chain" in wanted and shutil.which("node") and os.path.isdir(os.path.join(modules, "proxy-chain")):
         # The Node.js peer (npm), HTTP only.
@@ -207,7 +222,7 @@ def quiesce(proxies, limit=10.0):
 def loadgen(mode, p, conc):
     argv = [LOADGEN, mode, f"127.0.0.1:{p.port}", "--conc", str(conc), "--secs", str(SECS)]
     if p.auth:
-        argv += ["--user", USER, "--pass", PASS]
+        argv += ["--user", p.creds[0], "--pass", p.creds[1]]
     cpu0, _ = group_stats(p.proc.pid)
     run = subprocess.run(argv, capture_output=True, text=True, timeout=SECS + 60)
     cpu1, _ = group_stats(p.proc.pid)
@@ -238,7 +253,7 @@ def idle_rss(p):
 
 def main():
     work = tempfile.mkdtemp(prefix="tollgate-bench-")
-    wanted = os.environ.get("BENCH_PEERS", "microsocks,merino,dante,squid,tinyproxy,proxy-chain").split(",")
+    wanted = os.environ.get("BENCH_PEERS", "vproxy,floor,microsocks,merino,dante,squid,tinyproxy,proxy-chain").split(",")
     # tollgate as shipped, and with executors busy-polling 200 us before they sleep
     # ([server] spin_before_park, for cores dedicated to it).
     proxies = [start_tollgate(work), start_tollgate(work, 2, "tollgate-spin200", server='spin_before_park = "200us"')]
@@ -286,15 +301,20 @@ def main():
         for p in fresh:
             p.stop()
 
-    # Scaling: tollgate with 1 executor vs 2 on the same load.
+    # Scaling: tollgate with 1 executor vs 2 on the same loads, rate and per proxy CPU-second.
     scaling = {}
     for workers in (1, 2):
         p = start_tollgate(work, workers, f"tollgate-w{workers}")
         try:
-            rs = [loadgen("tunnels-connect", p, 32) for _ in range(REPS)]
+            for mode in ("tunnels-socks5", "tunnels-connect"):
+                rs = [loadgen(mode, p, 32) for _ in range(REPS)]
+                scaling[f"{mode}/w{workers}"] = {
+                    "rate": statistics.median(r["ops"] / r["secs"] for r in rs),
+                    "per_cpu_median": statistics.median(r["ops"] / max(r["cpu"], 0.05) for r in rs),
+                    "per_cpu_min": min(r["ops"] / max(r["cpu"], 0.05) for r in rs),
+                }
         finally:
             p.stop()
-        scaling[workers] = statistics.median(r["ops"] / r["secs"] for r in rs)
 
     def per(mode, r):
         # Under one clock tick of CPU the division means nothing: report 0 (n/a).
@@ -324,8 +344,12 @@ def main():
     for name, (n, per_tunnel) in idle.items():
         print(f"| {n} | {name} | {per_tunnel / 1024:,.2f} KiB |")
         summary[f"idle/{name}"] = per_tunnel
-    print(f"\nscaling (tunnels-connect, concurrency 32): 1 executor {scaling[1]:,.0f}/s, "
-          f"2 executors {scaling[2]:,.0f}/s")
+    print("\n| scaling (concurrency 32) | executors | rate (median) | per proxy CPU-second (min / median) | µs CPU per tunnel |")
+    print("|---|---|---|---|---|")
+    for key, v in scaling.items():
+        mode, w = key.split("/")
+        print(f"| {mode} | {w[1:]} | {v['rate']:,.0f} /s | {v['per_cpu_min']:,.0f} / {v['per_cpu_median']:,.0f} | "
+              f"{1e6 / v['per_cpu_median']:,.0f} |")
     summary["scaling"] = scaling
     os.makedirs("target/bench", exist_ok=True)
     json.dump(summary, open("target/bench/results.json", "w"), indent=2)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of tollgate and peer proxies on loopback (see scripts/bench.py).
-#   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=microsocks,merino,dante,squid,tinyproxy,proxy-chain
+#   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=vproxy,floor,microsocks,merino,dante,squid,tinyproxy,proxy-chain
 #   scripts/bench.sh cluster    # what a Redis-shared plan costs per connection (scripts/bench_cluster.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +10,15 @@ if [ "$what" = cluster ]; then
 else
   scripts/deps.sh bench
 fi
-# A Rust peer from crates.io (tokio SOCKS5 server).
+# Rust peers from crates.io: merino (tokio SOCKS5) and vproxy (SOCKS5 + HTTP, splice relay).
 [ "$what" = cluster ] || command -v merino >/dev/null 2>&1 || cargo install merino --locked --quiet
+[ "$what" = cluster ] || command -v vproxy >/dev/null 2>&1 || cargo install vproxy --locked --quiet
+# The floor (../shared/reviews/tunnel-floor: the least CPU a tunnel costs here), when present.
+floor_src="$PWD/../shared/reviews/tunnel-floor"
+if [ "$what" != cluster ] && [ -z "${BENCH_FLOOR:-}" ] && [ -f "$floor_src/floor-epoll.c" ]; then
+  mkdir -p target/floor
+  gcc -O2 -o target/floor/floor-epoll "$floor_src/floor-epoll.c" -lpthread && export BENCH_FLOOR="$PWD/target/floor/floor-epoll"
+fi
 # The Node.js peer from npm (HTTP proxy), kept under target/.
 if [ "$what" != cluster ] && [ ! -d target/bench-node/node_modules/proxy-chain ]; then
   npm install --silent --no-audit --no-fund --prefix target/bench-node proxy-chain@3
