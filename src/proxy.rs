@@ -82,7 +82,7 @@ pub async fn tunnel(ctx: &Ctx, client: &mut Side, out: &mut Outbound, reply: &[u
     drop(early);
     let core = ctx.core();
     relay(
-        &core.buffers,
+        core.pools(ctx.config().server.splice),
         &core.stop,
         &mut client.stream,
         &mut out.stream,

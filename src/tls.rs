@@ -41,6 +41,16 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
     Ok(Arc::new(config))
 }
 
+/// A listener's `tls_cert` and `tls_key`: both or neither.
+pub fn load_pair(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ServerConfig>, String> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => load(cert, key).map(Some),
+        (Some(_), None) => Err("tls_cert: needs tls_key".into()),
+        (None, Some(_)) => Err("tls_key: needs tls_cert".into()),
+    }
+}
+
 /// A fatal `handshake_failure` alert record (TLS 1.0 record version, which every client
 /// accepts before a version is agreed): what a listener without a certificate answers a
 /// ClientHello with, so that the client reports a refusal, not silence.

@@ -37,6 +37,8 @@ pub struct Core {
     pub creds: CredCache,
     pub dns: DnsCache,
     pub buffers: BufPool,
+    /// Pipes of spliced tunnels, while their bytes are in flight.
+    pub pipes: crate::relay::PipePool,
     /// This core's quota shard (bandwidth leases per account).
     pub quota: Shard,
     /// Round-robin position per candidate list.
@@ -78,6 +80,7 @@ impl Worker {
                 creds: CredCache::default(),
                 dns,
                 buffers: BufPool::new(RELAY_BUF, 256, RELAY_BUF_BULK, 32),
+                pipes: crate::relay::PipePool::new(64),
                 quota: Shard::new(workers, metrics.clone()),
                 rotation: Rotation::new(id),
                 metrics,
@@ -128,6 +131,16 @@ impl Drop for ConnGuard {
             for w in core.live.idle.borrow_mut().drain(..) {
                 w.wake();
             }
+        }
+    }
+}
+
+impl Core {
+    /// Where this core's relays keep bytes in flight; pipes only with `[server] splice`.
+    pub fn pools(&self, splice: bool) -> crate::relay::Pools<'_> {
+        crate::relay::Pools {
+            buffers: &self.buffers,
+            pipes: splice.then_some(&self.pipes),
         }
     }
 }

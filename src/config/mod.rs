@@ -99,6 +99,9 @@ pub struct ServerSection {
     /// How long an executor with nothing to do busy-polls before it sleeps; 0 = sleep at
     /// once. Read at start.
     pub spin_before_park: Dur,
+    /// Relay tunnels between two plain TCP sockets with splice(2) (no copy through user
+    /// space); `false`: copy through buffers like TLS sessions do.
+    pub splice: bool,
 }
 
 impl Default for ServerSection {
@@ -115,6 +118,7 @@ impl Default for ServerSection {
             max_header_size: Size(16 * 1024),
             max_connections_per_worker: 65_536,
             spin_before_park: Dur(std::time::Duration::ZERO),
+            splice: true,
         }
     }
 }

@@ -287,14 +287,8 @@ fn build_listeners(
                 Some(super::model::ProxyProtocol { versions, from })
             }
         };
-        let tls = match (&l.tls_cert, &l.tls_key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => {
-                Some(crate::tls::load(cert, key).map_err(|e| format!("{at}: {e}"))?)
-            }
-            (Some(_), None) => return Err(format!("{at}: tls_cert: needs tls_key")),
-            (None, Some(_)) => return Err(format!("{at}: tls_key: needs tls_cert")),
-        };
+        let tls = crate::tls::load_pair(l.tls_cert.as_deref(), l.tls_key.as_deref())
+            .map_err(|e| format!("{at}: {e}"))?;
         out.push(Listener {
             listen,
             network,

@@ -132,7 +132,7 @@ async fn upgrade(
     drop((from_origin, from_client));
     let end = if sent {
         let end = relay(
-            &ctx.core().buffers,
+            ctx.core().pools(ctx.config().server.splice),
             &ctx.core().stop,
             &mut client.stream,
             &mut o.side.stream,

@@ -330,6 +330,42 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
+    /// tollgate patch: resolve once the socket is readable (or closed, or failed), moving
+    /// no byte: for callers that move the bytes themselves (splice(2)). Shares the read
+    /// side's pending poll with `poll_read`.
+    pub(crate) fn poll_readable(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        let reactor = self.reactor.upgrade().unwrap();
+        if let Some(src) = self.source_rx.as_ref() {
+            if let Some(res) = src.result() {
+                self.source_rx.take();
+                return Poll::Ready(res.map(|_| ()));
+            }
+            src.add_waiter_single(cx.waker());
+            return Poll::Pending;
+        }
+        let src = reactor.poll_read_ready(self.stream.as_raw_fd());
+        src.add_waiter_single(cx.waker());
+        self.source_rx = Some(src);
+        Poll::Pending
+    }
+
+    /// tollgate patch: resolve once the socket is writable (or failed), moving no byte.
+    pub(crate) fn poll_writable(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        let reactor = self.reactor.upgrade().unwrap();
+        if let Some(src) = self.source_tx.as_ref() {
+            if let Some(res) = src.result() {
+                self.source_tx.take();
+                return Poll::Ready(res.map(|_| ()));
+            }
+            src.add_waiter_single(cx.waker());
+            return Poll::Pending;
+        }
+        let src = reactor.poll_write_ready(self.stream.as_raw_fd());
+        src.add_waiter_single(cx.waker());
+        self.source_tx = Some(src);
+        Poll::Pending
+    }
+
     pub(crate) fn poll_close(&mut self, _: &Context<'_>) -> Poll<io::Result<()>> {
         self.source_tx.take();
         Poll::Ready(sys::shutdown(self.stream.as_raw_fd(), Shutdown::Write))
@@ -350,7 +386,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
 
 #[derive(Debug)]
 pub(crate) struct GlommioStream<S, B> {
-    stream: NonBufferedStream<S>,
+    pub(crate) stream: NonBufferedStream<S>,
     rx_buf: B,
     rx_done: Cell<bool>,
 }

@@ -497,6 +497,19 @@ impl TcpStream {
     }
 }
 
+impl TcpStream {
+    /// tollgate patch: resolve once the stream is readable (or at its end, or failed)
+    /// without reading: for callers that move the bytes with `splice(2)`.
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.stream.poll_readable(cx)
+    }
+
+    /// tollgate patch: resolve once the stream is writable (or failed) without writing.
+    pub fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.stream.poll_writable(cx)
+    }
+}
+
 impl<B: RxBuf> TcpStream<B> {
     /// Sets the read timeout to the timeout specified.
     ///

@@ -3,6 +3,10 @@
 //! forwarded, the executor gets the CPU back when it asks, and bytes are counted per
 //! direction in one place ([`Meter`]).
 
+mod splice;
+
+pub use splice::PipePool;
+
 use crate::plan::shard::Charge;
 use crate::stream::Stream;
 use crate::util::{BufPool, Latch, RELAY_BUF, RELAY_BUF_BULK};
@@ -400,10 +404,34 @@ impl Drop for Pump<'_> {
     }
 }
 
+/// One of the two pumps: spliced between plain sockets, copied otherwise.
+enum AnyPump<'a> {
+    Copy(Pump<'a>),
+    Splice(splice::SplicePump<'a>),
+}
+
+impl Future for AnyPump<'_> {
+    type Output = Result<(), (Party, io::Error)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            AnyPump::Copy(p) => Pin::new(p).poll(cx),
+            AnyPump::Splice(p) => Pin::new(p).poll(cx),
+        }
+    }
+}
+
+/// Where a relay's bytes wait in flight: the core's buffers, and with `splice`, its pipes
+/// for tunnels between two plain sockets.
+pub struct Pools<'a> {
+    pub buffers: &'a BufPool,
+    pub pipes: Option<&'a PipePool>,
+}
+
 /// Relay until both directions are finished, an error, `idle` without a byte, or `stop`
-/// (the drain timeout) fires. Buffers come from the core's `pool`.
+/// (the drain timeout) fires.
 pub async fn relay(
-    pool: &BufPool,
+    pools: Pools<'_>,
     stop: &Latch,
     client: &mut Stream,
     upstream: &mut Stream,
@@ -413,15 +441,20 @@ pub async fn relay(
     let last = Cell::new(Instant::now());
     let quota_hit = Cell::new(false);
     let cut = meter.cut();
-    let pump = Pump {
-        pool,
-        client,
-        upstream,
-        meter,
-        last: &last,
-        quota_hit: &quota_hit,
-        up: Half::default(),
-        down: Half::default(),
+    let pump = match (pools.pipes, client, upstream) {
+        (Some(pipes), Stream::Plain(c), Stream::Plain(u)) => AnyPump::Splice(
+            splice::SplicePump::new(pipes, c, u, meter, &last, &quota_hit),
+        ),
+        (_, client, upstream) => AnyPump::Copy(Pump {
+            pool: pools.buffers,
+            client,
+            upstream,
+            meter,
+            last: &last,
+            quota_hit: &quota_hit,
+            up: Half::default(),
+            down: Half::default(),
+        }),
     };
     let watch = async {
         loop {

@@ -1,0 +1,287 @@
+//! The zero-copy relay for plain TCP on both sides: each direction moves its bytes with
+//! splice(2) from the source socket into a pipe and from the pipe into the other socket,
+//! so they never cross into user space. Each read from the source is capped at the
+//! account's lease and its return value is what gets billed, exactly as the copying relay
+//! bills its reads. Pipes come from a per-core pool only while bytes are in flight: an idle
+//! tunnel holds none.
+
+use super::{Dir, Meter, Party, PREEMPT_CHECK};
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// What a pipe is asked to hold: one splice moves at most this much.
+const PIPE_SIZE: usize = 256 * 1024;
+
+/// One pipe: its read and write ends, and how much it holds.
+pub struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    size: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: a two-element array for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A bigger pipe moves a bulk transfer in fewer splices; where the system refuses
+        // (pipe-user-pages limits), the default (64 KiB) is used.
+        // SAFETY: valid fd; F_SETPIPE_SZ takes an int.
+        let got =
+            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        let size = if got > 0 { got as usize } else { 64 * 1024 };
+        Ok(Pipe { r, w, size })
+    }
+}
+
+/// Per-core pool of empty pipes.
+pub struct PipePool {
+    free: RefCell<Vec<Pipe>>,
+    max_free: usize,
+}
+
+impl PipePool {
+    pub fn new(max_free: usize) -> PipePool {
+        PipePool {
+            free: RefCell::new(Vec::new()),
+            max_free,
+        }
+    }
+
+    fn take(&self) -> io::Result<Pipe> {
+        match self.free.borrow_mut().pop() {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Only empty pipes come back; one that still holds bytes is closed.
+    fn give(&self, p: Pipe) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.max_free {
+            free.push(p);
+        }
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors, no offsets (sockets and pipes).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+#[derive(Default)]
+struct Half {
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe, read from the source and not yet written.
+    held: usize,
+    eof: bool,
+    done: bool,
+}
+
+/// Both directions of one tunnel, spliced; the same contract as the copying pump.
+pub(super) struct SplicePump<'a> {
+    pub pool: &'a PipePool,
+    pub client: &'a mut TcpStream,
+    pub upstream: &'a mut TcpStream,
+    pub meter: &'a Meter,
+    pub last: &'a Cell<Instant>,
+    pub quota_hit: &'a Cell<bool>,
+    up: Half,
+    down: Half,
+}
+
+impl<'a> SplicePump<'a> {
+    pub fn new(
+        pool: &'a PipePool,
+        client: &'a mut TcpStream,
+        upstream: &'a mut TcpStream,
+        meter: &'a Meter,
+        last: &'a Cell<Instant>,
+        quota_hit: &'a Cell<bool>,
+    ) -> SplicePump<'a> {
+        // splice(2) from a socket blocks unless the socket itself is non-blocking
+        // (SPLICE_F_NONBLOCK covers only the pipe): accepted sockets are blocking (glommio
+        // passes MSG_DONTWAIT instead). From here on only splices and readiness polls use
+        // the sockets, which O_NONBLOCK does not change.
+        for fd in [client.as_raw_fd(), upstream.as_raw_fd()] {
+            let on: libc::c_int = 1;
+            // SAFETY: valid fd; FIONBIO takes a pointer to an int.
+            unsafe { libc::ioctl(fd, libc::FIONBIO, &on) };
+        }
+        SplicePump {
+            pool,
+            client,
+            upstream,
+            meter,
+            last,
+            quota_hit,
+            up: Half::default(),
+            down: Half::default(),
+        }
+    }
+
+    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
+        let (src, dst, half) = match dir {
+            Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
+            Dir::Down => (&mut *self.upstream, &mut *self.client, &mut self.down),
+        };
+        let (src_party, dst_party) = match dir {
+            Dir::Up => (Party::Client, Party::Upstream),
+            Dir::Down => (Party::Upstream, Party::Client),
+        };
+        let mut moved = 0usize;
+        loop {
+            if half.held > 0 {
+                let Some(pipe) = half.pipe.as_ref() else {
+                    return Poll::Ready(Err((dst_party, io::Error::other("relay pipe missing"))));
+                };
+                match splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), half.held) {
+                    Ok(0) => return Poll::Ready(Err((dst_party, io::ErrorKind::WriteZero.into()))),
+                    Ok(n) => {
+                        half.held -= n;
+                        moved += n;
+                        if dir == Dir::Down {
+                            self.meter.add_down(n);
+                        }
+                    }
+                    Err(e) if would_block(&e) => match dst.poll_writable(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err((dst_party, e))),
+                        Poll::Pending => return Poll::Pending,
+                    },
+                    Err(e) => return Poll::Ready(Err((dst_party, e))),
+                }
+                continue;
+            }
+            if half.eof {
+                // Forward the FIN: the peer learns this direction is finished.
+                // SAFETY: valid fd.
+                unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
+                if let Some(p) = half.pipe.take() {
+                    self.pool.give(p);
+                }
+                half.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if moved >= PREEMPT_CHECK {
+                moved = 0;
+                if glommio::executor().need_preempt() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            let pipe = match half.pipe.take() {
+                Some(p) => p,
+                None => match self.pool.take() {
+                    Ok(p) => p,
+                    Err(e) => return Poll::Ready(Err((src_party, e))),
+                },
+            };
+            // Reads are capped at the plan's local lease: the quota is never overshot.
+            let cap = match self.meter.poll_allow(cx, pipe.size) {
+                Poll::Ready(cap) => cap,
+                Poll::Pending => {
+                    self.pool.give(pipe);
+                    return Poll::Pending;
+                }
+            };
+            if cap == 0 {
+                self.pool.give(pipe);
+                self.quota_hit.set(true);
+                return Poll::Ready(Err((src_party, io::Error::other("bandwidth used up"))));
+            }
+            match splice(src.as_raw_fd(), pipe.w.as_raw_fd(), cap) {
+                Ok(0) => {
+                    self.pool.give(pipe);
+                    half.eof = true;
+                }
+                Ok(n) => {
+                    half.pipe = Some(pipe);
+                    half.held = n;
+                    match dir {
+                        Dir::Up => self.meter.add_up(n),
+                        Dir::Down => self.meter.read_for_client(n),
+                    }
+                    self.last.set(Instant::now());
+                }
+                Err(e) if would_block(&e) => {
+                    // Idle: the pipe goes back while the source has nothing.
+                    self.pool.give(pipe);
+                    match src.poll_readable(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err((src_party, e))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => {
+                    self.pool.give(pipe);
+                    return Poll::Ready(Err((src_party, e)));
+                }
+            }
+        }
+    }
+}
+
+impl Future for SplicePump<'_> {
+    type Output = Result<(), (Party, io::Error)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if !this.up.done {
+            if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Up) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if !this.down.done {
+            if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Down) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if this.up.done && this.down.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for SplicePump<'_> {
+    fn drop(&mut self) {
+        // A pipe that still holds bytes (the relay ended mid-flight) is closed, not pooled.
+        for half in [&mut self.up, &mut self.down] {
+            if let Some(p) = half.pipe.take() {
+                if half.held == 0 {
+                    self.pool.give(p);
+                }
+            }
+        }
+    }
+}
