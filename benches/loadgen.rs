@@ -5,8 +5,10 @@
 //!
 //! ```text
 //! cargo bench --bench loadgen -- MODE PROXY [options]
-//!   MODE: tunnels-socks5 | tunnels-connect | up-socks5 | down-socks5 | up-connect |
-//!         down-connect | forward | idle-socks5
+//!   MODE: tunnels-socks5 | tunnels-connect | tunnels-direct | up-socks5 | down-socks5 |
+//!         up-connect | down-connect | forward | idle-socks5
+//!   (tunnels-direct: the same open/echo/close straight to the echo target, the latency
+//!   baseline the tunnel modes' p50/p99 are compared with)
 //!   PROXY: host:port     --user U --pass P   --conc N   --secs S   --idle N
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,8 +16,18 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Each tunnel's open-echo-close time (µs), gathered from every thread at its end.
+static LATENCIES: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
 
 struct Opts {
     mode: String,
@@ -57,7 +69,10 @@ fn spawn_server(handler: fn(TcpStream)) -> SocketAddr {
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            std::thread::spawn(move || handler(s));
+            // Small stacks: the growth benchmark runs 10,000 of these.
+            let _ = std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || handler(s));
         }
     });
     addr
@@ -192,7 +207,10 @@ fn run_threads(
     let threads: Vec<_> = (0..o.conc)
         .map(|_| {
             let (stop, ops, bytes, work) = (stop.clone(), ops.clone(), bytes.clone(), work.clone());
-            std::thread::spawn(move || work(&stop, &ops, &bytes))
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || work(&stop, &ops, &bytes))
+                .expect("spawn a load thread")
         })
         .collect();
     std::thread::sleep(Duration::from_secs_f64(o.secs));
@@ -210,24 +228,35 @@ fn run_threads(
 fn main() {
     let o = Arc::new(opts());
     let (ops, bytes, secs) = match o.mode.as_str() {
-        m @ ("tunnels-socks5" | "tunnels-connect") => {
+        m @ ("tunnels-socks5" | "tunnels-connect" | "tunnels-direct") => {
             let echo = spawn_server(echo);
             let socks = m == "tunnels-socks5";
+            let direct = m == "tunnels-direct";
             let oo = o.clone();
             run_threads(&o, move |stop, ops, _| {
                 let msg = [7u8; 64];
                 let mut back = [0u8; 64];
+                let mut lat = Vec::new();
                 // Bounded: stops at the deadline, at most 10 M tunnels per thread.
                 for _ in 0..10_000_000 {
                     if stop.load(Ordering::Relaxed) {
-                        return;
+                        break;
                     }
-                    if let Some(mut s) = tunnel(&oo, socks, echo) {
+                    let t = Instant::now();
+                    let s = if direct {
+                        TcpStream::connect(echo).ok()
+                    } else {
+                        tunnel(&oo, socks, echo)
+                    };
+                    if let Some(mut s) = s {
                         if s.write_all(&msg).is_ok() && s.read_exact(&mut back).is_ok() {
+                            drop(s);
+                            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                             ops.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
+                LATENCIES.lock().unwrap().extend(lat);
             })
         }
         m @ ("up-socks5" | "down-socks5" | "up-connect" | "down-connect") => {
@@ -312,8 +341,12 @@ fn main() {
         }
         other => panic!("unknown mode {other}"),
     };
+    let mut lat = std::mem::take(&mut *LATENCIES.lock().unwrap());
+    lat.sort_unstable();
     println!(
-        "{{\"mode\":\"{}\",\"ops\":{ops},\"bytes\":{bytes},\"secs\":{secs:.3}}}",
-        o.mode
+        "{{\"mode\":\"{}\",\"ops\":{ops},\"bytes\":{bytes},\"secs\":{secs:.3},\"p50_us\":{},\"p99_us\":{}}}",
+        o.mode,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
     );
 }
