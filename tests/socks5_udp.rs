@@ -316,7 +316,41 @@ fn the_association_lives_as_long_as_its_control_connection() {
     assert!(line.contains("account=\"solo\""), "{line}");
 }
 
-/// An upstream proxy exit cannot carry the datagrams: `0x07` (command not supported).
+/// Through an upstream SOCKS5 exit that serves UDP (here another tollgate): the gateway
+/// opens its own association with the upstream and relays the datagrams with their header;
+/// the answers come back through both. Closing the client's control connection ends both.
+#[test]
+fn datagrams_through_an_upstream_socks5_exit() {
+    let upstream = gateway("", "");
+    let exit = format!(
+        "[[exit]]\nname = \"chained\"\nnetwork = \"residential\"\nkind = \"socks5\"\nurl = \"socks5://alice:secret@{}\"\n",
+        upstream.addr()
+    );
+    let gw = Gateway::start(&config("", &exit));
+    let (echo, seen) = udp_echo();
+    let c = client_socket("127.0.0.1");
+    let (ctl, relay) = associate(gw.addr(), "alice", c.local_addr().unwrap());
+    for data in [&b"through two gateways"[..], &[9u8; 1200][..]] {
+        assert_eq!(
+            round_trip(&c, relay, &datagram(0, echo, data)).as_deref(),
+            Some(data)
+        );
+    }
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    drop(ctl);
+    for g in [&gw, &upstream] {
+        let line = eventually("the association's access line", || {
+            g.stderr()
+                .lines()
+                .find(|l| l.contains("proto=\"socks5-udp\"") && l.contains("end="))
+                .map(str::to_owned)
+        });
+        assert!(line.contains("account=\"alice\""), "{line}");
+    }
+    assert!(gw.stderr().contains("exit=\"chained\""));
+}
+
+/// An HTTP upstream exit cannot carry the datagrams: `0x07` (command not supported).
 #[test]
 fn an_upstream_exit_answers_command_not_supported() {
     let upstream =

@@ -7,7 +7,7 @@ use crate::config::Upstream;
 use crate::error::ProxyError;
 use crate::side::{Bounds, ReadStop, Side};
 use crate::socks5::codec::{self, Parsed};
-use socks5_proto::{handshake::Method, Address};
+use socks5_proto::{handshake::Method, Address, Command};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,46 @@ pub async fn socks5(
     target: &TargetAddr,
     asked: &Cell<bool>,
 ) -> Result<(), Fail> {
+    let address = match target {
+        TargetAddr::Ip(a) => Address::SocketAddress(*a),
+        TargetAddr::Name(h, p) => Address::DomainAddress(h.as_bytes().to_vec(), *p),
+    };
+    socks5_request(s, up, Command::Connect, address, asked)
+        .await
+        .map(|_| ())
+}
+
+/// SOCKS5 UDP ASSOCIATE through `up`: the upstream's relay address (its own address where
+/// the reply names none). An upstream that does not serve UDP answers `0x07`:
+/// [`ProxyError::CommandNotSupported`].
+pub async fn socks5_udp(
+    s: &mut Side,
+    up: &Upstream,
+    upstream: std::net::IpAddr,
+) -> Result<std::net::SocketAddr, Fail> {
+    let any = Address::SocketAddress(std::net::SocketAddr::new(
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
+        0,
+    ));
+    match socks5_request(s, up, Command::Associate, any, &Cell::new(false)).await? {
+        Address::SocketAddress(a) if a.ip().is_unspecified() => {
+            Ok(std::net::SocketAddr::new(upstream, a.port()))
+        }
+        Address::SocketAddress(a) => Ok(a),
+        Address::DomainAddress(..) => Err(exit_err(
+            "upstream socks5 named its UDP relay by a host name".into(),
+        )),
+    }
+}
+
+/// Greeting, credentials and one request; the reply's bound address.
+async fn socks5_request(
+    s: &mut Side,
+    up: &Upstream,
+    command: Command,
+    address: Address,
+    asked: &Cell<bool>,
+) -> Result<Address, Fail> {
     let mut out = Vec::with_capacity(64);
     let offered = if up.username.is_some() {
         Method::PASSWORD
@@ -82,17 +122,14 @@ pub async fn socks5(
         }
     }
     out.clear();
-    let address = match target {
-        TargetAddr::Ip(a) => Address::SocketAddress(*a),
-        TargetAddr::Name(h, p) => Address::DomainAddress(h.as_bytes().to_vec(), *p),
-    };
-    codec::encode_connect(address, &mut out);
+    codec::encode_request(command, address, &mut out);
     write(s, &out).await?;
     asked.set(true);
-    let code = read_msg(s, codec::parse_reply).await?;
+    let (code, bound) = read_msg(s, codec::parse_reply_bound).await?;
     let upstream = |m: &str| Fail::Target(ProxyError::Upstream(format!("upstream socks5: {m}")));
     match code {
-        0x00 => Ok(()),
+        0x00 => Ok(bound),
+        0x07 if command == Command::Associate => Err(Fail::Exit(ProxyError::CommandNotSupported)),
         0x01 => Err(upstream("general failure")),
         0x02 => Err(upstream("not allowed by its ruleset")),
         c => Err(match ProxyError::from_socks_target_reply(c) {

@@ -102,12 +102,23 @@ pub fn parse_auth_reply(buf: &[u8]) -> Result<Parsed<bool>, ProxyError> {
     }
 }
 
-/// Client side: the reply to a request (code, bound address).
+/// Client side: the reply to a request (its code).
 pub fn parse_reply(buf: &[u8]) -> Result<Parsed<u8>, ProxyError> {
+    Ok(match parse_reply_bound(buf)? {
+        Parsed::Done((code, _), n) => Parsed::Done(code, n),
+        Parsed::Incomplete => Parsed::Incomplete,
+    })
+}
+
+/// Client side: the reply to a request (code, bound address).
+pub fn parse_reply_bound(buf: &[u8]) -> Result<Parsed<(u8, Address)>, ProxyError> {
     let mut rd = buf;
     match poll_once(Response::read_from(&mut rd)) {
         None => Err(ProxyError::Internal("socks5 parser pending on a slice")),
-        Some(Ok(r)) => Ok(Parsed::Done(u8::from(r.reply), buf.len() - rd.len())),
+        Some(Ok(r)) => Ok(Parsed::Done(
+            (u8::from(r.reply), r.address),
+            buf.len() - rd.len(),
+        )),
         Some(Err(SocksError::Io(e))) if is_eof(&e) => Ok(Parsed::Incomplete),
         Some(Err(_)) => Err(ProxyError::Upstream("malformed socks5 reply".into())),
     }
@@ -123,9 +134,9 @@ pub fn encode_password(user: &[u8], pass: &[u8], out: &mut Vec<u8>) {
     handshake::password::Request::new(user.to_vec(), pass.to_vec()).write_to_buf(out);
 }
 
-/// Client side: a CONNECT request.
-pub fn encode_connect(address: Address, out: &mut Vec<u8>) {
-    Request::new(Command::Connect, address).write_to_buf(out);
+/// Client side: a request (CONNECT, UDP ASSOCIATE).
+pub fn encode_request(command: Command, address: Address, out: &mut Vec<u8>) {
+    Request::new(command, address).write_to_buf(out);
 }
 
 /// Method selection reply.
@@ -301,7 +312,11 @@ mod tests {
         assert_eq!(parse_reply(ok).unwrap(), Parsed::Done(0, 10));
         assert_eq!(parse_reply(&ok[..7]).unwrap(), Parsed::Incomplete);
         let mut out = Vec::new();
-        encode_connect(Address::DomainAddress(b"h".to_vec(), 80), &mut out);
+        encode_request(
+            Command::Connect,
+            Address::DomainAddress(b"h".to_vec(), 80),
+            &mut out,
+        );
         assert_eq!(out, b"\x05\x01\x00\x03\x01h\x00\x50");
     }
 
