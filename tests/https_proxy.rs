@@ -245,22 +245,36 @@ fn tls_bills_the_decrypted_bytes_to_the_byte() {
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-/// Python requests with an `https://` proxy URL (urllib3 2 speaks TLS to the proxy),
-/// verifying the proxy's certificate: a GET forwarded inside the session, and a 407.
+/// Python requests with an `https://` proxy URL (urllib3 2 speaks TLS to the proxy): a GET
+/// forwarded inside the session, and a 407; urllib3 itself verifying the proxy's
+/// certificate (and refusing the proxy without it).
 #[test]
 fn python_requests_through_the_https_proxy() {
     let t = gateway("", "");
     let o = http_origin();
     let ca = t.ca_file();
     let script = r#"
-import sys, requests
+import sys, warnings, requests, urllib3
 gw, ca, url = sys.argv[1], sys.argv[2], sys.argv[3]
+# requests: verifies the proxy's certificate for https:// URLs only (for an http:// URL it
+# turns verification off, and warns).
+warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
 p = {"http": f"https://alice:secret@{gw}", "https": f"https://alice:secret@{gw}"}
 r = requests.get(url, proxies=p, verify=ca, timeout=20)
 print(r.status_code, r.text)
 p = {"http": f"https://alice:nope@{gw}"}
 r = requests.get(url, proxies=p, verify=ca, timeout=20)
 print(r.status_code, r.text.strip())
+# urllib3 2 itself, verifying the proxy against its certificate; without it, refused.
+auth = urllib3.make_headers(proxy_basic_auth="alice:secret")
+pm = urllib3.ProxyManager(f"https://{gw}", ca_certs=ca, proxy_headers=auth)
+r = pm.request("GET", url)
+print(r.status, r.data.decode())
+try:
+    urllib3.ProxyManager(f"https://{gw}", proxy_headers=auth, retries=False).request("GET", url)
+    print("unverified proxy accepted")
+except urllib3.exceptions.ProxyError as e:
+    print("refused", "CERTIFICATE_VERIFY_FAILED" in str(e))
 "#;
     let out = run(Command::new("python3").args([
         "-c",
@@ -278,6 +292,8 @@ print(r.status_code, r.text.strip())
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "200 127.0.0.1");
     assert!(lines[1].starts_with("407 "), "{stdout}");
+    assert_eq!(lines[2], "200 127.0.0.1");
+    assert_eq!(lines[3], "refused True", "{stdout}");
     assert!(t.gw.stderr().contains("proto=\"https\""));
 }
 
