@@ -90,7 +90,7 @@ run_set() { # run_set SET AS_ROOT EXPECTED_PACKAGES...
 }
 
 for as_root in 1 0; do
-  run_set test "$as_root" curl chromium redis-server nodejs npm iproute2 util-linux
+  run_set test "$as_root" curl chromium redis-server haproxy nodejs npm iproute2 util-linux
   run_set bench "$as_root" microsocks dante-server squid tinyproxy nodejs npm
   run_set cluster "$as_root" redis-server
 done

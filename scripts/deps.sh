@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what a script of this project needs, when it is missing:
-#   scripts/deps.sh test      curl, Python requests + PySocks + urllib3 2, chromium, redis-server, node + npm
+#   scripts/deps.sh test      curl, Python requests + PySocks + urllib3 2, chromium, redis-server, haproxy, node + npm
 #                             (ws, http-proxy-agent under target/test-node), ip and unshare (the
 #                             IPv6 prefix test's network namespace), rustfmt, clippy
 #   scripts/deps.sh bench     the peer proxies of scripts/bench.sh (microsocks, dante, squid, tinyproxy, npm)
@@ -26,6 +26,8 @@ test)
   have redis-server || apt_pkgs+=(redis-server)
   # A real WebSocket client (node ws + http-proxy-agent) for plain-forwarding upgrades.
   { have node && have npm; } || apt_pkgs+=(nodejs npm)
+  # A real load balancer sending the PROXY protocol (tests/proxy_protocol.rs).
+  have haproxy || apt_pkgs+=(haproxy)
   # The IPv6 prefix-exit test builds its own network namespace.
   have ip || apt_pkgs+=(iproute2)
   have unshare || apt_pkgs+=(util-linux)
@@ -49,7 +51,7 @@ esac
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
   apt_install "${apt_pkgs[@]}"
   # Debian starts packaged daemons; the tests and benchmarks run their own instances.
-  as_root systemctl stop squid tinyproxy danted redis-server >/dev/null 2>&1 || true
+  as_root systemctl stop squid tinyproxy danted redis-server haproxy >/dev/null 2>&1 || true
 fi
 
 if [ "$what" = test ]; then

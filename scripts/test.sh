@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command. Proves the install branch (scripts/check-install.sh), installs what the
 # tests need when missing (scripts/deps.sh test: curl, Python requests + PySocks, Debian's
-# chromium and redis-server, node + npm with ws and http-proxy-agent, iproute2 for the IPv6
+# chromium, redis-server and haproxy, node + npm with ws and http-proxy-agent, iproute2 for the IPv6
 # prefix test's network namespace, rustfmt, clippy), then
 # runs the same checks as CI: formatting, the layering of src/ (scripts/layers.py: no
 # import goes up or sideways), clippy with warnings denied, and every test.

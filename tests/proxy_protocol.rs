@@ -136,3 +136,105 @@ fn untrusted_senders_and_missing_headers_are_closed() {
         });
     }
 }
+
+/// HAProxy (Debian's package) in TCP mode in front of the gateway, sending PROXY v2
+/// (`send-proxy-v2`) and, on a second backend, v1 (`send-proxy`): a client that reaches
+/// HAProxy from 127.0.0.9 is that address to the gateway — allow-listed without
+/// credentials over SOCKS5 and HTTP, on the access line as the peer.
+#[test]
+fn haproxy_in_front_sends_the_clients_address() {
+    let cfg = config("", DIRECT_EXIT)
+        .replace(
+            "network = \"residential\"\n\n[[network]]",
+            "network = \"residential\"\nproxy_protocol = \"any\"\nproxy_protocol_from = [\"127.0.0.1/32\"]\n\n[[network]]",
+        )
+        + "\n[[user]]\nname = \"office\"\npassword = \"unused\"\nplan = \"basic\"\nnetworks = [\"residential\"]\nallow_ips = [\"127.0.0.9\"]\n";
+    let gw = Gateway::start(&cfg);
+    let echo = echo_server("127.0.0.1:0");
+    let dir = tempfile::tempdir().unwrap();
+    // HAProxy binds the ports it is given: take two ephemeral ones and hand them over.
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let conf = format!(
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend v2\n  bind 127.0.0.1:{p2}\n  default_backend gw2\n\
+         frontend v1\n  bind 127.0.0.1:{p1}\n  default_backend gw1\n\
+         backend gw2\n  server gw {gw} send-proxy-v2\n\
+         backend gw1\n  server gw {gw} send-proxy\n",
+        p2 = ports[0],
+        p1 = ports[1],
+        gw = gw.addr()
+    );
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, conf).unwrap();
+    let _haproxy = Killed(
+        std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy (scripts/test.sh installs Debian's package)"),
+    );
+    for port in &ports {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        eventually("haproxy listening", || {
+            std::net::TcpStream::connect(addr).ok().map(|_| ())
+        });
+    }
+    // SOCKS5 through the v2 frontend, "no authentication" offered only.
+    let v2: std::net::SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
+    let mut s = connect_from("127.0.0.9", v2);
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).unwrap();
+    assert_eq!(m, [5, 0], "allow-listed through HAProxy's v2 header");
+    s.write_all(&socks_request(1, &Target::Addr(echo))).unwrap();
+    let mut r = [0u8; 10];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r[1], 0);
+    assert_eq!(echo_through(&mut s, b"via haproxy"), b"via haproxy");
+    drop(s);
+    // HTTP CONNECT without credentials through the v1 frontend.
+    let v1: std::net::SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
+    let mut s = connect_from("127.0.0.9", v1);
+    s.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut s, true).code, 200);
+    drop(s);
+    // From 127.0.0.1 through HAProxy: not allow-listed, credentials needed.
+    let mut s = connect(v1);
+    s.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut s, true).code, 407);
+    let lines = eventually("both access lines", || {
+        let log = gw.stderr();
+        let found: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("access") && l.contains("account=\"office\""))
+            .map(str::to_owned)
+            .collect();
+        (found.len() >= 2).then_some(found)
+    });
+    for l in &lines {
+        assert!(l.contains("peer=Some(127.0.0.9:"), "{l}");
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
