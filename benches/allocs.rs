@@ -18,9 +18,42 @@ struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Heap bytes live now (allocated minus freed).
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// `ALLOCS_TRACE=1`: print where each allocation of one connection comes from.
 static TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `ALLOCS_TRACE=1`: allocations made while one idle tunnel opens, by address, until freed:
+/// what is left once it idles is what an idle tunnel keeps.
+static TRACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TRACKED: std::sync::Mutex<Vec<(usize, usize, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn track(p: *mut u8, size: usize) {
+    if !TRACK.load(Ordering::Relaxed) || IN_TRACE.with(|t| t.replace(true)) {
+        return;
+    }
+    let bt = std::backtrace::Backtrace::force_capture().to_string();
+    let frames: Vec<&str> = bt
+        .lines()
+        .map(str::trim)
+        .filter(|l| (l.contains("tollgate::") || l.contains("glommio::")) && !l.starts_with("at "))
+        .take(3)
+        .collect();
+    TRACKED
+        .lock()
+        .unwrap()
+        .push((p as usize, size, frames.join(" <- ")));
+    IN_TRACE.with(|t| t.set(false));
+}
+
+fn untrack(p: *mut u8) {
+    if !TRACK.load(Ordering::Relaxed) || IN_TRACE.with(|t| t.replace(true)) {
+        return;
+    }
+    TRACKED.lock().unwrap().retain(|e| e.0 != p as usize);
+    IN_TRACE.with(|t| t.set(false));
+}
 
 thread_local! {
     static IN_TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -47,22 +80,34 @@ unsafe impl GlobalAlloc for Counting {
         trace(l.size());
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
-        System.alloc(l)
+        LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
+        let p = System.alloc(l);
+        track(p, l.size());
+        p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
+        untrack(p);
         System.dealloc(p, l)
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         trace(l.size());
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
-        System.alloc_zeroed(l)
+        LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
+        let p = System.alloc_zeroed(l);
+        track(p, l.size());
+        p
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         trace(new);
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(new as u64, Ordering::Relaxed);
-        System.realloc(p, l, new)
+        LIVE.fetch_add(new as i64 - l.size() as i64, Ordering::Relaxed);
+        untrack(p);
+        let q = System.realloc(p, l, new);
+        track(q, new);
+        q
     }
 }
 
@@ -88,6 +133,25 @@ fn echo_target() -> SocketAddr {
                 let _ = s.read(&mut buf);
             }
         }
+    });
+    addr
+}
+
+/// Echo target that keeps every connection open after its 64 bytes (idle tunnels), on one
+/// thread, into storage allocated up front.
+fn holding_target(max: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::with_capacity(max);
+        let mut buf = [0u8; 64];
+        for s in l.incoming().take(max) {
+            let Ok(mut s) = s else { continue };
+            if s.read_exact(&mut buf).is_ok() && s.write_all(&buf).is_ok() {
+                held.push(s);
+            }
+        }
+        std::thread::park();
     });
     addr
 }
@@ -261,5 +325,64 @@ networks = ["n"]
             have += client.read(&mut buf[have..]).unwrap();
         }
     });
+    // Idle tunnels: heap bytes the gateway keeps for each open, idle SOCKS5 tunnel (the
+    // client side holds its streams in storage allocated up front).
+    const IDLE: usize = 1000;
+    let hold = holding_target(IDLE + 1);
+    let mut open = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE / 10 {
+        socks5_tunnel(gw, echo); // warm-up with closed tunnels
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let live0 = LIVE.load(Ordering::Relaxed);
+    for _ in 0..IDLE {
+        open.push(socks5_idle(gw, hold));
+    }
+    // Let the gateway finish with each tunnel's handshake state.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let live1 = LIVE.load(Ordering::Relaxed);
+    println!(
+        "{:<40} {:>10.0} heap bytes live per tunnel ({IDLE} open)",
+        "idle SOCKS5 tunnel",
+        (live1 - live0) as f64 / IDLE as f64
+    );
+    if std::env::var_os("ALLOCS_TRACE").is_some() {
+        TRACK.store(true, Ordering::Relaxed);
+        open.push(socks5_idle(gw, hold));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        TRACK.store(false, Ordering::Relaxed);
+        let kept = std::mem::take(&mut *TRACKED.lock().unwrap());
+        eprintln!(
+            "== what one more idle tunnel keeps ({} allocations):",
+            kept.len()
+        );
+        for (_, size, at) in &kept {
+            eprintln!("kept {size:>6} B: {at}");
+        }
+    }
+    drop(open);
     std::process::exit(0);
+}
+
+/// A SOCKS5 tunnel left open after its echo.
+fn socks5_idle(gw: SocketAddr, target: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(gw).unwrap();
+    s.set_nodelay(true).unwrap();
+    let SocketAddr::V4(t) = target else {
+        panic!("v4")
+    };
+    let mut req = Vec::with_capacity(28);
+    req.extend_from_slice(&[5, 1, 2, 1, 5]);
+    req.extend_from_slice(b"bench");
+    req.push(7);
+    req.extend_from_slice(b"benchpw");
+    req.extend_from_slice(&[5, 1, 0, 1]);
+    req.extend_from_slice(&t.ip().octets());
+    req.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut back = [0u8; 2 + 2 + 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back[3], 0, "socks5 reply {}", back[3]);
+    echo64(&mut s);
+    s
 }
