@@ -150,7 +150,7 @@ impl Metrics {
         });
         let mut m = enc.encode_descriptor(
             "tollgate_udp_dropped",
-            "SOCKS5 UDP datagrams not relayed, by reason: stranger (not the client, or an answer from a target it did not send to), fragmented, malformed, forbidden_target, no_route, too_large, quota",
+            "SOCKS5 UDP datagrams not relayed, by reason: stranger (not the client, or an answer from a target it did not send to), fragmented, malformed, forbidden_target, no_route, too_large",
             None,
             MetricType::Counter,
         )?;
