@@ -264,7 +264,7 @@ struct Pump<'a> {
 }
 
 impl Pump<'_> {
-    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
+    fn move_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
         let (src, dst, half) = match dir {
             Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
             Dir::Down => (&mut *self.upstream, &mut *self.client, &mut self.down),
@@ -371,25 +371,41 @@ impl Pump<'_> {
     }
 }
 
-impl Future for Pump<'_> {
-    type Output = Result<(), (Party, io::Error)>;
+/// What both pumps (copying and splicing) share: each moves one direction at a time and
+/// knows when a direction is finished.
+trait Directions {
+    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>>;
+    fn done(&self, dir: Dir) -> bool;
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if !this.up.done {
-            if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Up) {
+/// Poll both directions in turn: the first error ends the relay; it is finished once both
+/// directions are.
+fn poll_both(
+    p: &mut impl Directions,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), (Party, io::Error)>> {
+    for dir in [Dir::Up, Dir::Down] {
+        if !p.done(dir) {
+            if let Poll::Ready(Err(e)) = p.poll_dir(cx, dir) {
                 return Poll::Ready(Err(e));
             }
         }
-        if !this.down.done {
-            if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Down) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        if this.up.done && this.down.done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+    }
+    if p.done(Dir::Up) && p.done(Dir::Down) {
+        Poll::Ready(Ok(()))
+    } else {
+        Poll::Pending
+    }
+}
+
+impl Directions for Pump<'_> {
+    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
+        self.move_dir(cx, dir)
+    }
+    fn done(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Up => self.up.done,
+            Dir::Down => self.down.done,
         }
     }
 }
@@ -415,8 +431,8 @@ impl Future for AnyPump<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            AnyPump::Copy(p) => Pin::new(p).poll(cx),
-            AnyPump::Splice(p) => Pin::new(p).poll(cx),
+            AnyPump::Copy(p) => poll_both(p, cx),
+            AnyPump::Splice(p) => poll_both(p, cx),
         }
     }
 }

@@ -8,10 +8,8 @@
 use super::{Dir, Meter, Party, PREEMPT_CHECK};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -148,7 +146,11 @@ impl<'a> SplicePump<'a> {
         }
     }
 
-    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
+    pub(super) fn move_dir(
+        &mut self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<(), (Party, io::Error)>> {
         let (src, dst, half) = match dir {
             Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
             Dir::Down => (&mut *self.upstream, &mut *self.client, &mut self.down),
@@ -250,25 +252,14 @@ impl<'a> SplicePump<'a> {
     }
 }
 
-impl Future for SplicePump<'_> {
-    type Output = Result<(), (Party, io::Error)>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if !this.up.done {
-            if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Up) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        if !this.down.done {
-            if let Poll::Ready(Err(e)) = this.poll_dir(cx, Dir::Down) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        if this.up.done && this.down.done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+impl super::Directions for SplicePump<'_> {
+    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
+        self.move_dir(cx, dir)
+    }
+    fn done(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Up => self.up.done,
+            Dir::Down => self.down.done,
         }
     }
 }
