@@ -332,16 +332,21 @@ fn chromium_through_the_https_proxy() {
         .arg("--dump-dom")
         .arg(o.url("/ip")));
     let dom = text(&out);
+    // The page's body is the address the origin saw (an error page would show the URL, which
+    // also holds 127.0.0.1: the access line below is what proves the page came through).
     assert!(
-        dom.contains("127.0.0.1"),
+        dom.contains("<pre") && dom.contains(">127.0.0.1</pre>"),
         "dom: {dom}\nstderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let log = t.gw.stderr();
+    let target = format!("target={}", o.addr);
     assert!(
         log.lines().any(|l| l.contains("access")
             && l.contains("proto=\"https\"")
-            && l.contains("account=\"browser\"")),
+            && l.contains("account=\"browser\"")
+            && l.contains(&target)
+            && l.contains("code=200")),
         "{log}"
     );
 }
