@@ -6,23 +6,7 @@
 mod common;
 use common::origin::http_origin;
 use common::*;
-use std::process::{Command, Output};
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| {
-        panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs test clients)")
-    })
-}
-
-fn curl(args: &[&str]) -> Output {
-    run(Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args))
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::Command;
 
 #[test]
 fn curl_through_http_proxy_connect_and_socks5() {

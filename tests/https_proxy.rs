@@ -14,7 +14,7 @@ use futures_rustls::rustls;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as `cert.pem` and
@@ -99,22 +99,6 @@ fn read_head(s: &mut Client) -> String {
         head.push(b[0]);
     }
     String::from_utf8(head).unwrap()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| {
-        panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs test clients)")
-    })
-}
-
-fn curl(args: &[&str]) -> Output {
-    run(Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args))
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// curl `-x https://` with `--proxy-cacert`: a forwarded GET, a CONNECT tunnel (`-p`),

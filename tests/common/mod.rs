@@ -720,3 +720,22 @@ impl TestClock {
         std::fs::write(self.path(), offset).unwrap();
     }
 }
+
+/// Run a real client program; a missing one fails with the hint that installs it.
+pub fn run(cmd: &mut std::process::Command) -> std::process::Output {
+    cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs test clients)")
+    })
+}
+
+/// curl, silent but for errors, bounded to 20 s.
+pub fn curl(args: &[&str]) -> std::process::Output {
+    run(std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args))
+}
+
+/// A client's stdout as text.
+pub fn text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
