@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +54,18 @@ fn dns_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// The first access line of a UDP association that also holds `needle`.
+fn udp_access_line(gw: &Gateway, needle: &str) -> String {
+    eventually("the association's access line", || {
+        gw.stderr()
+            .lines()
+            .find(|l| {
+                l.contains("access") && l.contains("proto=\"socks5-udp\"") && l.contains(needle)
+            })
+            .map(str::to_owned)
+    })
 }
 
 fn gateway(extra_server: &str, users: &str) -> Gateway {
@@ -114,12 +127,7 @@ s.close()
         ["echo 1", "echo 1400", "echo 30000", "dns 192.0.2.53"]
     );
     // The access line: the association, its account and exit, ended by the client.
-    let line = eventually("the access line", || {
-        gw.stderr()
-            .lines()
-            .find(|l| l.contains("access") && l.contains("proto=\"socks5-udp\""))
-            .map(str::to_owned)
-    });
+    let line = udp_access_line(&gw, "");
     assert!(line.contains("account=\"alice\""), "{line}");
     assert!(line.contains("end=\"closed\""), "{line}");
 }
@@ -264,12 +272,7 @@ fn the_plan_bills_datagrams_whole() {
     eventually("usage stored", || {
         (gw.stored_usage("udp").0 == used as u64).then_some(())
     });
-    let line = eventually("the access line", || {
-        gw.stderr()
-            .lines()
-            .find(|l| l.contains("proto=\"socks5-udp\"") && l.contains("account=\"udp\""))
-            .map(str::to_owned)
-    });
+    let line = udp_access_line(&gw, "account=\"udp\"");
     assert!(line.contains("end=\"quota\""), "{line}");
 }
 
@@ -307,12 +310,7 @@ fn the_association_lives_as_long_as_its_control_connection() {
     });
     assert_eq!(round_trip(&c, relay, &datagram(0, echo, b"b")), None);
     // The second association (just opened above, never used) idles out.
-    let line = eventually("the idle association closed", || {
-        gw.stderr()
-            .lines()
-            .find(|l| l.contains("proto=\"socks5-udp\"") && l.contains("end=\"idle\""))
-            .map(str::to_owned)
-    });
+    let line = udp_access_line(&gw, "end=\"idle\"");
     assert!(line.contains("account=\"solo\""), "{line}");
 }
 
@@ -339,12 +337,7 @@ fn datagrams_through_an_upstream_socks5_exit() {
     assert_eq!(seen.lock().unwrap().len(), 2);
     drop(ctl);
     for g in [&gw, &upstream] {
-        let line = eventually("the association's access line", || {
-            g.stderr()
-                .lines()
-                .find(|l| l.contains("proto=\"socks5-udp\"") && l.contains("end="))
-                .map(str::to_owned)
-        });
+        let line = udp_access_line(g, "end=");
         assert!(line.contains("account=\"alice\""), "{line}");
     }
     assert!(gw.stderr().contains("exit=\"chained\""));
@@ -419,4 +412,24 @@ fn a_prefix_exit_gives_an_association_a_sticky_address() {
     );
     let rotating: std::collections::HashSet<_> = (0..6).map(|_| source_of("alice")).collect();
     assert!(rotating.len() >= 3, "{rotating:?}");
+}
+
+/// Bytes a client pushes down the control connection are billed within the plan like any
+/// read: past it, the association ends, and usage stops at the plan to the byte.
+#[test]
+fn stray_control_bytes_cannot_pass_the_plan() {
+    let small = "\n[[plan]]\nname = \"small\"\nbandwidth = \"1000B\"\nthreads = 1\n\n[[user]]\nname = \"udp\"\npassword = \"secret\"\nplan = \"small\"\nnetworks = [\"residential\"]\n";
+    let gw = gateway("", small);
+    let c = client_socket("127.0.0.1");
+    let (mut ctl, _relay) = associate(gw.addr(), "udp", c.local_addr().unwrap());
+    // Written before the close is seen; a reset afterwards is fine.
+    let _ = ctl.write_all(&[0u8; 5000]);
+    assert!(
+        closed_by_peer(&mut ctl),
+        "the control connection stays open"
+    );
+    eventually("usage stored", || {
+        (gw.stored_usage("udp").0 == 1000).then_some(())
+    });
+    assert!(udp_access_line(&gw, "account=\"udp\"").contains("end=\"quota\""));
 }

@@ -309,10 +309,15 @@ pub async fn relay(ctx: &Ctx, client: &mut Side, a: &Association) -> End {
     };
     let control = async {
         // The client sends nothing more on the control connection; its close ends the
-        // association. Stray bytes are read (and counted) and thrown away.
+        // association. Stray bytes are read (and billed, within the plan like any read)
+        // and thrown away.
         let mut b = [0u8; 512];
         loop {
-            match futures_lite::AsyncReadExt::read(&mut client.stream, &mut b).await {
+            let room = meter.allow(b.len()).await;
+            if room == 0 {
+                return End::Quota;
+            }
+            match futures_lite::AsyncReadExt::read(&mut client.stream, &mut b[..room]).await {
                 Ok(0) | Err(_) => return End::Closed,
                 Ok(n) => meter.add_up(n),
             }
