@@ -349,6 +349,17 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
+    /// tollgate patch: a readiness poll is armed for reading (it may have fired already):
+    /// `poll_readable` answers without a syscall.
+    pub(crate) fn read_poll_armed(&self) -> bool {
+        self.source_rx.is_some()
+    }
+
+    /// tollgate patch: the same for writing.
+    pub(crate) fn write_poll_armed(&self) -> bool {
+        self.source_tx.is_some()
+    }
+
     /// tollgate patch: resolve once the socket is writable (or failed), moving no byte.
     pub(crate) fn poll_writable(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
         let reactor = self.reactor.upgrade().unwrap();

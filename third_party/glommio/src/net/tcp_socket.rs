@@ -508,6 +508,18 @@ impl TcpStream {
     pub fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.stream.stream.poll_writable(cx)
     }
+
+    /// tollgate patch: a readiness poll for reading is armed (and may have fired): then
+    /// [`TcpStream::poll_readable`] answers without a syscall, so a caller that would
+    /// otherwise try the socket first (and get `EAGAIN`) asks it instead.
+    pub fn read_poll_armed(&self) -> bool {
+        self.stream.stream.read_poll_armed()
+    }
+
+    /// tollgate patch: the same for writing.
+    pub fn write_poll_armed(&self) -> bool {
+        self.stream.stream.write_poll_armed()
+    }
 }
 
 impl<B: RxBuf> TcpStream<B> {

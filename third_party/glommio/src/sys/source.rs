@@ -224,6 +224,11 @@ impl Source {
         })
     }
 
+    /// tollgate patch: submitted (or queued for submission) and not completed yet.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1066,6 +1066,23 @@ impl SleepableRing {
         }
     }
 
+    /// tollgate patch: sleep on a ring whose link `POLL_ADD` is still armed from an earlier
+    /// sleep: nothing to submit, just wait.
+    fn sleep_linked(&mut self) -> io::Result<usize> {
+        assert_eq!(
+            self.waiting_kernel_submission(),
+            0,
+            "sleeping with pending SQEs"
+        );
+        self.ring
+            .cq()
+            .wait(1)
+            .map(|_| 1)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
+    }
+
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
@@ -1244,9 +1261,15 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// tollgate patch: the latency timer above is a preemption timer (not a user timer
+    /// armed for sleeping), so a still-armed one can be kept by the next `wait`.
+    latency_timer_is_preempt: Cell<bool>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
+    /// tollgate patch: the `POLL_ADD` that links the latency ring into the main ring while
+    /// this executor sleeps, kept while it has not fired (re-armed only after it did).
+    link_rings_src: Cell<Option<Source>>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1375,9 +1398,11 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_timer_is_preempt: Cell::new(false),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
+            link_rings_src: Cell::new(None),
             notifier,
             eventfd_src,
             source_map,
@@ -1747,7 +1772,17 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
+    ///
+    /// tollgate patch: the link is kept while it has not fired (it stays armed in the
+    /// kernel), so a sleep that a main-ring event ends costs no cancellation and the next
+    /// sleep no new `POLL_ADD`.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        if let Some(link) = self.link_rings_src.take() {
+            if link.in_flight() {
+                self.link_rings_src.set(Some(link));
+                return ring.sleep_linked().or_else(Self::busy_ok).map(|_| {});
+            }
+        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1755,7 +1790,9 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        let res = ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {});
+        self.link_rings_src.set(Some(link_rings));
+        res
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1836,22 +1873,46 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
+        // Cancel the old timer if we may sleep: there might be a timer registered that
+        // needs to be removed otherwise we'll wake up when it expires.
         //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // tollgate patch: when we will not sleep (a preempt timer is asked for) and the
+        // preemption timer armed earlier has not fired yet, it is kept: upstream cancels
+        // and re-arms it on every loop (a cancel SQE, a timeout SQE, their completions and
+        // a `Source` allocation each time). The kept timer fires at most one preempt
+        // period after it was armed, so a task queue is preempted no later than before
+        // and at worst earlier, which only costs it one more trip through this loop.
+        let may_sleep = preempt_timer().is_none();
+        let kept = match self.latency_preemption_timeout_src.take() {
+            Some(t) if !may_sleep && self.latency_timer_is_preempt.get() && t.in_flight() => {
+                self.latency_preemption_timeout_src.set(Some(t));
+                true
+            }
+            other => {
+                drop(other);
+                false
+            }
+        };
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // up sleeping. tollgate patch: only once the previous one has fired; a still-armed
+        // one is kept (it counts completions from when it was armed, so it fires no later
+        // than a fresh one would).
+        let throughput_armed = match self.throughput_preemption_timeout_src.take() {
+            Some(t) if t.in_flight() => {
+                self.throughput_preemption_timeout_src.set(Some(t));
+                true
+            }
+            _ => false,
+        };
+        if !throughput_armed {
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1875,6 +1936,7 @@ impl Reactor {
             if let Some(dur) = user_timer {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                self.latency_timer_is_preempt.set(false);
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1882,10 +1944,14 @@ impl Reactor {
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // tollgate patch: upstream issues `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`
+            // here (see https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/),
+            // which interrupts every other CPU running one of this process's threads on
+            // every sleep. A full fence here, paired with the one `SleepNotifier::notify`
+            // issues before it reads the flag, orders the same two accesses (our flag
+            // store before our channel reads; the remote's channel write before its flag
+            // read) at the cost of one fence on each side.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1902,8 +1968,11 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            if !kept {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_timer_is_preempt.set(true);
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
