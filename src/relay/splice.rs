@@ -165,6 +165,15 @@ impl<'a> SplicePump<'a> {
                 let Some(pipe) = half.pipe.as_ref() else {
                     return Poll::Ready(Err((dst_party, io::Error::other("relay pipe missing"))));
                 };
+                // A write that blocked armed a readiness poll: until it fires, trying the
+                // socket again would only get EAGAIN.
+                if dst.write_poll_armed() {
+                    match dst.poll_writable(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err((dst_party, e))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
                 match splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), half.held) {
                     Ok(0) => return Poll::Ready(Err((dst_party, io::ErrorKind::WriteZero.into()))),
                     Ok(n) => {
@@ -198,6 +207,15 @@ impl<'a> SplicePump<'a> {
                 if glommio::executor().need_preempt() {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
+                }
+            }
+            // The same for reads: the direction that did not wake this poll costs no
+            // syscall.
+            if src.read_poll_armed() {
+                match src.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((src_party, e))),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
             let pipe = match half.pipe.take() {
