@@ -35,18 +35,10 @@ pub(crate) enum SourceType {
     PollAdd,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
-    SockRecvMsg(
-        Option<DmaBuffer>,
-        libc::iovec,
-        libc::msghdr,
-        MaybeUninit<nix::sys::socket::sockaddr_storage>,
-    ),
-    SockSendMsg(
-        DmaBuffer,
-        libc::iovec,
-        libc::msghdr,
-        nix::sys::socket::SockaddrStorage,
-    ),
+    // tollgate patch: the message and address variants are boxed. Inline they made every
+    // `Source` (a readiness poll, a timer) ~500 bytes; boxed, ~300.
+    SockRecvMsg(Box<RecvMsg>),
+    SockSendMsg(Box<SendMsg>),
     Open(CString),
     FdataSync,
     Fallocate,
@@ -56,8 +48,8 @@ pub(crate) enum SourceType {
     ForeignNotifier(u64, bool),
     Statx(CString, Box<RefCell<Statx>>),
     Timeout(TimeSpec64, u32),
-    Connect(nix::sys::socket::SockaddrStorage),
-    Accept(SockAddrStorage),
+    Connect(Box<nix::sys::socket::SockaddrStorage>),
+    Accept(Box<SockAddrStorage>),
     Rename(PathBuf, PathBuf),
     CreateDir(PathBuf),
     Remove(PathBuf),
@@ -67,6 +59,22 @@ pub(crate) enum SourceType {
     #[cfg(feature = "bench")]
     Noop,
 }
+
+/// tollgate patch: the state of a `recvmsg` (boxed in [`SourceType::SockRecvMsg`]).
+pub(crate) type RecvMsg = (
+    Option<DmaBuffer>,
+    libc::iovec,
+    libc::msghdr,
+    MaybeUninit<nix::sys::socket::sockaddr_storage>,
+);
+
+/// tollgate patch: the state of a `sendmsg` (boxed in [`SourceType::SockSendMsg`]).
+pub(crate) type SendMsg = (
+    DmaBuffer,
+    libc::iovec,
+    libc::msghdr,
+    nix::sys::socket::SockaddrStorage,
+);
 
 impl TryFrom<SourceType> for Statx {
     type Error = GlommioError<()>;
