@@ -95,6 +95,21 @@ impl Ctx {
     }
 }
 
+/// When an exchange began (its protocol, start time and the connection's byte counts then),
+/// carried without borrowing across a handler's phases: [`Exchange::resume`] continues it.
+#[derive(Clone, Copy)]
+pub struct Began {
+    proto: &'static str,
+    started: Instant,
+    base: (u64, u64),
+}
+
+impl Began {
+    pub fn proto(&self) -> &'static str {
+        self.proto
+    }
+}
+
 /// One exchange (a proxied connection, or one forwarded request) as it progresses: who,
 /// where, through which exit, and the connection's byte counts when it began. Written once,
 /// from [`Exchange::finish`], as the access line.
@@ -135,6 +150,26 @@ impl<'a> Exchange<'a> {
         Exchange {
             base: (client.meter.up(), client.meter.down()),
             ..Exchange::first(proto)
+        }
+    }
+
+    /// Its start, to be continued by [`Exchange::resume`] once the borrowed fields are gone.
+    pub fn began(&self) -> Began {
+        Began {
+            proto: self.proto,
+            started: self.started,
+            base: self.base,
+        }
+    }
+
+    /// The exchange that [`Exchange::began`] was taken from; account, target and exit are
+    /// set again by the caller.
+    pub fn resume(b: Began) -> Exchange<'a> {
+        Exchange {
+            proto: b.proto,
+            started: b.started,
+            base: b.base,
+            ..Exchange::first(b.proto)
         }
     }
 

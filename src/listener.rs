@@ -4,8 +4,12 @@
 use crate::worker::Worker;
 use glommio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Accept backlog asked of the kernel (it is capped by `net.core.somaxconn`).
@@ -70,7 +74,9 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
                     drop(stream);
                     continue;
                 }
-                glommio::spawn_local(serve_isolated(w.clone(), stream, index)).detach();
+                if let Some(conn) = serve_isolated(w.clone(), stream, index) {
+                    glommio::spawn_local(conn).detach();
+                }
             }
             Some(Err(e)) => {
                 // EMFILE/ENFILE and friends: back off briefly instead of spinning.
@@ -83,22 +89,52 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
 
 /// One connection's task, with a panic caught at its boundary: the connection is dropped
 /// (its guards release slots and leases), the panic is counted and logged, and the executor
-/// and its other connections carry on.
-async fn serve_isolated(w: Rc<Worker>, stream: glommio::net::TcpStream, index: usize) {
+/// and its other connections carry on. A plain future around the session's, not an `async`
+/// block: awaiting a captured future moves it into the block's own state, so the task
+/// would hold the session twice for the connection's life.
+fn serve_isolated(
+    w: Rc<Worker>,
+    stream: glommio::net::TcpStream,
+    index: usize,
+) -> Option<Isolated<impl Future<Output = ()>>> {
     use futures_lite::FutureExt;
-    use std::panic::AssertUnwindSafe;
     let metrics = w.core.metrics.clone();
     let id = w.core.id;
-    if let Err(panic) = AssertUnwindSafe(crate::session::serve(w, stream, index))
-        .catch_unwind()
-        .await
-    {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic".into());
-        metrics.panics.inc();
-        tracing::error!(worker = id, panic = %what, "connection task panicked; connection dropped");
+    Some(Isolated {
+        session: AssertUnwindSafe(crate::session::serve(w, stream, index)?).catch_unwind(),
+        metrics,
+        id,
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// [`serve_isolated`]'s future.
+    struct Isolated<F> {
+        #[pin]
+        session: futures_lite::future::CatchUnwind<AssertUnwindSafe<F>>,
+        metrics: std::sync::Arc<crate::metrics::CoreMetrics>,
+        id: usize,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Isolated<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        match this.session.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                this.metrics.panics.inc();
+                tracing::error!(worker = *this.id, panic = %what, "connection task panicked; connection dropped");
+                Poll::Ready(())
+            }
+        }
     }
 }

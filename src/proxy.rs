@@ -4,13 +4,14 @@
 //! parse their protocol and call these; they import neither each other nor their caller.
 
 use crate::auth::Identity;
-use crate::conn::{Ctx, Exchange};
+use crate::conn::{Began, Ctx, Exchange};
 use crate::error::ProxyError;
 use crate::exit::Outbound;
 use crate::plan::{self, ledger::ThreadSlot};
 use crate::relay::{relay, RelayEnd};
 use crate::route::{self, Route};
 use crate::side::{SendError, Side};
+use std::borrow::Cow;
 
 /// How a protocol answers a refusal.
 pub trait Frontend {
@@ -57,29 +58,48 @@ pub async fn admit(
     Ok((route, adm.slot))
 }
 
+/// A dialled tunnel, handed from a handler's handshake to its relay: what the relay phase
+/// needs and nothing of the handshake. Handlers box it and drop their own state before the
+/// relay, for which an idle tunnel keeps only this.
+pub struct Tunnel {
+    /// The exchange's start (its access line covers the handshake too).
+    pub began: Began,
+    pub account: String,
+    /// As the access line shows it.
+    pub target: String,
+    pub out: Outbound,
+    /// Held until the tunnel closes.
+    pub slot: ThreadSlot,
+    /// The success reply, sent first.
+    pub reply: Cow<'static, [u8]>,
+}
+
+/// Relay a dialled tunnel to its end, then write its access line.
+pub async fn run_tunnel(ctx: &Ctx, client: &mut Side, mut t: Box<Tunnel>) {
+    let reply = std::mem::take(&mut t.reply);
+    let end = tunnel(ctx, client, &mut t.out, reply).await;
+    tracing::debug!(?end, proto = t.began.proto(), target = %t.target, "tunnel ended");
+    let mut ex = Exchange::resume(t.began);
+    ex.account = Some(&t.account);
+    ex.target = Some(&t.target);
+    ex.exit = Some(t.out.exit);
+    ex.source = t.out.source;
+    ex.finish(ctx, client, Ok(200), end.label());
+}
+
 /// A dialled tunnel, for both CONNECTs: the success `reply` and the exit's early bytes
 /// (relayed, so within the plan), the client's early bytes, then the relay until either
 /// side ends it. The handshake (or request head) is billed from here: the tunnel is served.
-pub async fn tunnel(ctx: &Ctx, client: &mut Side, out: &mut Outbound, reply: &[u8]) -> RelayEnd {
-    client.meter.commit();
-    for (data, whole) in [(reply, true), (&out.early[..], false)] {
-        match client.send_relayed(data, whole).await {
-            Ok(()) => {}
-            Err(SendError::Quota) => return RelayEnd::Quota,
-            Err(SendError::Io) => {
-                return RelayEnd::ClientReset(std::io::ErrorKind::BrokenPipe.into())
-            }
-        }
+pub async fn tunnel(
+    ctx: &Ctx,
+    client: &mut Side,
+    out: &mut Outbound,
+    reply: Cow<'static, [u8]>,
+) -> RelayEnd {
+    // Boxed: the sends' state is freed before the relay, which the tunnel waits in.
+    if let Err(end) = Box::pin(open(client, out, reply)).await {
+        return end;
     }
-    // Bytes the client pipelined after its request go first; the request buffer is freed
-    // before the relay (an idle tunnel holds no buffer).
-    let early = std::mem::take(&mut client.buf);
-    if !early.is_empty() {
-        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await {
-            return RelayEnd::UpstreamReset(e);
-        }
-    }
-    drop(early);
     let core = ctx.core();
     relay(
         core.pools(ctx.config().server.splice),
@@ -90,6 +110,35 @@ pub async fn tunnel(ctx: &Ctx, client: &mut Side, out: &mut Outbound, reply: &[u
         ctx.config().server.idle_timeout.0,
     )
     .await
+}
+
+/// The tunnel's opening: the handshake is billed, the reply and the exit's early bytes go
+/// to the client, the client's early bytes to the exit. Every buffer is freed after it:
+/// an idle tunnel holds none.
+async fn open(
+    client: &mut Side,
+    out: &mut Outbound,
+    reply: Cow<'static, [u8]>,
+) -> Result<(), RelayEnd> {
+    client.meter.commit();
+    for (data, whole) in [(&reply[..], true), (&out.early[..], false)] {
+        match client.send_relayed(data, whole).await {
+            Ok(()) => {}
+            Err(SendError::Quota) => return Err(RelayEnd::Quota),
+            Err(SendError::Io) => {
+                return Err(RelayEnd::ClientReset(std::io::ErrorKind::BrokenPipe.into()))
+            }
+        }
+    }
+    // Bytes the client pipelined after its request go first.
+    let early = std::mem::take(&mut client.buf);
+    if !early.is_empty() {
+        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await {
+            return Err(RelayEnd::UpstreamReset(e));
+        }
+    }
+    out.early = Vec::new();
+    Ok(())
 }
 
 /// The failure sink: answer `e` as `front` does, write the exchange's access line

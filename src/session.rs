@@ -6,21 +6,43 @@ use crate::side::{Bounds, ReadStop, Side, READ_CHUNK};
 use crate::sniff::{sniff, Protocol};
 use crate::stream::{Prefixed, Stream};
 use crate::util::{until, Parsed};
-use crate::worker::Worker;
+use crate::worker::{ConnGuard, Worker};
 use glommio::net::TcpStream;
 use std::rc::Rc;
 use std::time::Instant;
 
-/// Serve one accepted connection until it closes.
-pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
-    let _live = w.track();
+/// One accepted connection: its context, its client side, and its place in the core's
+/// count of live connections. Boxed apart from the connection's future (an `async fn`
+/// keeps its arguments a second time, beside the locals they are moved into, for the
+/// connection's whole life: one box is cheaper than two copies).
+struct Conn {
+    ctx: Ctx,
+    client: Side,
+    _live: ConnGuard,
+}
+
+/// Serve one accepted connection until it closes: the connection's future, or `None` when
+/// the current world has no such listener (a reload removed it).
+pub fn serve(
+    w: Rc<Worker>,
+    stream: TcpStream,
+    listener: usize,
+) -> Option<impl std::future::Future<Output = ()>> {
+    let live = w.track();
     let peer = stream.peer_addr().ok();
-    let Some(mut ctx) = Ctx::new(w, listener, peer) else {
-        return;
-    };
-    let mut client = Side::new(stream);
+    let ctx = Ctx::new(w, listener, peer)?;
+    Some(serve_conn(Box::new(Conn {
+        ctx,
+        client: Side::new(stream),
+        _live: live,
+    })))
+}
+
+async fn serve_conn(mut conn: Box<Conn>) {
+    let Conn { ctx, client, .. } = &mut *conn;
+    let listener = ctx.listener;
     if let Some(pp) = ctx.config().listeners[listener].proxy.clone() {
-        if let Err(why) = Box::pin(proxy_header(&mut ctx, &mut client, &pp)).await {
+        if let Err(why) = Box::pin(proxy_header(ctx, client, &pp)).await {
             let refused = &ctx.core().metrics.proxy_header_refused;
             *refused.lock().entry((listener, why)).or_default() += 1;
             tracing::debug!(peer = ?ctx.peer, why, "closed: PROXY protocol header");
@@ -29,7 +51,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
     }
     // Boxed: the sniff phase's timer and read state are freed before the connection's long
     // life, which the task allocation lasts for.
-    let Some(proto) = Box::pin(sniff_first_bytes(&mut client, ctx.handshake_deadline)).await else {
+    let Some(proto) = Box::pin(sniff_first_bytes(client, ctx.handshake_deadline)).await else {
         return;
     };
     let name = match proto {
@@ -44,10 +66,10 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
     // Each handler is boxed at its own size: a task's allocation lasts as long as the
     // connection, so it must not be sized for the largest protocol's state.
     match proto {
-        Protocol::Socks5 => Box::pin(crate::socks5::serve(&ctx, &mut client)).await,
-        Protocol::Http => Box::pin(crate::http::serve(&ctx, &mut client)).await,
-        Protocol::Socks4 => Box::pin(refuse_socks4(&mut client, ctx.handshake_deadline)).await,
-        Protocol::Tls => Box::pin(serve_tls(&mut ctx, client)).await,
+        Protocol::Socks5 => Box::pin(crate::socks5::serve(ctx, client)).await,
+        Protocol::Http => Box::pin(crate::http::serve(ctx, client)).await,
+        Protocol::Socks4 => Box::pin(refuse_socks4(client, ctx.handshake_deadline)).await,
+        Protocol::Tls => Box::pin(serve_tls(conn)).await,
         Protocol::Unknown => {
             tracing::debug!(peer = ?ctx.peer, first = client.buf.first(), "closed: not SOCKS5 or HTTP");
         }
@@ -59,7 +81,13 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, listener: usize) {
 /// usual (the HTTP proxy; SOCKS5 over TLS too). The meter starts inside the session: the
 /// plan bills the decrypted bytes, exactly what the same exchange costs in the clear;
 /// the handshake and the records' framing are billed to no one.
-async fn serve_tls(ctx: &mut Ctx, client: Side) {
+async fn serve_tls(conn: Box<Conn>) {
+    let Conn {
+        mut ctx,
+        client,
+        _live,
+    } = *conn;
+    let ctx = &mut ctx;
     let listener = ctx.listener;
     let count = |result: &'static str| {
         let m = &ctx.core().metrics.tls_handshakes;

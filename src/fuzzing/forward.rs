@@ -197,7 +197,9 @@ async fn exchange(w: Rc<Worker>, world: Arc<World>, s: &Script) {
     let origin_task = glommio::spawn_local(serve_origin(origin, answers, done.clone()));
     let gateway = glommio::spawn_local(async move {
         if let Ok(stream) = gw.accept().await {
-            crate::session::serve(w, stream, 0).await;
+            if let Some(conn) = crate::session::serve(w, stream, 0) {
+                conn.await;
+            }
         }
     });
     let relayed = Box::pin(run_client(gw_addr, origin_addr, s)).await;

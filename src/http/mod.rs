@@ -174,7 +174,7 @@ async fn one(
                     ex.exit = Some(out.exit);
                     ex.source = out.source;
                     let reply = b"HTTP/1.1 200 Connection established\r\n\r\n";
-                    let end = proxy::tunnel(ctx, client, &mut out, reply).await;
+                    let end = proxy::tunnel(ctx, client, &mut out, reply[..].into()).await;
                     tracing::debug!(?end, target = %target, "http tunnel ended");
                     ex.finish(ctx, client, Ok(200), end.label());
                     false

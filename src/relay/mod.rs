@@ -9,7 +9,7 @@ pub use splice::PipePool;
 
 use crate::plan::shard::Charge;
 use crate::stream::Stream;
-use crate::util::{BufPool, Latch, RELAY_BUF, RELAY_BUF_BULK};
+use crate::util::{BufPool, Latch, LatchKey, RELAY_BUF, RELAY_BUF_BULK};
 use futures_lite::{AsyncRead, AsyncWrite};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -257,8 +257,10 @@ struct Pump<'a> {
     client: &'a mut Stream,
     upstream: &'a mut Stream,
     meter: &'a Meter,
-    last: &'a Cell<Instant>,
-    quota_hit: &'a Cell<bool>,
+    /// When a byte last moved either way (the idle timeout counts from here).
+    last: Instant,
+    /// The relay ended because the plan's bandwidth ran out.
+    quota_hit: bool,
     up: Half,
     down: Half,
 }
@@ -333,7 +335,7 @@ impl Pump<'_> {
             };
             if cap == 0 {
                 self.pool.give(buf);
-                self.quota_hit.set(true);
+                self.quota_hit = true;
                 return Poll::Ready(Err((src_party, io::Error::other("bandwidth used up"))));
             }
             match Pin::new(&mut *src).poll_read(cx, &mut buf[..cap]) {
@@ -355,7 +357,7 @@ impl Pump<'_> {
                         Dir::Up => self.meter.add_up(n),
                         Dir::Down => self.meter.read_for_client(n),
                     }
-                    self.last.set(Instant::now());
+                    self.last = Instant::now();
                 }
                 Poll::Ready(Err(e)) => {
                     self.pool.give(buf);
@@ -376,6 +378,9 @@ impl Pump<'_> {
 trait Directions {
     fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>>;
     fn done(&self, dir: Dir) -> bool;
+    /// When a byte last moved, and whether the plan's bandwidth ran out.
+    fn last(&self) -> Instant;
+    fn quota_hit(&self) -> bool;
 }
 
 /// Poll both directions in turn: the first error ends the relay; it is finished once both
@@ -408,6 +413,12 @@ impl Directions for Pump<'_> {
             Dir::Down => self.down.done,
         }
     }
+    fn last(&self) -> Instant {
+        self.last
+    }
+    fn quota_hit(&self) -> bool {
+        self.quota_hit
+    }
 }
 
 impl Drop for Pump<'_> {
@@ -426,13 +437,23 @@ enum AnyPump<'a> {
     Splice(splice::SplicePump<'a>),
 }
 
-impl Future for AnyPump<'_> {
-    type Output = Result<(), (Party, io::Error)>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
+impl AnyPump<'_> {
+    fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), (Party, io::Error)>> {
+        match self {
             AnyPump::Copy(p) => poll_both(p, cx),
             AnyPump::Splice(p) => poll_both(p, cx),
+        }
+    }
+    fn last(&self) -> Instant {
+        match self {
+            AnyPump::Copy(p) => p.last(),
+            AnyPump::Splice(p) => p.last(),
+        }
+    }
+    fn quota_hit(&self) -> bool {
+        match self {
+            AnyPump::Copy(p) => p.quota_hit(),
+            AnyPump::Splice(p) => p.quota_hit(),
         }
     }
 }
@@ -445,69 +466,104 @@ pub struct Pools<'a> {
 }
 
 /// Relay until both directions are finished, an error, `idle` without a byte, or `stop`
-/// (the drain timeout) fires.
-pub async fn relay(
-    pools: Pools<'_>,
-    stop: &Latch,
-    client: &mut Stream,
-    upstream: &mut Stream,
-    meter: &Meter,
+/// (the drain timeout) fires; the account's cut latch (bandwidth used up, an operator's
+/// disconnect) ends it too.
+pub fn relay<'a>(
+    pools: Pools<'a>,
+    stop: &'a Latch,
+    client: &'a mut Stream,
+    upstream: &'a mut Stream,
+    meter: &'a Meter,
     idle: Duration,
-) -> RelayEnd {
-    let last = Cell::new(Instant::now());
-    let quota_hit = Cell::new(false);
-    let cut = meter.cut();
+) -> Relay<'a> {
+    let now = Instant::now();
     let pump = match (pools.pipes, client, upstream) {
-        (Some(pipes), Stream::Plain(c), Stream::Plain(u)) => AnyPump::Splice(
-            splice::SplicePump::new(pipes, c, u, meter, &last, &quota_hit),
-        ),
+        (Some(pipes), Stream::Plain(c), Stream::Plain(u)) => {
+            AnyPump::Splice(splice::SplicePump::new(pipes, c, u, meter, now))
+        }
         (_, client, upstream) => AnyPump::Copy(Pump {
             pool: pools.buffers,
             client,
             upstream,
             meter,
-            last: &last,
-            quota_hit: &quota_hit,
+            last: now,
+            quota_hit: false,
             up: Half::default(),
             down: Half::default(),
         }),
     };
-    let watch = async {
-        loop {
-            let deadline = last.get() + idle;
-            let now = Instant::now();
-            if now >= deadline {
-                return RelayEnd::Idle;
-            }
-            glommio::timer::sleep(deadline - now).await;
-        }
-    };
-    let cut_watch = async {
-        match &cut {
-            Some(l) => {
-                l.wait().await;
-                if l.why() == crate::plan::shard::CUT_BY_OPERATOR {
-                    return RelayEnd::Disconnected;
-                }
-            }
-            None => std::future::pending().await,
-        }
-        RelayEnd::Quota
-    };
-    let stop_watch = async {
-        stop.wait().await;
-        RelayEnd::Drain
-    };
-    futures_lite::future::or(
-        async {
-            match pump.await {
+    Relay {
+        pump,
+        idle,
+        timer: None,
+        cut: meter.cut().map(|l| (l, LatchKey::default())),
+        stop: (stop, LatchKey::default()),
+    }
+}
+
+/// [`relay`]'s future: one struct, polled in place, rather than an `async fn` of four
+/// racing futures. A tunnel waits in it for its whole life, so its size is the idle
+/// tunnel's: each sub-future of an `async` version was held twice (as a local and inside
+/// the race), its arguments too.
+pub struct Relay<'a> {
+    pump: AnyPump<'a>,
+    idle: Duration,
+    /// Armed for the idle deadline (`last` + `idle`) as it stood when it was set.
+    timer: Option<glommio::timer::Timer>,
+    cut: Option<(Rc<Latch>, LatchKey)>,
+    stop: (&'a Latch, LatchKey),
+}
+
+impl Future for Relay<'_> {
+    type Output = RelayEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let this = self.get_mut();
+        if let Poll::Ready(res) = this.pump.poll_both(cx) {
+            return Poll::Ready(match res {
                 Ok(()) => RelayEnd::Closed,
-                Err(_) if quota_hit.get() => RelayEnd::Quota,
+                Err(_) if this.pump.quota_hit() => RelayEnd::Quota,
                 Err((Party::Client, e)) => RelayEnd::ClientReset(e),
                 Err((Party::Upstream, e)) => RelayEnd::UpstreamReset(e),
+            });
+        }
+        loop {
+            if let Some(t) = this.timer.as_mut() {
+                if Pin::new(t).poll(cx).is_pending() {
+                    break;
+                }
             }
-        },
-        futures_lite::future::or(watch, futures_lite::future::or(cut_watch, stop_watch)),
-    )
-    .await
+            // Fired (or not yet armed): the deadline may have moved with the traffic.
+            let deadline = this.pump.last() + this.idle;
+            let now = Instant::now();
+            if now >= deadline {
+                return Poll::Ready(RelayEnd::Idle);
+            }
+            this.timer = Some(glommio::timer::Timer::new(deadline - now));
+        }
+        if let Some((latch, key)) = this.cut.as_mut() {
+            if latch.poll_wait(cx, key).is_ready() {
+                return Poll::Ready(if latch.why() == crate::plan::shard::CUT_BY_OPERATOR {
+                    RelayEnd::Disconnected
+                } else {
+                    RelayEnd::Quota
+                });
+            }
+        }
+        let (stop, key) = &mut this.stop;
+        if stop.poll_wait(cx, key).is_ready() {
+            return Poll::Ready(RelayEnd::Drain);
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Relay<'_> {
+    fn drop(&mut self) {
+        if let Some((latch, key)) = &mut self.cut {
+            latch.forget(key);
+        }
+        let (stop, key) = &mut self.stop;
+        stop.forget(key);
+    }
 }

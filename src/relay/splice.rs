@@ -7,7 +7,7 @@
 
 use super::{Dir, Meter, Party, PREEMPT_CHECK};
 use glommio::net::TcpStream;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::task::{Context, Poll};
@@ -110,8 +110,10 @@ pub(super) struct SplicePump<'a> {
     pub client: &'a mut TcpStream,
     pub upstream: &'a mut TcpStream,
     pub meter: &'a Meter,
-    pub last: &'a Cell<Instant>,
-    pub quota_hit: &'a Cell<bool>,
+    /// When a byte last moved either way.
+    last: Instant,
+    /// The relay ended because the plan's bandwidth ran out.
+    quota_hit: bool,
     up: Half,
     down: Half,
 }
@@ -122,8 +124,7 @@ impl<'a> SplicePump<'a> {
         client: &'a mut TcpStream,
         upstream: &'a mut TcpStream,
         meter: &'a Meter,
-        last: &'a Cell<Instant>,
-        quota_hit: &'a Cell<bool>,
+        now: Instant,
     ) -> SplicePump<'a> {
         // splice(2) from a socket blocks unless the socket itself is non-blocking
         // (SPLICE_F_NONBLOCK covers only the pipe): accepted sockets are blocking (glommio
@@ -139,8 +140,8 @@ impl<'a> SplicePump<'a> {
             client,
             upstream,
             meter,
-            last,
-            quota_hit,
+            last: now,
+            quota_hit: false,
             up: Half::default(),
             down: Half::default(),
         }
@@ -235,7 +236,7 @@ impl<'a> SplicePump<'a> {
             };
             if cap == 0 {
                 self.pool.give(pipe);
-                self.quota_hit.set(true);
+                self.quota_hit = true;
                 return Poll::Ready(Err((src_party, io::Error::other("bandwidth used up"))));
             }
             match splice(src.as_raw_fd(), pipe.w.as_raw_fd(), cap) {
@@ -250,7 +251,7 @@ impl<'a> SplicePump<'a> {
                         Dir::Up => self.meter.add_up(n),
                         Dir::Down => self.meter.read_for_client(n),
                     }
-                    self.last.set(Instant::now());
+                    self.last = Instant::now();
                 }
                 Err(e) if would_block(&e) => {
                     // Idle: the pipe goes back while the source has nothing.
@@ -279,6 +280,12 @@ impl super::Directions for SplicePump<'_> {
             Dir::Up => self.up.done,
             Dir::Down => self.down.done,
         }
+    }
+    fn last(&self) -> Instant {
+        self.last
+    }
+    fn quota_hit(&self) -> bool {
+        self.quota_hit
     }
 }
 

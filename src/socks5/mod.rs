@@ -10,7 +10,7 @@ use crate::auth::{self, Identity};
 use crate::conn::{Ctx, Exchange};
 use crate::error::{ProxyError, SocksReply};
 use crate::exit::{self, TargetAddr};
-use crate::proxy::{self, Frontend};
+use crate::proxy::{self, Frontend, Tunnel};
 use crate::route::Route;
 use crate::side::{Bounds, ReadStop, Side};
 use codec::Parsed;
@@ -125,15 +125,25 @@ async fn request(ctx: &Ctx, client: &mut Side) -> Result<Ask, Stop> {
 
 /// Serve a SOCKS5 client whose first bytes are in `client.buf`.
 pub async fn serve(ctx: &Ctx, client: &mut Side) {
+    // Greeting, authentication, the request and the dial are boxed: their state is freed
+    // before the (long) relay, which keeps only the tunnel.
+    if let Some(t) = Box::pin(establish(ctx, client)).await {
+        proxy::run_tunnel(ctx, client, t).await;
+    }
+}
+
+/// Everything before the relay: the tunnel to relay, or `None` when the exchange is over
+/// (refused and answered, the client gone, or a UDP association served to its end).
+async fn establish(ctx: &Ctx, client: &mut Side) -> Option<Box<Tunnel>> {
     let mut ex = Exchange::first(if ctx.tls { "socks5+tls" } else { "socks5" });
-    // 1. Greeting and authentication. Boxed, like the request and the dial: their state
-    //    is freed before the (long) relay.
+    // 1. Greeting and authentication. Boxed, like the request: their state is freed
+    //    before the dial.
     let ident = match Box::pin(greet_and_authenticate(ctx, client)).await {
         Ok(i) => i,
-        Err(Stop::Gone) => return,
+        Err(Stop::Gone) => return None,
         Err(Stop::Reply(e)) => {
             proxy::fail(ctx, client, ex, &Socks5, &e).await;
-            return;
+            return None;
         }
     };
     ex.account = Some(&ident.account);
@@ -149,28 +159,33 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 "socks5-udp"
             };
             Box::pin(associate(ctx, client, ex, &ident, &hint)).await;
-            return;
+            return None;
         }
-        Err(Stop::Gone) => return,
+        Err(Stop::Gone) => return None,
         Err(Stop::Reply(e)) => {
             proxy::fail(ctx, client, ex, &Socks5, &e).await;
-            return;
+            return None;
         }
     };
     ex.target = Some(&target);
-    // 3. Connect, reply with the real bound address, relay.
+    // 3. Connect; the reply carries the real bound address.
     match connect(ctx, client, &ident, &target).await {
-        Ok((mut out, _slot)) => {
-            ex.exit = Some(out.exit);
-            ex.source = out.source;
+        Ok((out, slot)) => {
             let mut reply = Vec::with_capacity(32);
             codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
-            let end = proxy::tunnel(ctx, client, &mut out, &reply).await;
-            tracing::debug!(?end, target = %target, "socks5 tunnel ended");
-            ex.finish(ctx, client, Ok(200), end.label());
+            let began = ex.began();
+            Some(Box::new(Tunnel {
+                began,
+                account: ident.account,
+                target: target.to_string(),
+                out,
+                slot,
+                reply: reply.into(),
+            }))
         }
         Err(e) => {
             proxy::fail(ctx, client, ex, &Socks5, &e).await;
+            None
         }
     }
 }

@@ -48,7 +48,40 @@ impl Latch {
     pub fn wait(&self) -> LatchWait<'_> {
         LatchWait {
             latch: self,
-            key: None,
+            key: LatchKey::default(),
+        }
+    }
+
+    /// Poll for the latch to fire without a [`LatchWait`] (for a future that holds the
+    /// latch itself): `key` is the waiter's slot, registered on the first call; give it
+    /// back with [`Latch::forget`] when no longer waiting.
+    pub fn poll_wait(&self, cx: &mut Context<'_>, key: &mut LatchKey) -> Poll<()> {
+        if self.fired.get() {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.waiters.borrow_mut();
+        match key.0 {
+            Some(k) => {
+                if let Some(w) = waiters.get_mut(&k) {
+                    if !w.will_wake(cx.waker()) {
+                        *w = cx.waker().clone();
+                    }
+                }
+            }
+            None => {
+                let k = self.next_key.get();
+                self.next_key.set(k.wrapping_add(1));
+                waiters.insert(k, cx.waker().clone());
+                key.0 = Some(k);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Take a [`Latch::poll_wait`] waiter's waker back out.
+    pub fn forget(&self, key: &mut LatchKey) {
+        if let Some(k) = key.0.take() {
+            self.waiters.borrow_mut().remove(&k);
         }
     }
 
@@ -58,43 +91,26 @@ impl Latch {
     }
 }
 
+/// A waiter's slot in a [`Latch`] (see [`Latch::poll_wait`]).
+#[derive(Default)]
+pub struct LatchKey(Option<u64>);
+
 pub struct LatchWait<'a> {
     latch: &'a Latch,
-    key: Option<u64>,
+    key: LatchKey,
 }
 
 impl Future for LatchWait<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.latch.fired.get() {
-            return Poll::Ready(());
-        }
-        let mut waiters = this.latch.waiters.borrow_mut();
-        match this.key {
-            Some(k) => {
-                if let Some(w) = waiters.get_mut(&k) {
-                    if !w.will_wake(cx.waker()) {
-                        *w = cx.waker().clone();
-                    }
-                }
-            }
-            None => {
-                let k = this.latch.next_key.get();
-                this.latch.next_key.set(k.wrapping_add(1));
-                waiters.insert(k, cx.waker().clone());
-                this.key = Some(k);
-            }
-        }
-        Poll::Pending
+        this.latch.poll_wait(cx, &mut this.key)
     }
 }
 
 impl Drop for LatchWait<'_> {
     fn drop(&mut self) {
-        if let Some(k) = self.key {
-            self.latch.waiters.borrow_mut().remove(&k);
-        }
+        self.latch.forget(&mut self.key);
     }
 }
 

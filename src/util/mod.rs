@@ -8,6 +8,6 @@ pub mod parsed;
 pub mod time;
 
 pub use buf::{BufPool, RELAY_BUF, RELAY_BUF_BULK};
-pub use latch::{any_fired, Latch, LatchWait};
+pub use latch::{any_fired, Latch, LatchKey, LatchWait};
 pub use parsed::Parsed;
 pub use time::{epoch_ms, epoch_ns, until, wall_now, within};
