@@ -215,17 +215,43 @@ impl Timeout {
     }
 }
 
+/// tollgate patch: a stream's read and write timeouts, allocated only once one is set.
+#[derive(Debug)]
+struct Timeouts {
+    write: Timeout,
+    read: Timeout,
+}
+
 #[derive(Debug)]
 pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
     stream: S,
     source_tx: Option<Source>,
     source_rx: Option<Source>,
-    write_timeout: Timeout,
-    read_timeout: Timeout,
+    /// tollgate patch: upstream keeps both timeouts inline (80 bytes a stream, two streams
+    /// per proxied connection) though most streams never set one.
+    timeouts: std::cell::OnceCell<Box<Timeouts>>,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
+    fn read_timeout(&self) -> Option<&Timeout> {
+        self.timeouts.get().map(|t| &t.read)
+    }
+
+    fn write_timeout(&self) -> Option<&Timeout> {
+        self.timeouts.get().map(|t| &t.write)
+    }
+
+    fn timeouts(&self) -> &Timeouts {
+        self.timeouts.get_or_init(|| {
+            let reactor = self.reactor.upgrade().unwrap();
+            Box::new(Timeouts {
+                write: Timeout::new(reactor.register_timer()),
+                read: Timeout::new(reactor.register_timer()),
+            })
+        })
+    }
+
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
@@ -270,7 +296,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         if no_pending_poll {
             if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
                 self.source_rx.take();
-                self.read_timeout.cancel_timer(reactor);
+                if let Some(t) = self.read_timeout() {
+                    t.cancel_timer(reactor);
+                }
                 let result = poll_err!(result);
                 // Start an early poll if the buffer is not fully filled. So when
                 // the next time `poll_read` is called, it will be known immediately
@@ -285,7 +313,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
             }
         }
 
-        poll_err!(self.read_timeout.check(reactor));
+        if let Some(t) = self.read_timeout() {
+            poll_err!(t.check(reactor));
+        }
 
         if no_pending_poll {
             self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
@@ -294,7 +324,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
 
         let source = self.source_rx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
-        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        if let Some(t) = self.read_timeout() {
+            t.maybe_set_timer(reactor, cx.waker());
+        }
         Poll::Pending
     }
 
@@ -305,14 +337,18 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         // give it one last chance in this case.
         if let Some(result) = super::yolo_send(self.stream.as_raw_fd(), buf) {
             let reactor = self.reactor.upgrade().unwrap();
-            self.write_timeout.cancel_timer(reactor.as_ref());
+            if let Some(t) = self.write_timeout() {
+                t.cancel_timer(reactor.as_ref());
+            }
             self.source_tx.take();
             return Poll::Ready(result);
         }
 
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
-        poll_err!(self.write_timeout.check(reactor));
+        if let Some(t) = self.write_timeout() {
+            poll_err!(t.check(reactor));
+        }
 
         let no_pending_poll = self
             .source_tx
@@ -326,7 +362,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
 
         let source = self.source_tx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
-        self.write_timeout.maybe_set_timer(reactor, cx.waker());
+        if let Some(t) = self.write_timeout() {
+            t.maybe_set_timer(reactor, cx.waker());
+        }
         Poll::Pending
     }
 
@@ -413,8 +451,7 @@ where
             stream: socket.into(),
             source_tx: None,
             source_rx: None,
-            write_timeout: Timeout::new(reactor.register_timer()),
-            read_timeout: Timeout::new(reactor.register_timer()),
+            timeouts: std::cell::OnceCell::new(),
         };
         stream.init();
         GlommioStream {
@@ -525,19 +562,19 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
     }
 
     pub(crate) fn set_write_timeout(&self, dur: Option<Duration>) -> Result<()> {
-        self.stream.write_timeout.set(dur)
+        self.stream.timeouts().write.set(dur)
     }
 
     pub(crate) fn set_read_timeout(&self, dur: Option<Duration>) -> Result<()> {
-        self.stream.read_timeout.set(dur)
+        self.stream.timeouts().read.set(dur)
     }
 
     pub(crate) fn write_timeout(&self) -> Option<Duration> {
-        self.stream.write_timeout.get()
+        self.stream.write_timeout().and_then(Timeout::get)
     }
 
     pub(crate) fn read_timeout(&self) -> Option<Duration> {
-        self.stream.read_timeout.get()
+        self.stream.read_timeout().and_then(Timeout::get)
     }
 
     pub(crate) fn stream(&self) -> &S {
