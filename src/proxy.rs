@@ -74,10 +74,28 @@ pub struct Tunnel {
     pub reply: Cow<'static, [u8]>,
 }
 
-/// Relay a dialled tunnel to its end, then write its access line.
+/// Relay a dialled tunnel, for both CONNECTs, to its end, then write its access line:
+/// the opening (the success reply and the exit's early bytes to the client, the client's
+/// early bytes to the exit; the handshake or request head is billed from here), then the
+/// relay until either side ends it.
 pub async fn run_tunnel(ctx: &Ctx, client: &mut Side, mut t: Box<Tunnel>) {
     let reply = std::mem::take(&mut t.reply);
-    let end = tunnel(ctx, client, &mut t.out, reply).await;
+    // Boxed: the sends' state is freed before the relay, which the tunnel waits in.
+    let end = match Box::pin(open(client, &mut t.out, reply)).await {
+        Err(end) => end,
+        Ok(()) => {
+            let core = ctx.core();
+            relay(
+                core.pools(ctx.config().server.splice),
+                &core.stop,
+                &mut client.stream,
+                &mut t.out.stream,
+                &client.meter,
+                ctx.config().server.idle_timeout.0,
+            )
+            .await
+        }
+    };
     tracing::debug!(?end, proto = t.began.proto(), target = %t.target, "tunnel ended");
     let mut ex = Exchange::resume(t.began);
     ex.account = Some(&t.account);
@@ -85,31 +103,6 @@ pub async fn run_tunnel(ctx: &Ctx, client: &mut Side, mut t: Box<Tunnel>) {
     ex.exit = Some(t.out.exit);
     ex.source = t.out.source;
     ex.finish(ctx, client, Ok(200), end.label());
-}
-
-/// A dialled tunnel, for both CONNECTs: the success `reply` and the exit's early bytes
-/// (relayed, so within the plan), the client's early bytes, then the relay until either
-/// side ends it. The handshake (or request head) is billed from here: the tunnel is served.
-pub async fn tunnel(
-    ctx: &Ctx,
-    client: &mut Side,
-    out: &mut Outbound,
-    reply: Cow<'static, [u8]>,
-) -> RelayEnd {
-    // Boxed: the sends' state is freed before the relay, which the tunnel waits in.
-    if let Err(end) = Box::pin(open(client, out, reply)).await {
-        return end;
-    }
-    let core = ctx.core();
-    relay(
-        core.pools(ctx.config().server.splice),
-        &core.stop,
-        &mut client.stream,
-        &mut out.stream,
-        &client.meter,
-        ctx.config().server.idle_timeout.0,
-    )
-    .await
 }
 
 /// The tunnel's opening: the handshake is billed, the reply and the exit's early bytes go

@@ -8,7 +8,7 @@ use crate::auth::{self, Identity};
 use crate::conn::{Ctx, Exchange};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
-use crate::proxy::{self, Frontend};
+use crate::proxy::{self, Frontend, Tunnel};
 use crate::route::Route;
 use crate::side::{Bounds, ReadStop, Side};
 use crate::util::Latch;
@@ -85,10 +85,19 @@ pub async fn serve(ctx: &Ctx, client: &mut Side) {
                 return;
             }
         };
-        let (keep, admitted) = Box::pin(one(ctx, client, ex, &req, &mut origin)).await;
+        let (next, admitted) = Box::pin(one(ctx, client, ex, &req, &mut origin)).await;
         admitted_once |= admitted;
-        if !keep {
-            return;
+        match next {
+            Next::Keep => {}
+            Next::Close => return,
+            Next::Tunnel(t) => {
+                // A CONNECT ends the HTTP exchange: the request, its identity and an idle
+                // origin connection are gone before the relay.
+                drop(req);
+                drop(origin);
+                proxy::run_tunnel(ctx, client, t).await;
+                return;
+            }
         }
         // The next request may be another account's: its bytes wait for its admission.
         client.meter.park();
@@ -135,15 +144,34 @@ async fn identify(ctx: &Ctx, req: &Request) -> Result<Identity, ProxyError> {
     }
 }
 
+/// What follows a request on its connection.
+enum Next {
+    /// The next request.
+    Keep,
+    Close,
+    /// A dialled CONNECT: its relay.
+    Tunnel(Box<Tunnel>),
+}
+
+impl Next {
+    fn keep(keep: bool) -> Next {
+        if keep {
+            Next::Keep
+        } else {
+            Next::Close
+        }
+    }
+}
+
 /// One request: who it is from, its admission, then its tunnel or its forwarded exchange.
-/// Returns whether the connection stays open, and whether the request was admitted.
+/// Returns what follows on the connection, and whether the request was admitted.
 async fn one(
     ctx: &Ctx,
     client: &mut Side,
     ex: Exchange<'_>,
     req: &Request,
     origin: &mut Option<forward::Origin>,
-) -> (bool, bool) {
+) -> (Next, bool) {
     let target = HostPort(req.target.host_port());
     let mut ex: Exchange<'_> = ex;
     ex.target = Some(&target);
@@ -153,44 +181,53 @@ async fn one(
         Ok(i) => i,
         Err(e) => {
             let keep = Keep::when(idle_ok, is_head);
-            return (proxy::fail(ctx, client, ex, &keep, &e).await, false);
+            return (
+                Next::keep(proxy::fail(ctx, client, ex, &keep, &e).await),
+                false,
+            );
         }
     };
     ex.account = Some(&ident.account);
     // Traffic from here on is this account's, the head already read included; its slot is
     // held for this request (or for the tunnel's life).
-    let (route, _slot) = match Box::pin(proxy::admit(ctx, client, &ident)).await {
+    let (route, slot) = match Box::pin(proxy::admit(ctx, client, &ident)).await {
         Ok(a) => a,
         Err(d) => {
             let keep = Keep::when(idle_ok && d.may_keep, is_head);
-            return (proxy::fail(ctx, client, ex, &keep, &d.error).await, false);
+            return (
+                Next::keep(proxy::fail(ctx, client, ex, &keep, &d.error).await),
+                false,
+            );
         }
     };
-    let keep = match &req.target {
+    let next = match &req.target {
         Target::Tunnel { host, port } => {
             let dest = TargetAddr::from_host(host, *port);
             match Box::pin(exit::dial(&ctx.egress(), &route, &dest)).await {
-                Ok(mut out) => {
-                    ex.exit = Some(out.exit);
-                    ex.source = out.source;
-                    let reply = b"HTTP/1.1 200 Connection established\r\n\r\n";
-                    let end = proxy::tunnel(ctx, client, &mut out, reply[..].into()).await;
-                    tracing::debug!(?end, target = %target, "http tunnel ended");
-                    ex.finish(ctx, client, Ok(200), end.label());
-                    false
+                Ok(out) => {
+                    const REPLY: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+                    let began = ex.began();
+                    Next::Tunnel(Box::new(Tunnel {
+                        began,
+                        account: ident.account,
+                        target: target.to_string(),
+                        out,
+                        slot,
+                        reply: REPLY.into(),
+                    }))
                 }
                 Err(e) => {
                     let keep = Keep::when(req.keep_alive, is_head);
-                    proxy::fail(ctx, client, ex, &keep, &e).await
+                    Next::keep(proxy::fail(ctx, client, ex, &keep, &e).await)
                 }
             }
         }
         Target::Forward { .. } => {
             let keep = Keep::when(idle_ok, is_head);
-            forward(ctx, client, ex, req, &route, origin, keep).await
+            Next::keep(forward(ctx, client, ex, req, &route, origin, keep).await)
         }
     };
-    (keep, true)
+    (next, true)
 }
 
 /// A forwarded request, relayed; its access line. Returns whether the connection stays open
