@@ -458,8 +458,8 @@ fn record_stats<Ring: UringCommon>(
     src: &mut InnerSource,
     res: &io::Result<usize>,
 ) {
-    src.wakers.fulfilled_at = Some(Instant::now());
-    if let Some(fulfilled) = src.stats_collection.and_then(|x| x.fulfilled) {
+    src.wakers.fulfilled_at = sys::Stamp::now();
+    if let Some(fulfilled) = src.stats_collection.as_deref().and_then(|x| x.fulfilled) {
         fulfilled(res, ring.io_stats_mut(), 1);
         if let Some(handle) = src.task_queue {
             fulfilled(res, ring.io_stats_for_task_queue_mut(handle), 1);
@@ -468,7 +468,7 @@ fn record_stats<Ring: UringCommon>(
 
     let waiters = usize::saturating_sub(src.wakers.waiters.len(), 1);
     if waiters > 0 {
-        if let Some(reused) = src.stats_collection.and_then(|x| x.reused) {
+        if let Some(reused) = src.stats_collection.as_deref().and_then(|x| x.reused) {
             reused(res, ring.io_stats_mut(), waiters as u64);
             if let Some(handle) = src.task_queue {
                 reused(
@@ -512,7 +512,7 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    x.wakers.submitted_at = Some(now);
+                    x.wakers.submitted_at = sys::Stamp::at(now);
                     let current = x.enqueued.as_mut().expect("bug");
                     match current.status {
                         EnqueuedStatus::Enqueued => {
@@ -2090,7 +2090,7 @@ fn queue_request_into_ring(
     descriptor: UringOpDescriptor,
     source_map: &mut SourceMap,
 ) {
-    source.inner.borrow_mut().wakers.queued_at = Some(Instant::now());
+    source.inner.borrow_mut().wakers.queued_at = sys::Stamp::now();
     let q = ring.submission_queue();
     let id = source_map.add_source(source, Rc::clone(&q));
 
