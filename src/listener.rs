@@ -98,12 +98,9 @@ fn serve_isolated(
     index: usize,
 ) -> Option<Isolated<impl Future<Output = ()>>> {
     use futures_lite::FutureExt;
-    let metrics = w.core.metrics.clone();
-    let id = w.core.id;
     Some(Isolated {
-        session: AssertUnwindSafe(crate::session::serve(w, stream, index)?).catch_unwind(),
-        metrics,
-        id,
+        session: AssertUnwindSafe(crate::session::serve(w.clone(), stream, index)?).catch_unwind(),
+        w,
     })
 }
 
@@ -112,8 +109,7 @@ pin_project_lite::pin_project! {
     struct Isolated<F> {
         #[pin]
         session: futures_lite::future::CatchUnwind<AssertUnwindSafe<F>>,
-        metrics: std::sync::Arc<crate::metrics::CoreMetrics>,
-        id: usize,
+        w: Rc<Worker>,
     }
 }
 
@@ -131,8 +127,8 @@ impl<F: Future<Output = ()>> Future for Isolated<F> {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic".into());
-                this.metrics.panics.inc();
-                tracing::error!(worker = *this.id, panic = %what, "connection task panicked; connection dropped");
+                this.w.core.metrics.panics.inc();
+                tracing::error!(worker = this.w.core.id, panic = %what, "connection task panicked; connection dropped");
                 Poll::Ready(())
             }
         }

@@ -6,12 +6,14 @@
 use crate::auth::Identity;
 use crate::conn::{Began, Ctx, Exchange};
 use crate::error::ProxyError;
-use crate::exit::Outbound;
+use crate::exit::{Outbound, TargetAddr};
 use crate::plan::{self, ledger::ThreadSlot};
 use crate::relay::{relay, RelayEnd};
 use crate::route::{self, Route};
 use crate::side::{SendError, Side};
+use crate::stream::Stream;
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 /// How a protocol answers a refusal.
 pub trait Frontend {
@@ -64,14 +66,63 @@ pub async fn admit(
 pub struct Tunnel {
     /// The exchange's start (its access line covers the handshake too).
     pub began: Began,
-    pub account: String,
-    /// As the access line shows it.
-    pub target: String,
-    pub out: Outbound,
-    /// Held until the tunnel closes.
+    pub target: Shown,
+    /// The exit's connection, its index and the address it left from (the dial's
+    /// `Outbound` without its local address, which the reply already carries).
+    pub stream: Stream,
+    pub exit: usize,
+    pub source: Option<IpAddr>,
+    /// Bytes an upstream proxy sent after its handshake: the client's, sent after the reply.
+    pub early: Vec<u8>,
+    /// Held until the tunnel closes; it also names the account (for the access line).
     pub slot: ThreadSlot,
     /// The success reply, sent first.
     pub reply: Cow<'static, [u8]>,
+}
+
+/// A tunnel's target as its access line shows it: the address the client asked for
+/// (SOCKS5, kept as parsed), or the request's host and port as written (HTTP).
+pub enum Shown {
+    Addr(TargetAddr),
+    Text(String),
+}
+
+impl Tunnel {
+    /// The tunnel through `out`, to be relayed after `reply`.
+    pub fn new(
+        began: Began,
+        target: Shown,
+        out: Outbound,
+        slot: ThreadSlot,
+        reply: Cow<'static, [u8]>,
+    ) -> Box<Tunnel> {
+        let Outbound {
+            stream,
+            exit,
+            early,
+            source,
+            ..
+        } = out;
+        Box::new(Tunnel {
+            began,
+            target,
+            stream,
+            exit,
+            source,
+            early,
+            slot,
+            reply,
+        })
+    }
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shown::Addr(a) => a.fmt(f),
+            Shown::Text(t) => f.write_str(t),
+        }
+    }
 }
 
 /// Relay a dialled tunnel, for both CONNECTs, to its end, then write its access line:
@@ -79,9 +130,8 @@ pub struct Tunnel {
 /// early bytes to the exit; the handshake or request head is billed from here), then the
 /// relay until either side ends it.
 pub async fn run_tunnel(ctx: &Ctx, client: &mut Side, mut t: Box<Tunnel>) {
-    let reply = std::mem::take(&mut t.reply);
     // Boxed: the sends' state is freed before the relay, which the tunnel waits in.
-    let end = match Box::pin(open(client, &mut t.out, reply)).await {
+    let end = match Box::pin(open(client, &mut t)).await {
         Err(end) => end,
         Ok(()) => {
             let core = ctx.core();
@@ -89,7 +139,7 @@ pub async fn run_tunnel(ctx: &Ctx, client: &mut Side, mut t: Box<Tunnel>) {
                 core.pools(ctx.config().server.splice),
                 &core.stop,
                 &mut client.stream,
-                &mut t.out.stream,
+                &mut t.stream,
                 &client.meter,
                 ctx.config().server.idle_timeout.0,
             )
@@ -98,23 +148,20 @@ pub async fn run_tunnel(ctx: &Ctx, client: &mut Side, mut t: Box<Tunnel>) {
     };
     tracing::debug!(?end, proto = t.began.proto(), target = %t.target, "tunnel ended");
     let mut ex = Exchange::resume(t.began);
-    ex.account = Some(&t.account);
+    ex.account = Some(t.slot.account());
     ex.target = Some(&t.target);
-    ex.exit = Some(t.out.exit);
-    ex.source = t.out.source;
+    ex.exit = Some(t.exit);
+    ex.source = t.source;
     ex.finish(ctx, client, Ok(200), end.label());
 }
 
 /// The tunnel's opening: the handshake is billed, the reply and the exit's early bytes go
 /// to the client, the client's early bytes to the exit. Every buffer is freed after it:
 /// an idle tunnel holds none.
-async fn open(
-    client: &mut Side,
-    out: &mut Outbound,
-    reply: Cow<'static, [u8]>,
-) -> Result<(), RelayEnd> {
+async fn open(client: &mut Side, t: &mut Tunnel) -> Result<(), RelayEnd> {
+    let reply = std::mem::take(&mut t.reply);
     client.meter.commit();
-    for (data, whole) in [(&reply[..], true), (&out.early[..], false)] {
+    for (data, whole) in [(&reply[..], true), (&t.early[..], false)] {
         match client.send_relayed(data, whole).await {
             Ok(()) => {}
             Err(SendError::Quota) => return Err(RelayEnd::Quota),
@@ -126,11 +173,11 @@ async fn open(
     // Bytes the client pipelined after its request go first.
     let early = std::mem::take(&mut client.buf);
     if !early.is_empty() {
-        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut out.stream, &early).await {
+        if let Err(e) = futures_lite::AsyncWriteExt::write_all(&mut t.stream, &early).await {
             return Err(RelayEnd::UpstreamReset(e));
         }
     }
-    out.early = Vec::new();
+    t.early = Vec::new();
     Ok(())
 }
 

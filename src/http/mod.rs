@@ -8,7 +8,7 @@ use crate::auth::{self, Identity};
 use crate::conn::{Ctx, Exchange};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
-use crate::proxy::{self, Frontend, Tunnel};
+use crate::proxy::{self, Frontend, Shown, Tunnel};
 use crate::route::Route;
 use crate::side::{Bounds, ReadStop, Side};
 use crate::util::Latch;
@@ -207,14 +207,13 @@ async fn one(
                 Ok(out) => {
                     const REPLY: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
                     let began = ex.began();
-                    Next::Tunnel(Box::new(Tunnel {
+                    Next::Tunnel(Tunnel::new(
                         began,
-                        account: ident.account,
-                        target: target.to_string(),
+                        Shown::Text(target.to_string()),
                         out,
                         slot,
-                        reply: REPLY.into(),
-                    }))
+                        REPLY.into(),
+                    ))
                 }
                 Err(e) => {
                     let keep = Keep::when(req.keep_alive, is_head);

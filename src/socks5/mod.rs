@@ -10,7 +10,7 @@ use crate::auth::{self, Identity};
 use crate::conn::{Ctx, Exchange};
 use crate::error::{ProxyError, SocksReply};
 use crate::exit::{self, TargetAddr};
-use crate::proxy::{self, Frontend, Tunnel};
+use crate::proxy::{self, Frontend, Shown, Tunnel};
 use crate::route::Route;
 use crate::side::{Bounds, ReadStop, Side};
 use codec::Parsed;
@@ -174,14 +174,13 @@ async fn establish(ctx: &Ctx, client: &mut Side) -> Option<Box<Tunnel>> {
             let mut reply = Vec::with_capacity(32);
             codec::encode_reply(0x00, Address::SocketAddress(out.local), &mut reply);
             let began = ex.began();
-            Some(Box::new(Tunnel {
+            Some(Tunnel::new(
                 began,
-                account: ident.account,
-                target: target.to_string(),
+                Shown::Addr(target),
                 out,
                 slot,
-                reply: reply.into(),
-            }))
+                reply.into(),
+            ))
         }
         Err(e) => {
             proxy::fail(ctx, client, ex, &Socks5, &e).await;

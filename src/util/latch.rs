@@ -61,18 +61,19 @@ impl Latch {
         }
         let mut waiters = self.waiters.borrow_mut();
         match key.0 {
-            Some(k) => {
+            0 => {
+                // Keys start at 1: 0 is "not registered".
+                let k = self.next_key.get().wrapping_add(1).max(1);
+                self.next_key.set(k);
+                waiters.insert(k, cx.waker().clone());
+                key.0 = k;
+            }
+            k => {
                 if let Some(w) = waiters.get_mut(&k) {
                     if !w.will_wake(cx.waker()) {
                         *w = cx.waker().clone();
                     }
                 }
-            }
-            None => {
-                let k = self.next_key.get();
-                self.next_key.set(k.wrapping_add(1));
-                waiters.insert(k, cx.waker().clone());
-                key.0 = Some(k);
             }
         }
         Poll::Pending
@@ -80,8 +81,11 @@ impl Latch {
 
     /// Take a [`Latch::poll_wait`] waiter's waker back out.
     pub fn forget(&self, key: &mut LatchKey) {
-        if let Some(k) = key.0.take() {
-            self.waiters.borrow_mut().remove(&k);
+        match std::mem::take(&mut key.0) {
+            0 => {}
+            k => {
+                self.waiters.borrow_mut().remove(&k);
+            }
         }
     }
 
@@ -93,7 +97,7 @@ impl Latch {
 
 /// A waiter's slot in a [`Latch`] (see [`Latch::poll_wait`]).
 #[derive(Default)]
-pub struct LatchKey(Option<u64>);
+pub struct LatchKey(u64);
 
 pub struct LatchWait<'a> {
     latch: &'a Latch,

@@ -135,6 +135,11 @@ pub struct ThreadSlot {
 }
 
 impl ThreadSlot {
+    /// The account whose slot this is.
+    pub fn account(&self) -> &str {
+        &self.state.name
+    }
+
     /// The slot is also counted across the cluster (given back there on drop).
     pub fn share(&mut self) {
         self.shared = true;
