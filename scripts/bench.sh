@@ -2,6 +2,7 @@
 # Side-by-side benchmark of tollgate and peer proxies on loopback (see scripts/bench.py).
 #   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=vproxy,floor,microsocks,merino,dante,squid,tinyproxy,proxy-chain
 #   scripts/bench.sh cluster    # what a Redis-shared plan costs per connection (scripts/bench_cluster.py)
+#   scripts/bench.sh growth     # new tunnels at concurrency 1/32/1000, a reload under load (scripts/bench_growth.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-peers}
@@ -32,5 +33,8 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="loadgen" and m.get("executable"): print(m["executable"])')
 if [ "$what" = cluster ]; then
   exec python3 scripts/bench_cluster.py "$PWD/target/release/tollgate" "$loadgen"
+fi
+if [ "$what" = growth ]; then
+  exec python3 scripts/bench_growth.py "$PWD/target/release/tollgate" "$loadgen"
 fi
 exec python3 scripts/bench.py "$PWD/target/release/tollgate" "$loadgen"
