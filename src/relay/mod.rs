@@ -87,16 +87,17 @@ struct Pump<'a> {
     client: &'a mut Stream,
     upstream: &'a mut Stream,
     meter: &'a Meter,
-    /// When a byte last moved either way (the idle timeout counts from here).
-    last: Instant,
-    /// The relay ended because the plan's bandwidth ran out.
-    quota_hit: bool,
     up: Half,
     down: Half,
 }
 
 impl Pump<'_> {
-    fn move_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
+    fn move_dir(
+        &mut self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        progress: &mut Progress,
+    ) -> Poll<Result<(), (Party, io::Error)>> {
         let (src, dst, half) = match dir {
             Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
             Dir::Down => (&mut *self.upstream, &mut *self.client, &mut self.down),
@@ -165,7 +166,7 @@ impl Pump<'_> {
             };
             if cap == 0 {
                 self.pool.give(buf);
-                self.quota_hit = true;
+                progress.quota_hit = true;
                 return Poll::Ready(Err((src_party, io::Error::other("bandwidth used up"))));
             }
             match Pin::new(&mut *src).poll_read(cx, &mut buf[..cap]) {
@@ -187,7 +188,7 @@ impl Pump<'_> {
                         Dir::Up => self.meter.add_up(n),
                         Dir::Down => self.meter.read_for_client(n),
                     }
-                    self.last = Instant::now();
+                    progress.last = Instant::now();
                 }
                 Poll::Ready(Err(e)) => {
                     self.pool.give(buf);
@@ -203,14 +204,24 @@ impl Pump<'_> {
     }
 }
 
+/// What a relay's pump reports back as it moves bytes, whichever pump it is.
+struct Progress {
+    /// When a byte last moved either way (the idle timeout counts from here).
+    last: Instant,
+    /// The relay ended because the plan's bandwidth ran out.
+    quota_hit: bool,
+}
+
 /// What both pumps (copying and splicing) share: each moves one direction at a time and
 /// knows when a direction is finished.
 trait Directions {
-    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>>;
+    fn poll_dir(
+        &mut self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        progress: &mut Progress,
+    ) -> Poll<Result<(), (Party, io::Error)>>;
     fn done(&self, dir: Dir) -> bool;
-    /// When a byte last moved, and whether the plan's bandwidth ran out.
-    fn last(&self) -> Instant;
-    fn quota_hit(&self) -> bool;
 }
 
 /// Poll both directions in turn: the first error ends the relay; it is finished once both
@@ -218,10 +229,11 @@ trait Directions {
 fn poll_both(
     p: &mut impl Directions,
     cx: &mut Context<'_>,
+    progress: &mut Progress,
 ) -> Poll<Result<(), (Party, io::Error)>> {
     for dir in [Dir::Up, Dir::Down] {
         if !p.done(dir) {
-            if let Poll::Ready(Err(e)) = p.poll_dir(cx, dir) {
+            if let Poll::Ready(Err(e)) = p.poll_dir(cx, dir, progress) {
                 return Poll::Ready(Err(e));
             }
         }
@@ -234,20 +246,19 @@ fn poll_both(
 }
 
 impl Directions for Pump<'_> {
-    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
-        self.move_dir(cx, dir)
+    fn poll_dir(
+        &mut self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        progress: &mut Progress,
+    ) -> Poll<Result<(), (Party, io::Error)>> {
+        self.move_dir(cx, dir, progress)
     }
     fn done(&self, dir: Dir) -> bool {
         match dir {
             Dir::Up => self.up.done,
             Dir::Down => self.down.done,
         }
-    }
-    fn last(&self) -> Instant {
-        self.last
-    }
-    fn quota_hit(&self) -> bool {
-        self.quota_hit
     }
 }
 
@@ -268,22 +279,14 @@ enum AnyPump<'a> {
 }
 
 impl AnyPump<'_> {
-    fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), (Party, io::Error)>> {
+    fn poll_both(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: &mut Progress,
+    ) -> Poll<Result<(), (Party, io::Error)>> {
         match self {
-            AnyPump::Copy(p) => poll_both(p, cx),
-            AnyPump::Splice(p) => poll_both(p, cx),
-        }
-    }
-    fn last(&self) -> Instant {
-        match self {
-            AnyPump::Copy(p) => p.last(),
-            AnyPump::Splice(p) => p.last(),
-        }
-    }
-    fn quota_hit(&self) -> bool {
-        match self {
-            AnyPump::Copy(p) => p.quota_hit(),
-            AnyPump::Splice(p) => p.quota_hit(),
+            AnyPump::Copy(p) => poll_both(p, cx, progress),
+            AnyPump::Splice(p) => poll_both(p, cx, progress),
         }
     }
 }
@@ -306,24 +309,25 @@ pub fn relay<'a>(
     meter: &'a Meter,
     idle: Duration,
 ) -> Relay<'a> {
-    let now = Instant::now();
     let pump = match (pools.pipes, client, upstream) {
         (Some(pipes), Stream::Plain(c), Stream::Plain(u)) => {
-            AnyPump::Splice(splice::SplicePump::new(pipes, c, u, meter, now))
+            AnyPump::Splice(splice::SplicePump::new(pipes, c, u, meter))
         }
         (_, client, upstream) => AnyPump::Copy(Pump {
             pool: pools.buffers,
             client,
             upstream,
             meter,
-            last: now,
-            quota_hit: false,
             up: Half::default(),
             down: Half::default(),
         }),
     };
     Relay {
         pump,
+        progress: Progress {
+            last: Instant::now(),
+            quota_hit: false,
+        },
         idle,
         timer: None,
         cut: meter.cut().map(|l| (l, LatchKey::default())),
@@ -337,6 +341,7 @@ pub fn relay<'a>(
 /// the race), its arguments too.
 pub struct Relay<'a> {
     pump: AnyPump<'a>,
+    progress: Progress,
     idle: Duration,
     /// Armed for the idle deadline (`last` + `idle`) as it stood when it was set.
     timer: Option<glommio::timer::Timer>,
@@ -349,10 +354,10 @@ impl Future for Relay<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let this = self.get_mut();
-        if let Poll::Ready(res) = this.pump.poll_both(cx) {
+        if let Poll::Ready(res) = this.pump.poll_both(cx, &mut this.progress) {
             return Poll::Ready(match res {
                 Ok(()) => RelayEnd::Closed,
-                Err(_) if this.pump.quota_hit() => RelayEnd::Quota,
+                Err(_) if this.progress.quota_hit => RelayEnd::Quota,
                 Err((Party::Client, e)) => RelayEnd::ClientReset(e),
                 Err((Party::Upstream, e)) => RelayEnd::UpstreamReset(e),
             });
@@ -364,7 +369,7 @@ impl Future for Relay<'_> {
                 }
             }
             // Fired (or not yet armed): the deadline may have moved with the traffic.
-            let deadline = this.pump.last() + this.idle;
+            let deadline = this.progress.last + this.idle;
             let now = Instant::now();
             if now >= deadline {
                 return Poll::Ready(RelayEnd::Idle);

@@ -5,7 +5,7 @@
 //! bills its reads. Pipes come from a per-core pool only while bytes are in flight: an idle
 //! tunnel holds none.
 
-use super::{Dir, Meter, Party, PREEMPT_CHECK};
+use super::{Dir, Meter, Party, Progress, PREEMPT_CHECK};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
 use std::io;
@@ -110,10 +110,6 @@ pub(super) struct SplicePump<'a> {
     pub client: &'a mut TcpStream,
     pub upstream: &'a mut TcpStream,
     pub meter: &'a Meter,
-    /// When a byte last moved either way.
-    last: Instant,
-    /// The relay ended because the plan's bandwidth ran out.
-    quota_hit: bool,
     up: Half,
     down: Half,
 }
@@ -124,7 +120,6 @@ impl<'a> SplicePump<'a> {
         client: &'a mut TcpStream,
         upstream: &'a mut TcpStream,
         meter: &'a Meter,
-        now: Instant,
     ) -> SplicePump<'a> {
         // splice(2) from a socket blocks unless the socket itself is non-blocking
         // (SPLICE_F_NONBLOCK covers only the pipe): accepted sockets are blocking (glommio
@@ -140,8 +135,6 @@ impl<'a> SplicePump<'a> {
             client,
             upstream,
             meter,
-            last: now,
-            quota_hit: false,
             up: Half::default(),
             down: Half::default(),
         }
@@ -151,6 +144,7 @@ impl<'a> SplicePump<'a> {
         &mut self,
         cx: &mut Context<'_>,
         dir: Dir,
+        progress: &mut Progress,
     ) -> Poll<Result<(), (Party, io::Error)>> {
         let (src, dst, half) = match dir {
             Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
@@ -236,7 +230,7 @@ impl<'a> SplicePump<'a> {
             };
             if cap == 0 {
                 self.pool.give(pipe);
-                self.quota_hit = true;
+                progress.quota_hit = true;
                 return Poll::Ready(Err((src_party, io::Error::other("bandwidth used up"))));
             }
             match splice(src.as_raw_fd(), pipe.w.as_raw_fd(), cap) {
@@ -251,7 +245,7 @@ impl<'a> SplicePump<'a> {
                         Dir::Up => self.meter.add_up(n),
                         Dir::Down => self.meter.read_for_client(n),
                     }
-                    self.last = Instant::now();
+                    progress.last = Instant::now();
                 }
                 Err(e) if would_block(&e) => {
                     // Idle: the pipe goes back while the source has nothing.
@@ -272,20 +266,19 @@ impl<'a> SplicePump<'a> {
 }
 
 impl super::Directions for SplicePump<'_> {
-    fn poll_dir(&mut self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<(), (Party, io::Error)>> {
-        self.move_dir(cx, dir)
+    fn poll_dir(
+        &mut self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        progress: &mut Progress,
+    ) -> Poll<Result<(), (Party, io::Error)>> {
+        self.move_dir(cx, dir, progress)
     }
     fn done(&self, dir: Dir) -> bool {
         match dir {
             Dir::Up => self.up.done,
             Dir::Down => self.down.done,
         }
-    }
-    fn last(&self) -> Instant {
-        self.last
-    }
-    fn quota_hit(&self) -> bool {
-        self.quota_hit
     }
 }
 
