@@ -32,7 +32,8 @@ pub fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 /// A listening socket for one executor: SO_REUSEPORT so every core has its own accept
-/// queue, TCP_NODELAY inherited by accepted sockets, IPv6 sockets v6-only.
+/// queue, TCP_NODELAY inherited by accepted sockets, IPv6 sockets v6-only. Non-blocking:
+/// the executor's accept asks it directly (one `accept4`, EAGAIN when none is queued).
 pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
@@ -41,6 +42,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
         sock.set_only_v6(true)?;
     }
     sock.set_nodelay(true)?;
+    sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
     Ok(sock)
@@ -49,14 +51,17 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
 /// Accept until the core starts draining; each connection runs as its own task.
 pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
     loop {
-        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            w.core.drain.wait().await;
-            None
-        })
-        .await;
+        // The accept gives the peer's address and a non-blocking socket: no getpeername,
+        // no fcntl per connection.
+        let next =
+            futures_lite::future::or(async { Some(listener.accept_with_peer().await) }, async {
+                w.core.drain.wait().await;
+                None
+            })
+            .await;
         match next {
             None => break,
-            Some(Ok(stream)) => {
+            Some(Ok((stream, peer))) => {
                 let cap = w
                     .services
                     .world
@@ -74,7 +79,7 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
                     drop(stream);
                     continue;
                 }
-                if let Some(conn) = serve_isolated(w.clone(), stream, index) {
+                if let Some(conn) = serve_isolated(w.clone(), stream, peer, index) {
                     glommio::spawn_local(conn).detach();
                 }
             }
@@ -95,11 +100,13 @@ pub async fn accept_loop(w: Rc<Worker>, listener: TcpListener, index: usize) {
 fn serve_isolated(
     w: Rc<Worker>,
     stream: glommio::net::TcpStream,
+    peer: Option<std::net::SocketAddr>,
     index: usize,
 ) -> Option<Isolated<impl Future<Output = ()>>> {
     use futures_lite::FutureExt;
     Some(Isolated {
-        session: AssertUnwindSafe(crate::session::serve(w.clone(), stream, index)?).catch_unwind(),
+        session: AssertUnwindSafe(crate::session::serve(w.clone(), stream, peer, index)?)
+            .catch_unwind(),
         w,
     })
 }

@@ -21,15 +21,16 @@ struct Conn {
     _live: ConnGuard,
 }
 
-/// Serve one accepted connection until it closes: the connection's future, or `None` when
-/// the current world has no such listener (a reload removed it).
+/// Serve one accepted connection (`peer`: its address, as the accept gave it) until it
+/// closes: the connection's future, or `None` when the current world has no such listener
+/// (a reload removed it).
 pub fn serve(
     w: Rc<Worker>,
     stream: TcpStream,
+    peer: Option<std::net::SocketAddr>,
     listener: usize,
 ) -> Option<impl std::future::Future<Output = ()>> {
     let live = w.track();
-    let peer = stream.peer_addr().ok();
     let ctx = Ctx::new(w, listener, peer)?;
     Some(serve_conn(Box::new(Conn {
         ctx,

@@ -6,7 +6,6 @@ use super::policy;
 use super::{Fail, TargetAddr};
 use crate::error::ProxyError;
 use crate::util::within;
-use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::future::Future;
@@ -215,23 +214,24 @@ pub async fn connect_direct(
     }
     // SAFETY: we own the fd (into_raw_fd) and hand it to the stream.
     let mut stream = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
-    // A zero-length write completes when the socket becomes writable: connected or failed.
-    match within(timeout, stream.write(&[])).await {
+    // Writable (or failed) once the handshake has finished: wait on the readiness poll
+    // alone (no zero-length send), then SO_ERROR says which.
+    let writable = std::future::poll_fn(|cx| stream.poll_writable(cx));
+    match within(timeout, writable).await {
         None => return Err(ProxyError::ConnectTimeout),
         Some(Err(e)) => return Err(io(e)),
-        Some(Ok(_)) => {}
+        Some(Ok(())) => {}
     }
     // SAFETY: the fd stays open for the borrow's lifetime (the stream outlives it).
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    if let Ok(Some(e)) = SockRef::from(&fd).take_error() {
-        return Err(io(e));
+    match SockRef::from(&fd).take_error() {
+        Ok(None) => {}
+        Ok(Some(e)) | Err(e) => return Err(io(e)),
     }
+    // Our side's address: what the target sees, and the SOCKS5 reply's BND.ADDR. A socket
+    // whose connect failed has none to give.
     let local = stream
         .local_addr()
-        .map_err(|_| ProxyError::ConnectionRefused)?;
-    // A socket that was refused may still look writable; peer_addr tells for sure.
-    stream
-        .peer_addr()
         .map_err(|_| ProxyError::ConnectionRefused)?;
     Ok((stream, local))
 }

@@ -196,8 +196,8 @@ async fn exchange(w: Rc<Worker>, world: Arc<World>, s: &Script) {
     let done = Rc::new(crate::util::Latch::default());
     let origin_task = glommio::spawn_local(serve_origin(origin, answers, done.clone()));
     let gateway = glommio::spawn_local(async move {
-        if let Ok(stream) = gw.accept().await {
-            if let Some(conn) = crate::session::serve(w, stream, 0) {
+        if let Ok((stream, peer)) = gw.accept_with_peer().await {
+            if let Some(conn) = crate::session::serve(w, stream, peer, 0) {
                 conn.await;
             }
         }

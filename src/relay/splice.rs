@@ -122,13 +122,13 @@ impl<'a> SplicePump<'a> {
         meter: &'a Meter,
     ) -> SplicePump<'a> {
         // splice(2) from a socket blocks unless the socket itself is non-blocking
-        // (SPLICE_F_NONBLOCK covers only the pipe): accepted sockets are blocking (glommio
-        // passes MSG_DONTWAIT instead). From here on only splices and readiness polls use
-        // the sockets, which O_NONBLOCK does not change.
+        // (SPLICE_F_NONBLOCK covers only the pipe). Both are, from their creation: the
+        // listener's accept4 and the exit's socket(2) ask for it.
+        #[cfg(debug_assertions)]
         for fd in [client.as_raw_fd(), upstream.as_raw_fd()] {
-            let on: libc::c_int = 1;
-            // SAFETY: valid fd; FIONBIO takes a pointer to an int.
-            unsafe { libc::ioctl(fd, libc::FIONBIO, &on) };
+            // SAFETY: valid fd; F_GETFL takes no argument.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            debug_assert!(flags & libc::O_NONBLOCK != 0, "splice on a blocking socket");
         }
         SplicePump {
             pool,

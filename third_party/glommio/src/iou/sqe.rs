@@ -523,6 +523,14 @@ impl SockAddrStorage {
         let len = mem::size_of::<nix::sys::socket::sockaddr_storage>();
         SockAddrStorage { storage, len }
     }
+
+    /// tollgate patch: the IPv4 or IPv6 address an accept wrote here.
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        // SAFETY: only called once the accept succeeded: the kernel wrote `len` bytes.
+        unsafe {
+            crate::sys::sockaddr_to_std(self.storage.as_ptr() as *const _, self.len as _)
+        }
+    }
 }
 
 #[derive(Copy, Clone, Eq, PartialEq, Ord, PartialOrd, Hash)]

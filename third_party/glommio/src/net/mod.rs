@@ -8,19 +8,25 @@ use crate::sys;
 use nix::sys::socket::{MsgFlags, SockaddrLike};
 use std::{io, os::unix::io::RawFd};
 
-fn yolo_accept(fd: RawFd) -> Option<io::Result<RawFd>> {
-    // tollgate patch: one poll(2) tells whether a connection is queued, instead of three
-    // fcntl(2) around a non-blocking accept (the listener stays blocking for the io_uring
-    // accept that is the fallback). Nothing else accepts on this socket meanwhile (one
-    // listener per executor), so the accept that follows a ready poll does not block.
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents & libc::POLLIN == 0 {
-        return None;
+type Accepted = (RawFd, Option<std::net::SocketAddr>);
+
+fn yolo_accept(fd: RawFd, nonblocking: bool) -> Option<io::Result<Accepted>> {
+    // tollgate patch: a non-blocking listener is asked directly (one accept4, EAGAIN when
+    // nothing is queued); a blocking one is first asked by one poll(2) whether a connection
+    // is queued, instead of three fcntl(2) around a non-blocking accept (it stays blocking
+    // for the io_uring accept that is the fallback). Nothing else accepts on this socket
+    // meanwhile (one listener per executor), so the accept that follows a ready poll does
+    // not block.
+    if !nonblocking {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents & libc::POLLIN == 0 {
+            return None;
+        }
     }
     match sys::accept_syscall(fd) {
         Ok(x) => Some(Ok(x)),

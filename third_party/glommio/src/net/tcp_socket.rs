@@ -75,6 +75,9 @@ type Result<T> = crate::Result<T, ()>;
 pub struct TcpListener {
     reactor: Weak<Reactor>,
     listener: net::TcpListener,
+    /// tollgate patch: the socket is `O_NONBLOCK`, so a direct accept can be tried without
+    /// asking `poll(2)` first.
+    nonblocking: bool,
 }
 
 impl FromRawFd for TcpListener {
@@ -82,10 +85,11 @@ impl FromRawFd for TcpListener {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let sk = Socket::from_raw_fd(fd);
         let listener = sk.into();
-
+        let flags = libc::fcntl(fd, libc::F_GETFL);
         TcpListener {
             reactor: Rc::downgrade(&crate::executor().reactor()),
             listener,
+            nonblocking: flags >= 0 && flags & libc::O_NONBLOCK != 0,
         }
     }
 }
@@ -132,6 +136,7 @@ impl TcpListener {
         Ok(TcpListener {
             reactor: Rc::downgrade(&crate::executor().reactor()),
             listener,
+            nonblocking: false,
         })
     }
 
@@ -164,19 +169,33 @@ impl TcpListener {
     /// [`TcpStream`]: struct.TcpStream.html
     /// [`Send`]: https://doc.rust-lang.org/std/marker/trait.Send.html
     pub async fn shared_accept(&self) -> Result<AcceptedTcpStream> {
+        let (fd, _) = self.accept_raw().await?;
+        Ok(AcceptedTcpStream { fd })
+    }
+
+    /// tollgate patch: the accepted descriptor (non-blocking, close-on-exec) and the peer
+    /// address the accept returned.
+    async fn accept_raw(&self) -> Result<(RawFd, Option<SocketAddr>)> {
         let reactor = self.reactor.upgrade().unwrap();
         let raw_fd = self.listener.as_raw_fd();
-        if let Some(r) = yolo_accept(raw_fd) {
-            match r {
-                Ok(fd) => {
-                    return Ok(AcceptedTcpStream { fd });
-                }
-                Err(err) => return Err(GlommioError::IoError(err)),
-            }
+        if let Some(r) = yolo_accept(raw_fd, self.nonblocking) {
+            return r.map_err(GlommioError::IoError);
         }
         let source = reactor.accept(self.listener.as_raw_fd());
-        let fd = source.collect_rw().await?;
-        Ok(AcceptedTcpStream { fd: fd as RawFd })
+        let fd = source.collect_rw().await? as RawFd;
+        let peer = match &*source.source_type_mut() {
+            crate::sys::source::SourceType::Accept(addr) => addr.socket_addr(),
+            _ => None,
+        };
+        Ok((fd, peer))
+    }
+
+    /// tollgate patch: [`TcpListener::accept`] that also gives the peer's address, as the
+    /// accept itself returned it (`None` when it was not an IP address), so that knowing
+    /// it costs no `getpeername(2)`. The stream is non-blocking.
+    pub async fn accept_with_peer(&self) -> Result<(TcpStream, Option<SocketAddr>)> {
+        let (fd, peer) = self.accept_raw().await?;
+        Ok((AcceptedTcpStream { fd }.bind_to_executor(), peer))
     }
 
     /// Accepts a new incoming TCP connection in this executor

@@ -93,16 +93,51 @@ pub(crate) fn recv_syscall(fd: RawFd, buf: *mut u8, len: usize, flags: i32) -> i
     syscall!(recv(fd, buf as _, len, flags)).map(|x| x as usize)
 }
 
-pub(crate) fn accept_syscall(fd: RawFd) -> io::Result<RawFd> {
+/// tollgate patch: `accept4` that hands back the new socket non-blocking and close-on-exec
+/// (no `fcntl`, no descriptor leaks into a child process) with the peer's address it was
+/// given anyway (no `getpeername` later).
+pub(crate) fn accept_syscall(fd: RawFd) -> io::Result<(RawFd, Option<std::net::SocketAddr>)> {
     let mut addr: MaybeUninit<libc::sockaddr_storage> = MaybeUninit::uninit();
     let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // tollgate patch: accept4 with SOCK_CLOEXEC (no descriptor leaks into a child process).
-    syscall!(accept4(
+    let new = syscall!(accept4(
         fd,
         addr.as_mut_ptr() as *mut _,
         &mut length,
-        libc::SOCK_CLOEXEC
-    ))
+        libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK
+    ))?;
+    // SAFETY: accept4 succeeded, so it wrote `length` bytes of a socket address.
+    let peer = unsafe { sockaddr_to_std(addr.as_ptr(), length) };
+    Ok((new, peer))
+}
+
+/// tollgate patch: an IPv4 or IPv6 socket address the kernel wrote (`None` for others).
+///
+/// # Safety
+/// `addr` points to at least `len` initialised bytes of a `sockaddr`.
+pub(crate) unsafe fn sockaddr_to_std(
+    addr: *const libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<std::net::SocketAddr> {
+    let len = len as usize;
+    match (*addr).ss_family as libc::c_int {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            let a = &*(addr as *const libc::sockaddr_in);
+            Some(std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+                u32::from_be(a.sin_addr.s_addr).into(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            let a = &*(addr as *const libc::sockaddr_in6);
+            Some(std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 pub(crate) fn direct_io_ify(fd: RawFd, flags: libc::c_int) -> io::Result<()> {

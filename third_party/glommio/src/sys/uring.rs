@@ -327,7 +327,12 @@ fn fill_sqe<F>(
             }
 
             UringOpDescriptor::Accept(addr) => {
-                sqe.prep_accept(op.fd, Some(&mut *addr), SockFlag::SOCK_CLOEXEC);
+                // tollgate patch: non-blocking like the direct accept's sockets.
+                sqe.prep_accept(
+                    op.fd,
+                    Some(&mut *addr),
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                );
             }
 
             UringOpDescriptor::Fallocate(offset, size, flags) => {
