@@ -9,8 +9,12 @@
 //!         up-connect | down-connect | forward | idle-socks5
 //!   (tunnels-direct: the same open/echo/close straight to the echo target, the latency
 //!   baseline the tunnel modes' p50/p99 are compared with)
-//!   PROXY: host:port     --user U --pass P   --conc N   --secs S   --idle N
+//!   PROXY: host:port     --user U --pass P   --conc N   --secs S   --idle N   --hold N
 //! ```
+//! `--hold N` (tunnel modes): open N more tunnels (direct ones for tunnels-direct) before
+//! the load starts and keep them open, idle, until it ends: the load then runs beside N
+//! open tunnels without N more threads competing for the CPU. Once they are open it prints
+//! `{"held":N}` and waits for a line on stdin before the load starts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,6 +25,8 @@ use std::time::{Duration, Instant};
 
 /// Each tunnel's open-echo-close time (µs), gathered from every thread at its end.
 static LATENCIES: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// How many of `--hold` tunnels were open during the load.
+static HELD: AtomicU64 = AtomicU64::new(0);
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
@@ -37,6 +43,7 @@ struct Opts {
     conc: usize,
     secs: f64,
     idle: usize,
+    hold: usize,
 }
 
 fn opts() -> Opts {
@@ -61,6 +68,7 @@ fn opts() -> Opts {
         conc: get("--conc").map_or(32, |v| v.parse().unwrap()),
         secs: get("--secs").map_or(10.0, |v| v.parse().unwrap()),
         idle: get("--idle").map_or(1000, |v| v.parse().unwrap()),
+        hold: get("--hold").map_or(0, |v| v.parse().unwrap()),
     }
 }
 
@@ -232,8 +240,25 @@ fn main() {
             let echo = spawn_server(echo);
             let socks = m == "tunnels-socks5";
             let direct = m == "tunnels-direct";
+            let mut held = Vec::with_capacity(o.hold);
+            for _ in 0..o.hold {
+                let s = if direct {
+                    TcpStream::connect(echo).ok()
+                } else {
+                    tunnel(&o, socks, echo)
+                };
+                held.extend(s);
+            }
+            HELD.store(held.len() as u64, Ordering::Relaxed);
+            if o.hold > 0 {
+                // Tell the driver they are open (so it can start counting the proxy's CPU
+                // from here), and start the load once it answers.
+                println!("{{\"held\":{}}}", held.len());
+                let _ = std::io::stdout().flush();
+                let _ = std::io::stdin().read_line(&mut String::new());
+            }
             let oo = o.clone();
-            run_threads(&o, move |stop, ops, _| {
+            let r = run_threads(&o, move |stop, ops, _| {
                 let msg = [7u8; 64];
                 let mut back = [0u8; 64];
                 let mut lat = Vec::new();
@@ -257,7 +282,9 @@ fn main() {
                     }
                 }
                 LATENCIES.lock().unwrap().extend(lat);
-            })
+            });
+            drop(held);
+            r
         }
         m @ ("up-socks5" | "down-socks5" | "up-connect" | "down-connect") => {
             let up = m.starts_with("up");
@@ -344,8 +371,9 @@ fn main() {
     let mut lat = std::mem::take(&mut *LATENCIES.lock().unwrap());
     lat.sort_unstable();
     println!(
-        "{{\"mode\":\"{}\",\"ops\":{ops},\"bytes\":{bytes},\"secs\":{secs:.3},\"p50_us\":{},\"p99_us\":{}}}",
+        "{{\"mode\":\"{}\",\"ops\":{ops},\"bytes\":{bytes},\"secs\":{secs:.3},\"held\":{},\"p50_us\":{},\"p99_us\":{}}}",
         o.mode,
+        HELD.load(Ordering::Relaxed),
         percentile(&lat, 0.50),
         percentile(&lat, 0.99)
     );

@@ -2,7 +2,7 @@
 # Side-by-side benchmark of tollgate and peer proxies on loopback (see scripts/bench.py).
 #   scripts/bench.sh            # BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=vproxy,floor,microsocks,merino,dante,squid,tinyproxy,proxy-chain
 #   scripts/bench.sh cluster    # what a Redis-shared plan costs per connection (scripts/bench_cluster.py)
-#   scripts/bench.sh growth     # new tunnels at concurrency 1/32/1000, a reload under load (scripts/bench_growth.py)
+#   scripts/bench.sh growth     # new tunnels at concurrency 1/32/1000 and beside 10,000 open, a reload under load (scripts/bench_growth.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-peers}

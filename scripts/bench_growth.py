@@ -3,7 +3,8 @@
 file does to tunnel latency while it happens.
 
 usage: bench_growth.py TOLLGATE_BIN LOADGEN_BIN
-       (env: BENCH_SECS=3, BENCH_CONC=1,32,1000, BENCH_ACCOUNTS=100000)
+       (env: BENCH_SECS=3, BENCH_CONC=1,32,1000, BENCH_HOLD=10000, BENCH_ACCOUNTS=100000,
+       BENCH_LOADGEN_SCHED=normal|batch, default normal: see bench.py)
 
 1. For each concurrency: SOCKS5 tunnels (auth, 64-byte echo, close) through tollgate with 2
    executors — tunnels/s, per proxy CPU-second, p50/p99 of one tunnel's open-echo-close — and
@@ -13,12 +14,16 @@ usage: bench_growth.py TOLLGATE_BIN LOADGEN_BIN
    undisturbed and once while it is sent SIGHUP every second (each reload re-reads and
    re-validates every account); the p99 of each.
 The load generator runs a thread per connection, and so do its targets: at 10,000 on a
-2-vCPU machine they, not the gateway, saturate (BENCH_CONC=10000 to try it anyway).
+2-vCPU machine they, not the gateway, saturate (BENCH_CONC=10000 to try it anyway). So the
+10,000 row (BENCH_HOLD) is 32 threads opening and closing tunnels beside BENCH_HOLD - 32
+tunnels held open and idle for the whole run (the direct baseline beside as many direct
+connections); the proxy's CPU is counted from when the held ones are open.
 Loopback only; every loop is bounded in count and time.
 """
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +35,10 @@ import time
 TOLLGATE, LOADGEN = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 SECS = float(os.environ.get("BENCH_SECS", "3"))
 CONCS = [int(c) for c in os.environ.get("BENCH_CONC", "1,32,1000").split(",")]
+HOLD = int(os.environ.get("BENCH_HOLD", "10000"))
+# Normal policy by default here: these rows are about latency, which a batch-policy load
+# generator (woken only at the next tick when the CPU is busy) would inflate.
+SCHED = os.environ.get("BENCH_LOADGEN_SCHED", "normal")
 ACCOUNTS = int(os.environ.get("BENCH_ACCOUNTS", "100000"))
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -101,13 +110,29 @@ def cpu(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def load(mode, port, conc, pid=None):
+def load(mode, port, conc, pid=None, hold=0):
     argv = [LOADGEN, mode, f"127.0.0.1:{port}", "--conc", str(conc), "--secs", str(SECS),
-            "--user", "bench", "--pass", "benchpw"]
-    c0 = cpu(pid) if pid else 0
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=SECS + 120, preexec_fn=raise_nofile)
+            "--user", "bench", "--pass", "benchpw", "--hold", str(hold)]
+    if SCHED == "batch" and shutil.which("chrt"):
+        # As bench.py's default: the load generator's wake-ups do not preempt the gateway.
+        argv = ["chrt", "-b", "0", *argv]
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         preexec_fn=raise_nofile)
+    try:
+        if hold:
+            # The held tunnels are open: count the proxy's CPU from here, then start.
+            json.loads(p.stdout.readline())
+        c0 = cpu(pid) if pid else 0
+        if hold:
+            p.stdin.write("\n")
+            p.stdin.flush()
+        out, _ = p.communicate(timeout=SECS + 120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     c1 = cpu(pid) if pid else 0
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res = json.loads(out.strip().splitlines()[-1])
     res["cpu"] = c1 - c0
     return res
 
@@ -120,8 +145,19 @@ def main():
         for conc in CONCS:
             t = load("tunnels-socks5", port, conc, p.pid)
             d = load("tunnels-direct", port, conc)
-            rows.append((conc, t, d))
+            rows.append((f"{conc:,}", t, d))
             print(f"conc {conc}: {t} direct {d}", file=sys.stderr)
+        # Each open tunnel is two descriptors in the gateway (and two in the load generator):
+        # where the hard limit cannot be raised to fit, as many as it allows.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hold = HOLD if hard == resource.RLIM_INFINITY else min(HOLD, (hard - 1024) // 2)
+        if hold < HOLD:
+            print(f"RLIMIT_NOFILE hard limit {hard}: {hold:,} tunnels open, not {HOLD:,}", file=sys.stderr)
+        if hold > 32:
+            t = load("tunnels-socks5", port, 32, p.pid, hold=hold - 32)
+            d = load("tunnels-direct", port, 32, hold=hold - 32)
+            rows.append((f"{32 + t['held']:,} open (32 busy)", t, d))
+            print(f"hold {hold}: {t} direct {d}", file=sys.stderr)
     finally:
         p.terminate()
         p.wait(timeout=30)
@@ -130,7 +166,7 @@ def main():
     for conc, t, d in rows:
         rate = t["ops"] / t["secs"]
         per = t["ops"] / max(t["cpu"], 0.05)
-        print(f"| {conc:,} | {rate:,.0f} | {per:,.0f} | {t['p50_us'] / 1000:.2f} / {t['p99_us'] / 1000:.2f} ms | "
+        print(f"| {conc} | {rate:,.0f} | {per:,.0f} | {t['p50_us'] / 1000:.2f} / {t['p99_us'] / 1000:.2f} ms | "
               f"{d['p50_us'] / 1000:.2f} / {d['p99_us'] / 1000:.2f} ms | {(t['p99_us'] - d['p99_us']) / 1000:.2f} ms |")
 
     p, port = start(ACCOUNTS)
