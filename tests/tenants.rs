@@ -9,6 +9,7 @@ use common::origin::{echo_server, http_origin, scripted_origin, Answer};
 use common::*;
 use std::io::{Read, Write};
 use std::process::Command;
+use std::time::Duration;
 
 /// A scripted HTTP upstream proxy: answers every CONNECT with 200 and records the lines.
 fn http_upstream() -> common::origin::Scripted {
@@ -350,6 +351,106 @@ fn one_tenants_failing_targets_never_bench_a_shared_exit() {
         503,
         "benched after 3 targets of 2 accounts"
     );
+}
+
+/// A SOCKS5 CONNECT sent in one write: the tunnel, the reply code of a refusal (a close
+/// before any reply counts as 0xff), or `None` when nothing came back within `wait`.
+fn socks_attempt(
+    gw: std::net::SocketAddr,
+    user: &str,
+    target: std::net::SocketAddr,
+    wait: Duration,
+) -> Option<Result<std::net::TcpStream, u8>> {
+    let mut s = connect(gw);
+    let mut hello = vec![5, 1, 2, 1, user.len() as u8];
+    hello.extend_from_slice(user.as_bytes());
+    hello.extend_from_slice(&[2, b'p', b'w']);
+    hello.extend_from_slice(&socks_request(1, &Target::Addr(target)));
+    s.write_all(&hello).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    Some(read_socks_answer(&mut s)?.map(|()| s))
+}
+
+/// The method choice, the auth answer and the CONNECT reply of [`socks_attempt`].
+fn read_socks_answer(s: &mut std::net::TcpStream) -> Option<Result<(), u8>> {
+    let mut head = [0u8; 4];
+    match s.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return None
+        }
+        Err(_) => return Some(Err(0xff)),
+    }
+    assert_eq!(head, [5, 2, 1, 0], "greeting and auth answered");
+    let mut r = [0u8; 3];
+    if s.read_exact(&mut r).is_err() {
+        return Some(Err(0xff));
+    }
+    if r[1] != 0 {
+        return Some(Err(r[1]));
+    }
+    read_reply_addr(s);
+    Some(Ok(()))
+}
+
+#[test]
+fn a_tenant_exhausting_the_gateways_sockets_never_benches_the_exit() {
+    // A gateway allowed 256 descriptors and one direct exit; alice opens tunnels until the
+    // gateway has none left for the next one's outbound socket.
+    let echo = echo_server("127.0.0.1:0");
+    let rest = "[[exit]]\nnetwork = \"residential\"\nkind = \"direct\"\n\n[[user]]\nname = \"bob\"\npassword = \"pw\"\nplan = \"basic\"\nnetworks = [\"residential\"]\n\n[[user]]\nname = \"greedy\"\npassword = \"pw\"\nplan = \"basic\"\nnetworks = [\"residential\"]\n";
+    let gw = Gateway::start_with_nofile(&config("handshake_timeout = \"60s\"", rest), 256);
+    // One accepted connection waiting in its handshake: one descriptor in the gateway.
+    let mut spare = connect(gw.addr());
+    spare.write_all(&[5, 1, 2]).unwrap();
+    let mut m = [0u8; 2];
+    spare.read_exact(&mut m).unwrap();
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..256 {
+        match socks_attempt(gw.addr(), "greedy", echo, Duration::from_secs(2)) {
+            Some(Ok(s)) => held.push(s),
+            Some(Err(code)) => {
+                refused = Some(code);
+                break;
+            }
+            None => {
+                // Every descriptor is in use, so this connection waits in the accept queue.
+                // Giving one back lets it in, with none left for its outbound socket.
+                drop(spare);
+                break;
+            }
+        }
+    }
+    assert!(held.len() > 50, "{} tunnels before the limit", held.len());
+    // Now each new tunnel is refused: SOCKS5 general failure (503 "out of sockets").
+    let mut codes = Vec::new();
+    codes.extend(refused);
+    while codes.len() < 6 {
+        let r = socks_attempt(gw.addr(), "greedy", echo, Duration::from_secs(10));
+        match r {
+            Some(Err(code)) => codes.push(code),
+            other => panic!(
+                "expected a refusal at the descriptor limit, got {:?}",
+                other.map(|r| r.map(|_| ()))
+            ),
+        }
+    }
+    assert_eq!(codes, vec![1; 6], "general failure for each");
+    assert!(gw.stderr().contains("out of sockets"), "the log says why");
+    // The greedy tenant lets go: the next tenant is served through the same exit at once,
+    // not answered "every matching exit is benched" for bench_for.
+    drop(held);
+    let mut s = eventually("a tunnel once the descriptors are back", || {
+        socks_attempt(gw.addr(), "bob", echo, Duration::from_secs(2))?.ok()
+    });
+    assert_eq!(echo_through(&mut s, b"still served"), b"still served");
+    assert!(!gw.stderr().contains("benched"), "{}", gw.stderr());
 }
 
 #[test]

@@ -101,6 +101,8 @@ pub(super) async fn connect_target(
     }
     match race(&order, from, timeout).await {
         Ok(ok) => Ok(ok),
+        // No descriptor for a socket: this gateway's shortage, neither side's fault.
+        Err(e) if out_of_sockets(&e) => Err(Fail::Local(e)),
         // The source address is not on this host: the exit is broken, not the target.
         Err(e @ ProxyError::Unavailable(_)) => Err(Fail::Exit(e)),
         Err(e) => Err(Fail::Target(e)),
@@ -163,6 +165,15 @@ async fn race(
     .await
 }
 
+/// What a connect reports when socket(2) fails (no descriptor left: EMFILE/ENFILE, or no
+/// memory for one).
+const OUT_OF_SOCKETS: &str = "out of sockets";
+
+/// The failure is this gateway's shortage of sockets, not the exit's or the target's.
+pub(super) fn out_of_sockets(e: &ProxyError) -> bool {
+    matches!(e, ProxyError::Unavailable(why) if *why == OUT_OF_SOCKETS)
+}
+
 /// Non-blocking connect from an optional source address, adopted into glommio.
 /// glommio's own connect resolves on the executor thread and cannot bind a source.
 pub async fn connect_direct(
@@ -175,7 +186,7 @@ pub async fn connect_direct(
     // Non-blocking (and close-on-exec) from socket(2) itself: no fcntl round trips.
     let kind = Type::STREAM.nonblocking();
     let sock = Socket::new(Domain::for_address(addr), kind, Some(Protocol::TCP))
-        .map_err(|_| ProxyError::Unavailable("out of sockets"))?;
+        .map_err(|_| ProxyError::Unavailable(OUT_OF_SOCKETS))?;
     sock.set_nodelay(true).map_err(io)?;
     if let Some(src) = source {
         // Let connect() pick the port, so many source IPs don't exhaust ephemeral ports at

@@ -63,6 +63,11 @@ pub enum Fail {
     /// when several targets of several accounts fail this way (one tenant cannot bench a
     /// shared exit).
     Unclear(ProxyError),
+    /// This gateway ran out of something of its own (file descriptors for a socket):
+    /// reported at once, retried nowhere (another exit would need one too), and never
+    /// counted against the exit: a tenant that exhausts the gateway's descriptors must not
+    /// bench a shared exit for everyone after its connections are gone.
+    Local(ProxyError),
 }
 
 /// Connect to `target` along `route`: the exits [`Choice`] offers, in turn, until one
@@ -94,6 +99,7 @@ pub async fn dial(
                 choice.target_failed(exit);
                 return Err(e);
             }
+            Some(Err(Fail::Local(e))) => return Err(e),
             None if matches!(snap.exits[exit].kind, ExitKind::Direct { .. }) => {
                 return Err(ProxyError::ConnectTimeout);
             }
@@ -188,6 +194,9 @@ async fn connect_via(
     let (stream, local) = connect_direct(addr, None, false, timeout)
         .await
         .map_err(|e| {
+            if connect::out_of_sockets(&e) {
+                return Fail::Local(e);
+            }
             Fail::Exit(ProxyError::Upstream(format!(
                 "upstream proxy {addr} unreachable: {e}"
             )))

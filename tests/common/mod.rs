@@ -81,10 +81,39 @@ impl Gateway {
 
     /// [`Gateway::start_in`] with extra environment variables (test hooks).
     pub fn start_env(dir: tempfile::TempDir, config: &str, env: &[(&str, String)]) -> Gateway {
+        Gateway::spawn(dir, config, env, Command::new(BIN))
+    }
+
+    /// A gateway that may hold at most `nofile` file descriptors (soft and hard limit).
+    pub fn start_with_nofile(config: &str, nofile: u64) -> Gateway {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(BIN);
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Gateway::spawn(tempfile::tempdir().unwrap(), config, &[], cmd)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, String)],
+        mut cmd: Command,
+    ) -> Gateway {
         let path = dir.path().join("tollgate.toml");
         std::fs::write(&path, config).unwrap();
         let err = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .arg("--config")
             .arg(&path)
             .current_dir(dir.path())
@@ -285,7 +314,7 @@ pub enum SocksOutcome {
     Reply(u8, Option<SocketAddr>),
 }
 
-fn read_reply_addr(s: &mut TcpStream) -> Option<SocketAddr> {
+pub fn read_reply_addr(s: &mut TcpStream) -> Option<SocketAddr> {
     let mut atyp = [0u8; 1];
     s.read_exact(&mut atyp).ok()?;
     match atyp[0] {

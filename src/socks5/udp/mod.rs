@@ -184,7 +184,11 @@ async fn through_upstream(
         let via = upstream::socks5_udp(&mut side, up, ip)
             .await
             .map_err(|f| match f {
-                Fail::Exit(e) | Fail::Target(e) | Fail::Family(e) | Fail::Unclear(e) => e,
+                Fail::Exit(e)
+                | Fail::Target(e)
+                | Fail::Family(e)
+                | Fail::Unclear(e)
+                | Fail::Local(e) => e,
             })?;
         Ok((side.stream, via))
     };
