@@ -7,7 +7,15 @@ source_cidr prefix (tunnel rows only), the baseline binary when given, and the p
 usage: bench.py TOLLGATE_BIN LOADGEN_BIN   (env: BENCH_SECS=5 BENCH_REPS=3 BENCH_PEERS=all
        BENCH_FLOOR=the tunnel-floor server (floor-epoll) to measure new tunnels against,
        BENCH_NODE_MODULES=dir holding proxy-chain, BENCH_BASELINE=older tollgate binary to
-       measure beside this one, BENCH_MODES=comma-separated rows to run, default all)
+       measure beside this one, BENCH_MODES=comma-separated rows to run, default all,
+       BENCH_LOADGEN_SCHED=batch|normal, default batch)
+
+The load generator and its targets run under SCHED_BATCH (chrt -b 0) by default: on this
+one machine they share the CPUs with the proxy under test, and a normal-policy thread woken
+by the proxy's own send preempts it at once, which a proxy whose clients are other machines
+never pays (and which costs a proxy with pinned executors more than one whose threads the
+scheduler can move away). Every proxy runs under the same harness; the scaling rows also
+measure new tunnels with the load generator at the normal policy, side by side.
 
 Every figure is also divided by the proxy's own CPU time (utime+stime of its whole process
 group, from /proc/PID/stat), because load generator, proxy and targets share the machine.
@@ -25,6 +33,14 @@ import tempfile
 import time
 
 TOLLGATE, LOADGEN = sys.argv[1], sys.argv[2]
+SCHED = os.environ.get("BENCH_LOADGEN_SCHED", "batch")
+
+
+def lg_argv(*args, sched=None):
+    """The load generator's command line, under SCHED_BATCH unless `sched` is "normal"."""
+    if (sched or SCHED) == "batch" and shutil.which("chrt"):
+        return ["chrt", "-b", "0", LOADGEN, *args]
+    return [LOADGEN, *args]
 SECS = float(os.environ.get("BENCH_SECS", "5"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 IDLE = int(os.environ.get("BENCH_IDLE", "1000"))
@@ -219,8 +235,8 @@ def quiesce(proxies, limit=10.0):
         last = now
 
 
-def loadgen(mode, p, conc):
-    argv = [LOADGEN, mode, f"127.0.0.1:{p.port}", "--conc", str(conc), "--secs", str(SECS)]
+def loadgen(mode, p, conc, sched=None):
+    argv = lg_argv(mode, f"127.0.0.1:{p.port}", "--conc", str(conc), "--secs", str(SECS), sched=sched)
     if p.auth:
         argv += ["--user", p.creds[0], "--pass", p.creds[1]]
     cpu0, _ = group_stats(p.proc.pid)
@@ -237,9 +253,9 @@ def loadgen(mode, p, conc):
 
 
 def idle_rss(p):
-    argv = [LOADGEN, "idle-socks5", f"127.0.0.1:{p.port}", "--idle", str(IDLE)]
+    argv = lg_argv("idle-socks5", f"127.0.0.1:{p.port}", "--idle", str(IDLE))
     if p.auth:
-        argv += ["--user", USER, "--pass", PASS]
+        argv += ["--user", p.creds[0], "--pass", p.creds[1]]
     time.sleep(0.5)
     _, before = group_stats(p.proc.pid)
     lg = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -301,20 +317,38 @@ def main():
         for p in fresh:
             p.stop()
 
-    # Scaling: tollgate with 1 executor vs 2 on the same loads, rate and per proxy CPU-second.
+    # Scaling: tollgate with 1 executor vs 2 on the same loads, rate and per proxy CPU-second,
+    # beside the floor server; new SOCKS5 tunnels also with the load generator at the
+    # normal scheduling policy. Reps interleaved across all of them.
     scaling = {}
+    runs = []
     for workers in (1, 2):
         p = start_tollgate(work, workers, f"tollgate-w{workers}")
-        try:
-            for mode in ("tunnels-socks5", "tunnels-connect"):
-                rs = [loadgen(mode, p, 32) for _ in range(REPS)]
-                scaling[f"{mode}/w{workers}"] = {
-                    "rate": statistics.median(r["ops"] / r["secs"] for r in rs),
-                    "per_cpu_median": statistics.median(r["ops"] / max(r["cpu"], 0.05) for r in rs),
-                    "per_cpu_min": min(r["ops"] / max(r["cpu"], 0.05) for r in rs),
-                }
-        finally:
+        runs += [(p, f"{m}/w{workers}", m, None) for m in ("tunnels-socks5", "tunnels-connect")]
+        if SCHED == "batch":
+            runs.append((p, f"tunnels-socks5/w{workers}/normal", "tunnels-socks5", "normal"))
+    floors = [p for p in proxies if p.name == "floor-epoll"]
+    if floors:
+        fl = start_peers(work, ["floor"])[0]
+        runs.append((fl, "tunnels-socks5/floor", "tunnels-socks5", None))
+        if SCHED == "batch":
+            runs.append((fl, "tunnels-socks5/floor/normal", "tunnels-socks5", "normal"))
+    live = list({id(r[0]): r[0] for r in runs}.values())
+    rs = {}
+    try:
+        for _ in range(REPS):
+            for p, key, mode, sched in runs:
+                quiesce(live)
+                rs.setdefault(key, []).append(loadgen(mode, p, 32, sched))
+    finally:
+        for p in live:
             p.stop()
+    for key, v in rs.items():
+        scaling[key] = {
+            "rate": statistics.median(r["ops"] / r["secs"] for r in v),
+            "per_cpu_median": statistics.median(r["ops"] / max(r["cpu"], 0.05) for r in v),
+            "per_cpu_min": min(r["ops"] / max(r["cpu"], 0.05) for r in v),
+        }
 
     def per(mode, r):
         # Under one clock tick of CPU the division means nothing: report 0 (n/a).
@@ -344,12 +378,17 @@ def main():
     for name, (n, per_tunnel) in idle.items():
         print(f"| {n} | {name} | {per_tunnel / 1024:,.2f} KiB |")
         summary[f"idle/{name}"] = per_tunnel
-    print("\n| scaling (concurrency 32) | executors | rate (median) | per proxy CPU-second (min / median) | µs CPU per tunnel |")
-    print("|---|---|---|---|---|")
+    print(f"\n(load generator: {SCHED} scheduling policy unless the row says otherwise)")
+    print("\n| scaling (concurrency 32) | executors | load generator | rate (median) | per proxy CPU-second (min / median) | µs CPU per tunnel | vs floor, same policy |")
+    print("|---|---|---|---|---|---|---|")
     for key, v in scaling.items():
-        mode, w = key.split("/")
-        print(f"| {mode} | {w[1:]} | {v['rate']:,.0f} /s | {v['per_cpu_min']:,.0f} / {v['per_cpu_median']:,.0f} | "
-              f"{1e6 / v['per_cpu_median']:,.0f} |")
+        parts = key.split("/")
+        mode, who, sched = parts[0], parts[1], parts[2] if len(parts) > 2 else SCHED
+        fl = scaling.get(f"tunnels-socks5/floor{'/normal' if len(parts) > 2 else ''}")
+        ratio = f"{v['per_cpu_median'] / fl['per_cpu_median']:.2f}×" if fl and mode == "tunnels-socks5" else ""
+        execs = "floor-epoll, 1 thread" if who == "floor" else who[1:]
+        print(f"| {mode} | {execs} | {sched} | {v['rate']:,.0f} /s | {v['per_cpu_min']:,.0f} / {v['per_cpu_median']:,.0f} | "
+              f"{1e6 / v['per_cpu_median']:,.0f} | {ratio} |")
     summary["scaling"] = scaling
     os.makedirs("target/bench", exist_ok=True)
     json.dump(summary, open("target/bench/results.json", "w"), indent=2)
