@@ -158,9 +158,16 @@ async fn race(
                 Poll::Pending => i += 1,
             }
         }
-        if !due {
-            return Poll::Pending;
+        // A failure starts the next address at once; with none left to start, the live
+        // attempts are waited on (looping here would spin the core until one resolved).
+        if due && next < addrs.len() {
+            continue;
         }
+        due = false;
+        if live.is_empty() {
+            return Poll::Ready(Err(last.clone()));
+        }
+        return Poll::Pending;
     })
     .await
 }
