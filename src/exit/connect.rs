@@ -5,7 +5,6 @@ use super::dns::DnsCache;
 use super::policy;
 use super::{Fail, TargetAddr};
 use crate::error::ProxyError;
-use crate::util::within;
 use glommio::net::TcpStream;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::future::Future;
@@ -38,7 +37,6 @@ pub(super) async fn connect_target(
     target: &TargetAddr,
     from: From,
     allow_private: bool,
-    timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), Fail> {
     let one;
     let resolved;
@@ -99,7 +97,7 @@ pub(super) async fn connect_target(
             "{target} has no {want} address, and the exits that may carry it reach {want} targets only"
         ))));
     }
-    match race(&order, from, timeout).await {
+    match race(&order, from).await {
         Ok(ok) => Ok(ok),
         // No descriptor for a socket: this gateway's shortage, neither side's fault.
         Err(e) if out_of_sockets(&e) => Err(Fail::Local(e)),
@@ -117,17 +115,12 @@ type Attempt = Pin<Box<dyn Future<Output = Result<(TcpStream, SocketAddr), Proxy
 /// Connect to the first of `addrs` that answers: each next address starts when the one
 /// before it failed or has not answered for [`ATTEMPT_DELAY`]; the first connection made
 /// wins and the others are dropped (closed).
-async fn race(
-    addrs: &[SocketAddr],
-    from: From,
-    timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), ProxyError> {
+async fn race(addrs: &[SocketAddr], from: From) -> Result<(TcpStream, SocketAddr), ProxyError> {
     let source = from.ip;
     if let [only] = addrs {
-        return connect_direct(*only, source, from.freebind, timeout).await;
+        return connect_direct(*only, source, from.freebind).await;
     }
-    let start =
-        |a: SocketAddr| -> Attempt { Box::pin(connect_direct(a, source, from.freebind, timeout)) };
+    let start = |a: SocketAddr| -> Attempt { Box::pin(connect_direct(a, source, from.freebind)) };
     let mut live: Vec<Attempt> = Vec::with_capacity(addrs.len());
     let mut next = 0;
     let mut delay: Pin<Box<dyn Future<Output = ()>>> =
@@ -183,11 +176,12 @@ pub(super) fn out_of_sockets(e: &ProxyError) -> bool {
 
 /// Non-blocking connect from an optional source address, adopted into glommio.
 /// glommio's own connect resolves on the executor thread and cannot bind a source.
+/// Unbounded in time: every caller runs it under its own `connect_timeout` deadline (one
+/// timer per dial, not one more per connect).
 pub async fn connect_direct(
     addr: SocketAddr,
     source: Option<IpAddr>,
     freebind: bool,
-    timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {
     let io = |e: std::io::Error| ProxyError::from_connect_io(&e);
     // Non-blocking (and close-on-exec) from socket(2) itself: no fcntl round trips.
@@ -234,12 +228,9 @@ pub async fn connect_direct(
     let mut stream = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
     // Writable (or failed) once the handshake has finished: wait on the readiness poll
     // alone (no zero-length send), then SO_ERROR says which.
-    let writable = std::future::poll_fn(|cx| stream.poll_writable(cx));
-    match within(timeout, writable).await {
-        None => return Err(ProxyError::ConnectTimeout),
-        Some(Err(e)) => return Err(io(e)),
-        Some(Ok(())) => {}
-    }
+    std::future::poll_fn(|cx| stream.poll_writable(cx))
+        .await
+        .map_err(io)?;
     // SAFETY: the fd stays open for the borrow's lifetime (the stream outlives it).
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     match SockRef::from(&fd).take_error() {

@@ -142,7 +142,6 @@ async fn connect_via(
         }
     }
     let allow_private = snap.server.allow_private_targets;
-    let timeout = snap.server.connect_timeout.0;
     let (up, is_socks) = match &snap.exits[exit].kind {
         ExitKind::Direct { source } => {
             let name = snap.exits[exit].name.as_str();
@@ -151,7 +150,7 @@ async fn connect_via(
                 freebind: matches!(source, Source::Prefix(_)),
                 family_v6: source.family_v6(),
             };
-            let (stream, local) = connect_target(dns, target, from, allow_private, timeout).await?;
+            let (stream, local) = connect_target(dns, target, from, allow_private).await?;
             return Ok(Outbound {
                 stream: stream.into(),
                 local,
@@ -191,16 +190,14 @@ async fn connect_via(
             })?,
     };
     let addr = SocketAddr::new(ip, up.port);
-    let (stream, local) = connect_direct(addr, None, false, timeout)
-        .await
-        .map_err(|e| {
-            if connect::out_of_sockets(&e) {
-                return Fail::Local(e);
-            }
-            Fail::Exit(ProxyError::Upstream(format!(
-                "upstream proxy {addr} unreachable: {e}"
-            )))
-        })?;
+    let (stream, local) = connect_direct(addr, None, false).await.map_err(|e| {
+        if connect::out_of_sockets(&e) {
+            return Fail::Local(e);
+        }
+        Fail::Exit(ProxyError::Upstream(format!(
+            "upstream proxy {addr} unreachable: {e}"
+        )))
+    })?;
     let mut side = Side::new(stream);
     if is_socks {
         upstream::socks5(&mut side, up, target, asked).await?

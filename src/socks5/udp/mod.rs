@@ -177,7 +177,7 @@ async fn through_upstream(
                 .ok_or_else(|| ProxyError::Upstream(format!("upstream {}: no address", up.host)))?,
         };
         let addr = SocketAddr::new(ip, up.port);
-        let (stream, _) = connect_direct(addr, None, false, timeout)
+        let (stream, _) = connect_direct(addr, None, false)
             .await
             .map_err(|e| ProxyError::Upstream(format!("upstream proxy {addr} unreachable: {e}")))?;
         let mut side = Side::new(stream);
