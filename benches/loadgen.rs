@@ -240,15 +240,15 @@ fn main() {
             let echo = spawn_server(echo);
             let socks = m == "tunnels-socks5";
             let direct = m == "tunnels-direct";
-            let mut held = Vec::with_capacity(o.hold);
-            for _ in 0..o.hold {
-                let s = if direct {
+            // One open connection of this mode: straight to the echo target, or a tunnel.
+            let open = move |o: &Opts| {
+                if direct {
                     TcpStream::connect(echo).ok()
                 } else {
-                    tunnel(&o, socks, echo)
-                };
-                held.extend(s);
-            }
+                    tunnel(o, socks, echo)
+                }
+            };
+            let held: Vec<TcpStream> = (0..o.hold).filter_map(|_| open(&o)).collect();
             HELD.store(held.len() as u64, Ordering::Relaxed);
             if o.hold > 0 {
                 // Tell the driver they are open (so it can start counting the proxy's CPU
@@ -268,12 +268,7 @@ fn main() {
                         break;
                     }
                     let t = Instant::now();
-                    let s = if direct {
-                        TcpStream::connect(echo).ok()
-                    } else {
-                        tunnel(&oo, socks, echo)
-                    };
-                    if let Some(mut s) = s {
+                    if let Some(mut s) = open(&oo) {
                         if s.write_all(&msg).is_ok() && s.read_exact(&mut back).is_ok() {
                             drop(s);
                             lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);

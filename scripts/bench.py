@@ -327,8 +327,7 @@ def main():
         runs += [(p, f"{m}/w{workers}", m, None) for m in ("tunnels-socks5", "tunnels-connect")]
         if SCHED == "batch":
             runs.append((p, f"tunnels-socks5/w{workers}/normal", "tunnels-socks5", "normal"))
-    floors = [p for p in proxies if p.name == "floor-epoll"]
-    if floors:
+    if any(p.name == "floor-epoll" for p in proxies):
         fl = start_peers(work, ["floor"])[0]
         runs.append((fl, "tunnels-socks5/floor", "tunnels-socks5", None))
         if SCHED == "batch":
