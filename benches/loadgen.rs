@@ -145,16 +145,24 @@ fn basic(o: &Opts) -> String {
     }
 }
 
-fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut head = Vec::with_capacity(256);
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).ok()? != 1 {
+/// A response head, read the way a client with a buffer reads it (not a byte per `recv`):
+/// the head, and the bytes that came after it in the same reads (a forwarded response's
+/// body).
+fn read_head(s: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 || buf.len() + n > 16 * 1024 {
             return None;
         }
-        head.push(b[0]);
+        let from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(from + i + 4);
+            return Some((buf, rest));
+        }
     }
-    Some(head)
 }
 
 /// A tunnel to `target` through the proxy, by SOCKS5 (with RFC 1929 when a user is given)
@@ -191,15 +199,19 @@ fn tunnel(o: &Opts, socks: bool, target: SocketAddr) -> Option<TcpStream> {
         s.read_exact(&mut rep).ok()?;
         (rep[1] == 0).then_some(s)
     } else {
-        write!(
-            s,
+        // One write, as a client sends its request (`write!` on the stream would send each
+        // formatted piece as its own segment, and cost every proxy a wake per piece).
+        let req = format!(
             "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{}\r\n",
             basic(o)
-        )
-        .ok()?;
-        let head = read_head(&mut s)?;
-        // Some proxies (tinyproxy) answer CONNECT as HTTP/1.0.
-        (head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200")).then_some(s)
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let (head, rest) = read_head(&mut s)?;
+        // Some proxies (tinyproxy) answer CONNECT as HTTP/1.0. The origin speaks only
+        // after the client, so nothing may follow the head yet.
+        ((head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+            && rest.is_empty())
+        .then_some(s)
     }
 }
 
@@ -334,10 +346,11 @@ fn main() {
                         },
                     };
                     let ok = conn.write_all(req.as_bytes()).is_ok()
-                        && read_head(conn).is_some_and(|h| {
-                            h.starts_with(b"HTTP/1.1 200") || h.starts_with(b"HTTP/1.0 200")
-                        })
-                        && conn.read_exact(&mut body).is_ok();
+                        && read_head(conn).is_some_and(|(h, rest)| {
+                            (h.starts_with(b"HTTP/1.1 200") || h.starts_with(b"HTTP/1.0 200"))
+                                && rest.len() <= body.len()
+                                && conn.read_exact(&mut body[rest.len()..]).is_ok()
+                        });
                     if ok {
                         ops.fetch_add(1, Ordering::Relaxed);
                     } else {
