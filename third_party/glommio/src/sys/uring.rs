@@ -1270,6 +1270,8 @@ pub(crate) struct Reactor {
     /// tollgate patch: the latency timer above is a preemption timer (not a user timer
     /// armed for sleeping), so a still-armed one can be kept by the next `wait`.
     latency_timer_is_preempt: Cell<bool>,
+    /// tollgate patch: when the latency timer above fires (as of when it was armed).
+    latency_timer_expiry: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1405,6 +1407,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             latency_timer_is_preempt: Cell::new(false),
+            latency_timer_expiry: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1883,17 +1886,34 @@ impl Reactor {
         // Cancel the old timer if we may sleep: there might be a timer registered that
         // needs to be removed otherwise we'll wake up when it expires.
         //
-        // tollgate patch: when we will not sleep (a preempt timer is asked for) and the
-        // preemption timer armed earlier has not fired yet, it is kept: upstream cancels
-        // and re-arms it on every loop (a cancel SQE, a timeout SQE, their completions and
-        // a `Source` allocation each time). The kept timer fires at most one preempt
-        // period after it was armed, so a task queue is preempted no later than before
-        // and at worst earlier, which only costs it one more trip through this loop.
-        let may_sleep = preempt_timer().is_none();
+        // tollgate patch: upstream cancels the armed latency timer on every call and arms
+        // a new one (a cancel SQE, a timeout SQE, their completions and a `Source`
+        // allocation each time). The armed one is kept while it has not fired and still
+        // does the new one's job:
+        // - not sleeping (a preempt timer is asked for): it fires no later than a fresh
+        //   preempt timer would (a preempt timer armed earlier, or a user timer due
+        //   sooner), so a task queue is preempted no later than before and at worst
+        //   earlier, which only costs it one more trip through this loop;
+        // - about to sleep with a user timer due: it is a user timer that fires at most a
+        //   millisecond after that one is due: the sleep ends when it must, or earlier
+        //   (a timer due sooner was removed), and this loop then arms the next. A preempt
+        //   timer is never kept for a sleep (so a sleeping executor is not woken by it).
+        let now = Instant::now();
         let kept = match self.latency_preemption_timeout_src.take() {
-            Some(t) if !may_sleep && self.latency_timer_is_preempt.get() && t.in_flight() => {
-                self.latency_preemption_timeout_src.set(Some(t));
-                true
+            Some(t) if t.in_flight() => {
+                let expiry = self.latency_timer_expiry.get();
+                let keep = match (preempt_timer(), user_timer) {
+                    (Some(p), _) => expiry.is_some_and(|e| e <= now + p),
+                    (None, Some(d)) => {
+                        !self.latency_timer_is_preempt.get()
+                            && expiry.is_some_and(|e| e <= now + d + Duration::from_millis(1))
+                    }
+                    (None, None) => false,
+                };
+                if keep {
+                    self.latency_preemption_timeout_src.set(Some(t));
+                }
+                keep
             }
             other => {
                 drop(other);
@@ -1940,10 +1960,11 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
+            if let Some(dur) = user_timer.filter(|_| !kept) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 self.latency_timer_is_preempt.set(false);
+                self.latency_timer_expiry.set(Some(now + dur));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1979,6 +2000,7 @@ impl Reactor {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
                 self.latency_timer_is_preempt.set(true);
+                self.latency_timer_expiry.set(Some(Instant::now() + preempt));
             }
             flush_rings!(lat_ring, main_ring)?;
         }
