@@ -54,9 +54,10 @@ pub(super) async fn worker_main(
     services: Services,
     metrics: Arc<CoreMetrics>,
     fds: Vec<(RawFd, usize)>,
+    bell: std::os::fd::OwnedFd,
 ) {
     let w = Worker::new(id, workers, services, metrics);
-    background(&w);
+    background(&w, bell);
     let mut loops = Vec::with_capacity(fds.len());
     for (fd, index) in fds {
         // SAFETY: the fd is a bound, listening socket created for this worker alone.
@@ -88,8 +89,8 @@ pub(super) async fn worker_main(
 }
 
 /// The core's periodic work: heartbeat and quota tick; the session sweep (worker 0); the
-/// drain watch.
-fn background(w: &Rc<Worker>) {
+/// drain watch (`bell`: the read end of this executor's drain socket pair).
+fn background(w: &Rc<Worker>, bell: std::os::fd::OwnedFd) {
     let ticker = w.clone();
     glommio::spawn_local(async move {
         loop {
@@ -111,9 +112,12 @@ fn background(w: &Rc<Worker>) {
     }
     let watcher = w.clone();
     glommio::spawn_local(async move {
-        while !super::DRAINING.load(Ordering::Relaxed) {
-            glommio::timer::sleep(super::DRAIN_POLL).await;
-        }
+        use futures_lite::AsyncReadExt;
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the socket is this executor's alone; the stream owns it from here on.
+        let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell.into_raw_fd()) };
+        // The signal thread's byte, or the pair's end (the process is going away): drain.
+        let _ = bell.read(&mut [0u8; 1]).await;
         watcher.core.drain.fire();
     })
     .detach();

@@ -31,9 +31,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Set once by SIGTERM/SIGINT; each executor notices within [`DRAIN_POLL`].
+/// Set once by SIGTERM/SIGINT (for `/healthz` and the second signal); each executor
+/// learns of it from its [`Bell`].
 static DRAINING: AtomicBool = AtomicBool::new(false);
-const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// How the stop signal reaches the executors at once without any timer: one socket pair
+/// per executor, whose read end the executor waits on (a readiness poll that costs
+/// nothing until it fires: an idle executor is not woken to look at a flag) and whose
+/// write end the signal thread rings with one byte.
+struct Bell {
+    ring: std::os::unix::net::UnixStream,
+    wait: std::os::fd::OwnedFd,
+}
+
+impl Bell {
+    fn new() -> Result<Bell, String> {
+        let (ring, wait) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| format!("cannot create the drain socket pair: {e}"))?;
+        wait.set_nonblocking(true)
+            .map_err(|e| format!("cannot set the drain socket non-blocking: {e}"))?;
+        Ok(Bell {
+            ring,
+            wait: wait.into(),
+        })
+    }
+}
 
 /// Everything `run` needs from the command line.
 pub struct Options {
@@ -63,7 +85,11 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
         snap.server.spin_before_park.0,
     );
     let started = start_services(snap)?;
-    spawn_signal_thread(opts.config_path, started.services.world.clone())?;
+    let bells = (0..workers)
+        .map(|_| Bell::new())
+        .collect::<Result<Vec<_>, _>>()?;
+    let (rings, waits): (Vec<_>, Vec<_>) = bells.into_iter().map(|b| (b.ring, b.wait)).unzip();
+    spawn_signal_thread(opts.config_path, started.services.world.clone(), rings)?;
     let (stop_flusher, flusher) = spawn_flusher(started.ledger.clone(), flush_every)?;
     let cores: Vec<Arc<CoreMetrics>> = (0..workers)
         .map(|_| Arc::new(CoreMetrics::default()))
@@ -74,7 +100,7 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
         resolver_threads,
         spin,
     };
-    let handles = spawn_executors(&started.services, &cores, fds, &tuning)?;
+    let handles = spawn_executors(&started.services, &cores, fds, waits, &tuning)?;
     announce(&bound, admin_addr, workers);
 
     let failed = handles.into_iter().any(|h| h.join().is_err());
@@ -279,11 +305,12 @@ fn spawn_executors(
     services: &Services,
     cores: &[Arc<CoreMetrics>],
     fds: Fds,
+    bells: Vec<std::os::fd::OwnedFd>,
     t: &Tuning,
 ) -> Result<Vec<glommio::ExecutorJoinHandle<()>>, String> {
     let workers = fds.len();
     let mut handles = Vec::with_capacity(workers);
-    for (id, my_fds) in fds.into_iter().enumerate() {
+    for (id, (my_fds, bell)) in fds.into_iter().zip(bells).enumerate() {
         let cpu = t.cpus.get(id % t.cpus.len().max(1)).copied().unwrap_or(0);
         let services = services.clone();
         let metrics = cores[id].clone();
@@ -293,7 +320,7 @@ fn spawn_executors(
             .io_memory(64 << 10)
             .spin_before_park(t.spin)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(t.resolver_threads))
-            .spawn(move || executor::worker_main(id, workers, services, metrics, my_fds))
+            .spawn(move || executor::worker_main(id, workers, services, metrics, my_fds, bell))
             .map_err(|e| {
                 format!(
                     "cannot start executor {id} on CPU {cpu}: {e}. tollgate needs io_uring \
@@ -352,7 +379,11 @@ fn spawn_flusher(
 }
 
 /// SIGHUP reloads; SIGTERM/SIGINT drain (a second one exits at once).
-fn spawn_signal_thread(path: PathBuf, world: Arc<ArcSwap<World>>) -> Result<(), String> {
+fn spawn_signal_thread(
+    path: PathBuf,
+    world: Arc<ArcSwap<World>>,
+    rings: Vec<std::os::unix::net::UnixStream>,
+) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -377,6 +408,11 @@ fn spawn_signal_thread(path: PathBuf, world: Arc<ArcSwap<World>>) -> Result<(), 
                             std::process::exit(1);
                         }
                         tracing::info!("stop signal: draining");
+                        for mut r in &rings {
+                            use std::io::Write;
+                            // A fresh socket pair always has room for one byte.
+                            let _ = r.write(&[1]);
+                        }
                     }
                 }
             }
