@@ -1475,8 +1475,16 @@ impl LocalExecutor {
                 // requests that are latency sensitive we want them out of the
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
+                // tollgate patch: a preemption timer only when a task queue has tasks to
+                // run (asked for after the completions woke theirs); `ZERO` asks for
+                // none, without sleeping (see `Reactor::wait`).
                 this.parker
-                    .poll_io(|| Some(this.preempt_timer_duration()))
+                    .poll_io(|| {
+                        Some(match this.queues.borrow().active_executors.is_empty() {
+                            true => Duration::ZERO,
+                            false => this.preempt_timer_duration(),
+                        })
+                    })
                     .expect("Failed to poll io! This is actually pretty bad!");
 
                 // run user code
