@@ -51,12 +51,18 @@ impl Side {
         res
     }
 
-    /// First read of a fresh connection: one direct non-blocking `recv`, which saves the
-    /// reactor round trip a new glommio stream's first read costs; falls back to `fill`.
+    /// First read of a fresh connection: one direct non-blocking `recv` (its first bytes
+    /// are usually there by now; no readiness poll is armed at accept); when nothing has
+    /// arrived, a wait for readability and then `fill`.
     pub async fn fill_first(&mut self) -> std::io::Result<usize> {
         match self.recv_now() {
             Some(res) => res,
-            None => self.fill(READ_CHUNK).await,
+            None => {
+                if let Stream::Plain(tcp) = &mut self.stream {
+                    std::future::poll_fn(|cx| tcp.poll_readable(cx)).await?;
+                }
+                self.fill(READ_CHUNK).await
+            }
         }
     }
 

@@ -124,12 +124,18 @@ impl Timers {
     fn process_timers(&mut self) -> (Option<Duration>, usize) {
         let now = Instant::now();
 
-        // Split timers into ready and pending timers.
-        let pending = self.timers.split_off(&(now, 0));
-        let ready = mem::replace(&mut self.timers, pending);
-        let woke = ready.len();
-        for (_, waker) in ready {
+        // tollgate patch: the ready timers (due before `now`) are taken off the front one
+        // by one. Upstream split the map at `now` (`split_off`), which allocates a new
+        // tree node (456 bytes) on every call, ready timers or not: twice per pass of the
+        // executor loop, ~8 allocations per new tunnel under load.
+        let mut woke = 0;
+        while let Some(first) = self.timers.first_entry() {
+            if first.key().0 >= now {
+                break;
+            }
+            let waker = first.remove();
             wake!(waker);
+            woke += 1;
         }
 
         // Calculate the duration until the next event.

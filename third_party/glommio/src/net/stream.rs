@@ -445,17 +445,29 @@ where
     S: AsRawFd + From<socket2::Socket> + Unpin,
 {
     fn from(socket: socket2::Socket) -> Self {
+        let mut stream = GlommioStream::unarmed(socket);
+        stream.stream.init();
+        stream
+    }
+}
+
+impl<S> GlommioStream<S, NonBuffered>
+where
+    S: AsRawFd + From<socket2::Socket> + Unpin,
+{
+    /// tollgate patch: the stream without the read-readiness poll that `From` arms at
+    /// once (for a caller that reads the socket itself first: its first `poll_read` tries
+    /// the socket and arms a poll only if nothing is there).
+    pub(crate) fn unarmed(socket: socket2::Socket) -> Self {
         let reactor = crate::executor().reactor();
-        let mut stream = NonBufferedStream {
-            reactor: Rc::downgrade(&reactor),
-            stream: socket.into(),
-            source_tx: None,
-            source_rx: None,
-            timeouts: std::cell::OnceCell::new(),
-        };
-        stream.init();
         GlommioStream {
-            stream,
+            stream: NonBufferedStream {
+                reactor: Rc::downgrade(&reactor),
+                stream: socket.into(),
+                source_tx: None,
+                source_rx: None,
+                timeouts: std::cell::OnceCell::new(),
+            },
             rx_buf: NonBuffered,
             rx_done: Cell::new(false),
         }

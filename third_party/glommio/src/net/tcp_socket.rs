@@ -195,7 +195,14 @@ impl TcpListener {
     /// it costs no `getpeername(2)`. The stream is non-blocking.
     pub async fn accept_with_peer(&self) -> Result<(TcpStream, Option<SocketAddr>)> {
         let (fd, peer) = self.accept_raw().await?;
-        Ok((AcceptedTcpStream { fd }.bind_to_executor(), peer))
+        // SAFETY: `fd` is the connection the accept just returned, owned from here on.
+        let socket = unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // No read poll is armed at accept: a new connection's first bytes are usually
+        // there by the time it is served, and its first read tries the socket first.
+        let stream = TcpStream {
+            stream: GlommioStream::unarmed(socket),
+        };
+        Ok((stream, peer))
     }
 
     /// Accepts a new incoming TCP connection in this executor
