@@ -41,12 +41,31 @@ impl Side {
     }
 
     /// Read up to `max` more bytes into `buf`; `Ok(0)` at end of stream.
+    ///
+    /// Cancel-safe: a read dropped while it waits (a race lost, a deadline) leaves `buf` as
+    /// it was, so a later read continues exactly where the stream is.
     pub async fn fill(&mut self, max: usize) -> std::io::Result<usize> {
+        /// Cuts `buf` back to `keep` bytes when dropped: the room a waiting read was given
+        /// is never left behind as bytes that did not come.
+        struct Room<'a> {
+            buf: &'a mut Vec<u8>,
+            keep: usize,
+        }
+        impl Drop for Room<'_> {
+            fn drop(&mut self) {
+                self.buf.truncate(self.keep);
+            }
+        }
         let old = self.buf.len();
-        self.buf.resize(old + max.clamp(1, READ_CHUNK), 0);
-        let res = self.stream.read(&mut self.buf[old..]).await;
+        let mut room = Room {
+            buf: &mut self.buf,
+            keep: old,
+        };
+        room.buf.resize(old + max.clamp(1, READ_CHUNK), 0);
+        let res = self.stream.read(&mut room.buf[old..]).await;
         let n = *res.as_ref().unwrap_or(&0);
-        self.buf.truncate(old + n);
+        room.keep = old + n;
+        drop(room);
         self.meter.add_up(n);
         res
     }

@@ -182,6 +182,60 @@ fn expect_100_continue_end_to_end() {
     assert_eq!((r.code, r.text().as_str()), (413, "too big!"));
 }
 
+/// A client that sends its body without waiting for the 100 (curl does after a second), to
+/// an origin that answers only once it has the body: the gateway stops waiting for the
+/// origin's 100 when the body comes, and must not lose its place in the origin's bytes
+/// (a read abandoned mid-wait once left its empty buffer behind, and the origin's answer
+/// then parsed as a malformed head: 502).
+#[test]
+fn a_body_sent_before_the_100_gets_the_origins_answer() {
+    use std::io::Read;
+    let gw = gateway();
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/upload", origin.local_addr().unwrap());
+    let (head_seen, got_head) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut c, _) = origin.accept().unwrap();
+        for _ in 0..3 {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            // The gateway has sent the head and waits for this origin's 100.
+            head_seen.send(()).unwrap();
+            let mut body = [0u8; 4];
+            if c.read_exact(&mut body).is_err() {
+                return;
+            }
+            let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 7\r\n\r\nstored!";
+            if c.write_all(answer).is_err() {
+                return;
+            }
+        }
+    });
+    let mut s = connect(gw.addr());
+    for round in 0..3 {
+        let head = format!(
+            "POST {url} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {}\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+            auth()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        got_head.recv().unwrap();
+        // The body, before any 100: the gateway stops waiting and sends it.
+        s.write_all(b"data").unwrap();
+        let mut r = read_response(&mut s, false);
+        if r.code == 100 {
+            r = read_response(&mut s, false);
+        }
+        assert_eq!(
+            (r.code, r.text().as_str()),
+            (201, "stored!"),
+            "request {round}"
+        );
+    }
+}
+
 #[test]
 fn other_expectations_get_417() {
     let gw = gateway();
