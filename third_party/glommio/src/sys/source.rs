@@ -145,6 +145,16 @@ pub(crate) struct InnerSource {
 }
 
 impl InnerSource {
+    /// tollgate patch: whether this source's latencies are collected
+    /// (`record_io_latencies`): only then are its queued, submitted and fulfilled times
+    /// read from the clock (upstream read it for every operation, and once per ring on
+    /// every submission pass, queue empty or not).
+    pub(crate) fn wants_latency(&self) -> bool {
+        self.stats_collection
+            .as_deref()
+            .is_some_and(|s| s.latency.is_some())
+    }
+
     pub(crate) fn update_source_type(&mut self, source_type: SourceType) -> SourceType {
         std::mem::replace(&mut self.source_type, source_type)
     }
