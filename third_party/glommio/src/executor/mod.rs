@@ -1325,7 +1325,11 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // tollgate patch: a preemption point before any queue ran (a kept timer's
+                // completion posted while the loop came round, see `Reactor::wait`) must
+                // not read as "nothing to run": the caller would park with tasks
+                // runnable. The next pass consumes it and runs them.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
@@ -1333,7 +1337,6 @@ impl LocalExecutor {
                 ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
