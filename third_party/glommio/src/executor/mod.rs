@@ -1325,11 +1325,7 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                // tollgate patch: a preemption point before any queue ran (a kept timer's
-                // completion posted while the loop came round, see `Reactor::wait`) must
-                // not read as "nothing to run": the caller would park with tasks
-                // runnable. The next pass consumes it and runs them.
-                return ran || !self.queues.borrow().active_executors.is_empty();
+                break;
             }
             if !self.run_one_task_queue() {
                 return false;
@@ -1337,6 +1333,7 @@ impl LocalExecutor {
                 ran = true;
             }
         }
+        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
@@ -1478,16 +1475,8 @@ impl LocalExecutor {
                 // requests that are latency sensitive we want them out of the
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
-                // tollgate patch: a preemption timer only when a task queue has tasks to
-                // run (asked for after the completions woke theirs); `ZERO` asks for
-                // none, without sleeping (see `Reactor::wait`).
                 this.parker
-                    .poll_io(|| {
-                        Some(match this.queues.borrow().active_executors.is_empty() {
-                            true => Duration::ZERO,
-                            false => this.preempt_timer_duration(),
-                        })
-                    })
+                    .poll_io(|| Some(this.preempt_timer_duration()))
                     .expect("Failed to poll io! This is actually pretty bad!");
 
                 // run user code

@@ -26,7 +26,7 @@ use std::{
     ptr,
     rc::Rc,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{
@@ -1265,13 +1265,10 @@ pub(crate) struct Reactor {
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    /// The preemption timer, and (tollgate patch) when it fires.
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    preempt_expiry: Cell<Option<Instant>>,
-    /// tollgate patch: the timeout that ends a sleep at the next user timer (upstream uses
-    /// the preemption timer's slot for it), and when it fires.
-    sleep_timeout_src: Cell<Option<Source>>,
-    sleep_expiry: Cell<Option<Instant>>,
+    /// tollgate patch: the latency timer above is a preemption timer (not a user timer
+    /// armed for sleeping), so a still-armed one can be kept by the next `wait`.
+    latency_timer_is_preempt: Cell<bool>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1406,9 +1403,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            preempt_expiry: Cell::new(None),
-            sleep_timeout_src: Cell::new(None),
-            sleep_expiry: Cell::new(None),
+            latency_timer_is_preempt: Cell::new(false),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1887,46 +1882,23 @@ impl Reactor {
         // Cancel the old timer if we may sleep: there might be a timer registered that
         // needs to be removed otherwise we'll wake up when it expires.
         //
-        // tollgate patch: upstream cancels the armed latency timer on every call and arms
-        // a new one (a cancel SQE, a timeout SQE, their completions and a `Source`
-        // allocation each time): an executor that sleeps and wakes for its sockets
-        // thousands of times a second paid that twice per sleep. Here the preemption
-        // timer and the sleep's timeout have a slot each, and each is kept while it is
-        // armed and still does its job:
-        // - the preemption timer, while it fires no later than a fresh one would; it is
-        //   kept across sleeps too (it wakes a sleeping executor at most once, at most a
-        //   preempt period after it was armed), and armed only when tasks are runnable
-        //   (the executor asks for `Duration::ZERO` when none is), so an executor it woke
-        //   for nothing goes back to sleep without one;
-        // - the sleep's timeout, while it fires at most a millisecond after the next user
-        //   timer is due (earlier is harmless: a timer due sooner was removed, the sleep
-        //   ends early and this loop arms the next). It may fire while tasks run, which
-        //   only makes them yield once, like a preemption.
-        let now = Instant::now();
-        let preempt_now = preempt_timer();
-        if let Some(t) = self.latency_preemption_timeout_src.take() {
-            let keep = t.in_flight()
-                && match preempt_now.filter(|p| !p.is_zero()) {
-                    Some(p) => self.preempt_expiry.get().is_some_and(|e| e <= now + p),
-                    None => true,
-                };
-            if keep {
+        // tollgate patch: when we will not sleep (a preempt timer is asked for) and the
+        // preemption timer armed earlier has not fired yet, it is kept: upstream cancels
+        // and re-arms it on every loop (a cancel SQE, a timeout SQE, their completions and
+        // a `Source` allocation each time). The kept timer fires at most one preempt
+        // period after it was armed, so a task queue is preempted no later than before
+        // and at worst earlier, which only costs it one more trip through this loop.
+        let may_sleep = preempt_timer().is_none();
+        let kept = match self.latency_preemption_timeout_src.take() {
+            Some(t) if !may_sleep && self.latency_timer_is_preempt.get() && t.in_flight() => {
                 self.latency_preemption_timeout_src.set(Some(t));
+                true
             }
-        }
-        if preempt_now.is_none() {
-            if let Some(t) = self.sleep_timeout_src.take() {
-                let keep = t.in_flight()
-                    && user_timer.is_some_and(|d| {
-                        self.sleep_expiry
-                            .get()
-                            .is_some_and(|e| e <= now + d + Duration::from_millis(1))
-                    });
-                if keep {
-                    self.sleep_timeout_src.set(Some(t));
-                }
+            other => {
+                drop(other);
+                false
             }
-        }
+        };
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping. tollgate patch: only once the previous one has fired; a still-armed
@@ -1967,13 +1939,10 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            let armed = self.sleep_timeout_src.take().filter(|t| t.in_flight());
-            let kept = armed.is_some();
-            self.sleep_timeout_src.set(armed);
-            if let Some(dur) = user_timer.filter(|_| !kept) {
-                self.sleep_timeout_src
+            if let Some(dur) = user_timer {
+                self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.sleep_expiry.set(Some(now + dur));
+                self.latency_timer_is_preempt.set(false);
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -2005,13 +1974,10 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            let armed = self.latency_preemption_timeout_src.take().filter(|t| t.in_flight());
-            let kept = armed.is_some();
-            self.latency_preemption_timeout_src.set(armed);
-            if !kept && !preempt.is_zero() {
+            if !kept {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-                self.preempt_expiry.set(Some(Instant::now() + preempt));
+                self.latency_timer_is_preempt.set(true);
             }
             flush_rings!(lat_ring, main_ring)?;
         }
