@@ -32,29 +32,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Set once by SIGTERM/SIGINT (for `/healthz` and the second signal); each executor
-/// learns of it from its [`Bell`].
+/// learns of it from its [`bell`].
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// How the stop signal reaches the executors at once without any timer: one socket pair
-/// per executor, whose read end the executor waits on (a readiness poll that costs
-/// nothing until it fires: an idle executor is not woken to look at a flag) and whose
-/// write end the signal thread rings with one byte.
-struct Bell {
-    ring: std::os::unix::net::UnixStream,
-    wait: std::os::fd::OwnedFd,
-}
-
-impl Bell {
-    fn new() -> Result<Bell, String> {
-        let (ring, wait) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| format!("cannot create the drain socket pair: {e}"))?;
-        wait.set_nonblocking(true)
-            .map_err(|e| format!("cannot set the drain socket non-blocking: {e}"))?;
-        Ok(Bell {
-            ring,
-            wait: wait.into(),
-        })
-    }
+/// per executor, whose read end (the `OwnedFd`) the executor waits on (a readiness poll
+/// that costs nothing until it fires: an idle executor is not woken to look at a flag)
+/// and whose write end the signal thread rings with one byte.
+fn bell() -> Result<(std::os::unix::net::UnixStream, std::os::fd::OwnedFd), String> {
+    let (ring, wait) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| format!("cannot create the drain socket pair: {e}"))?;
+    wait.set_nonblocking(true)
+        .map_err(|e| format!("cannot set the drain socket non-blocking: {e}"))?;
+    Ok((ring, wait.into()))
 }
 
 /// Everything `run` needs from the command line.
@@ -85,10 +75,11 @@ pub fn run(opts: Options, snap: Snapshot) -> Result<(), String> {
         snap.server.spin_before_park.0,
     );
     let started = start_services(snap)?;
-    let bells = (0..workers)
-        .map(|_| Bell::new())
-        .collect::<Result<Vec<_>, _>>()?;
-    let (rings, waits): (Vec<_>, Vec<_>) = bells.into_iter().map(|b| (b.ring, b.wait)).unzip();
+    let (rings, waits): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| bell())
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
     spawn_signal_thread(opts.config_path, started.services.world.clone(), rings)?;
     let (stop_flusher, flusher) = spawn_flusher(started.ledger.clone(), flush_every)?;
     let cores: Vec<Arc<CoreMetrics>> = (0..workers)
