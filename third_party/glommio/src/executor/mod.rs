@@ -122,6 +122,11 @@ impl TaskQueueHandle {
     pub fn index(&self) -> usize {
         self.index
     }
+
+    /// tollgate patch: the handle of the queue at `index` (a `Source` keeps only that).
+    pub(crate) fn from_index(index: usize) -> Self {
+        Self { index }
+    }
 }
 
 #[derive(Debug)]

@@ -6,8 +6,8 @@
 use crate::{
     iou::sqe::SockAddrStorage,
     sys::{
-        DmaBuffer, IoBuffer, OsResult, PollableStatus, ReactorQueue, SourceId, Statx, TimeSpec64,
-        Wakers,
+        DmaBuffer, IoBuffer, OsResult, PollableStatus, ReactorQueue, SourceId, Stamps, Statx,
+        TimeSpec64, Wakers,
     },
     GlommioError, IoRequirements, ReactorErrorKind, RingIoStats, TaskQueueHandle,
 };
@@ -30,13 +30,14 @@ use std::{
 #[allow(dead_code)] // Clippy is unhappy with some of the fields on these enums never being read,
                     // but they are certainly used, and read by debug
 pub(crate) enum SourceType {
-    Write(PollableStatus, IoBuffer),
-    Read(PollableStatus, Option<IoBuffer>),
+    // tollgate patch: the buffer, message, address and path payloads are boxed (allocated
+    // only by the operations that use them). Inline they made every `Source` (a readiness
+    // poll, a timer) ~500 bytes; boxed, the enum is 32 bytes instead of 64.
+    Write(PollableStatus, Box<IoBuffer>),
+    Read(PollableStatus, Option<Box<IoBuffer>>),
     PollAdd,
-    SockSend(DmaBuffer),
-    SockRecv(Option<DmaBuffer>),
-    // tollgate patch: the message and address variants are boxed. Inline they made every
-    // `Source` (a readiness poll, a timer) ~500 bytes; boxed, ~300.
+    SockSend(Box<DmaBuffer>),
+    SockRecv(Option<Box<DmaBuffer>>),
     SockRecvMsg(Box<RecvMsg>),
     SockSendMsg(Box<SendMsg>),
     Open(CString),
@@ -50,7 +51,7 @@ pub(crate) enum SourceType {
     Timeout(TimeSpec64, u32),
     Connect(Box<nix::sys::socket::SockaddrStorage>),
     Accept(Box<SockAddrStorage>),
-    Rename(PathBuf, PathBuf),
+    Rename(Box<(PathBuf, PathBuf)>),
     CreateDir(PathBuf),
     Remove(PathBuf),
     BlockingFn,
@@ -131,7 +132,10 @@ pub(crate) struct InnerSource {
 
     pub(crate) source_type: SourceType,
 
-    pub(crate) io_requirements: IoRequirements,
+    /// tollgate patch: whether the task queue that created this source asked for low
+    /// latency (`Latency::Matters`), all the blocking thread pool reads of its
+    /// `IoRequirements` (24 bytes inline; one byte here).
+    pub(crate) latency_sensitive: bool,
 
     /// tollgate patch: boxed (set by few operations; inline it was 24 bytes in every
     /// `Source`, a readiness poll's too), like `stats_collection`.
@@ -139,20 +143,43 @@ pub(crate) struct InnerSource {
 
     pub(crate) enqueued: Option<EnqueuedSource>,
 
-    pub(crate) stats_collection: Option<Box<StatsCollection>>,
+    pub(crate) stats_collection: Option<Box<Stats>>,
 
-    pub(crate) task_queue: Option<TaskQueueHandle>,
+    /// tollgate patch: the index of the task queue that created it, plus one (an
+    /// `Option<TaskQueueHandle>` is 16 bytes); see [`InnerSource::task_queue`].
+    task_queue: Option<std::num::NonZeroU32>,
+}
+
+/// tollgate patch: a source's statistics hooks and, beside them, its latency timestamps
+/// (both boxed: few operations collect statistics).
+pub(crate) struct Stats {
+    pub(crate) collection: StatsCollection,
+    pub(crate) stamps: Stamps,
+}
+
+impl std::ops::Deref for Stats {
+    type Target = StatsCollection;
+    fn deref(&self) -> &StatsCollection {
+        &self.collection
+    }
 }
 
 impl InnerSource {
-    /// tollgate patch: whether this source's latencies are collected
-    /// (`record_io_latencies`): only then are its queued, submitted and fulfilled times
-    /// read from the clock (upstream read it for every operation, and once per ring on
-    /// every submission pass, queue empty or not).
-    pub(crate) fn wants_latency(&self) -> bool {
+    /// tollgate patch: where this source's latency timestamps go, when its latencies are
+    /// collected (`record_io_latencies`): only then are its queued, submitted and
+    /// fulfilled times read from the clock (upstream read it for every operation, and
+    /// once per ring on every submission pass, queue empty or not).
+    pub(crate) fn latency_stamps(&mut self) -> Option<&mut Stamps> {
         self.stats_collection
-            .as_deref()
-            .is_some_and(|s| s.latency.is_some())
+            .as_deref_mut()
+            .filter(|s| s.latency.is_some())
+            .map(|s| &mut s.stamps)
+    }
+
+    /// The task queue that created this source.
+    pub(crate) fn task_queue(&self) -> Option<TaskQueueHandle> {
+        self.task_queue
+            .map(|i| TaskQueueHandle::from_index(i.get() as usize - 1))
     }
 
     pub(crate) fn update_source_type(&mut self, source_type: SourceType) -> SourceType {
@@ -166,7 +193,7 @@ impl fmt::Debug for InnerSource {
             .field("raw", &self.raw)
             .field("wakers", &self.wakers)
             .field("source_type", &self.source_type)
-            .field("io_requirements", &self.io_requirements)
+            .field("latency_sensitive", &self.latency_sensitive)
             .finish()
     }
 }
@@ -190,11 +217,20 @@ impl Source {
                 raw,
                 wakers: Wakers::new(),
                 source_type,
-                io_requirements: ioreq,
+                latency_sensitive: matches!(ioreq.latency_req, crate::Latency::Matters(_)),
                 enqueued: None,
                 timeout: None,
-                stats_collection: stats_collection.map(Box::new),
-                task_queue,
+                stats_collection: stats_collection.map(|collection| {
+                    Box::new(Stats {
+                        collection,
+                        stamps: Stamps::default(),
+                    })
+                }),
+                task_queue: task_queue.and_then(|h| {
+                    u32::try_from(h.index() + 1)
+                        .ok()
+                        .and_then(std::num::NonZeroU32::new)
+                }),
             })),
         }
     }
@@ -230,16 +266,16 @@ impl Source {
     pub(crate) fn extract_buffer(self) -> IoBuffer {
         let stype = self.extract_source_type();
         match stype {
-            SourceType::Read(_, Some(buffer)) => buffer,
-            SourceType::Write(_, buffer) => buffer,
+            SourceType::Read(_, Some(buffer)) => *buffer,
+            SourceType::Write(_, buffer) => *buffer,
             x => panic!("Could not extract buffer. Source: {:?}", x),
         }
     }
 
     pub(crate) fn buffer(&self) -> Ref<'_, IoBuffer> {
         Ref::map(self.source_type(), |stype| match stype {
-            SourceType::Read(_, Some(buffer)) => buffer,
-            SourceType::Write(_, buffer) => buffer,
+            SourceType::Read(_, Some(buffer)) => &**buffer,
+            SourceType::Write(_, buffer) => &**buffer,
             x => panic!("Could not extract buffer. Source: {:?}", x),
         })
     }
@@ -262,7 +298,7 @@ impl Source {
 
         // if there is a scheduler latency collection function present, invoke it once
         if let Some(Some(stat_fn)) = inner.stats_collection.as_ref().map(|x| x.latency) {
-            if let Some(lat) = inner.wakers.timestamps() {
+            if let Some(lat) = inner.latency_stamps().and_then(|s| s.timestamps()) {
                 drop(inner);
                 let pre_lat = lat.submitted_at - lat.queued_at;
                 let io_lat = lat.fulfilled_at - lat.submitted_at;
@@ -324,7 +360,11 @@ impl Source {
     }
 
     pub(crate) fn stats_collection(&self) -> Option<StatsCollection> {
-        self.inner.borrow().stats_collection.as_deref().copied()
+        self.inner
+            .borrow()
+            .stats_collection
+            .as_deref()
+            .map(|s| s.collection)
     }
 
     pub(crate) async fn collect_rw(&self) -> io::Result<usize> {

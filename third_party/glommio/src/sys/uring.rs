@@ -300,7 +300,7 @@ fn fill_sqe<F>(
                             // source. The kernel knows about that buffer already, and will write to
                             // it. So this can only be called if there is no buffer attached to it.
                             assert!(slot.is_none());
-                            *slot = Some(IoBuffer::DmaSink(buf));
+                            *slot = Some(Box::new(IoBuffer::DmaSink(buf)));
                         }
                         _ => unreachable!("Expected Read source type"),
                     }
@@ -361,7 +361,7 @@ fn fill_sqe<F>(
                     match &mut src.source_type {
                         SourceType::Read(PollableStatus::NonPollable(DirectIo::Disabled), slot) => {
                             sqe.prep_read(op.fd, buf.as_bytes_mut(), pos);
-                            *slot = Some(IoBuffer::DmaSink(buf));
+                            *slot = Some(Box::new(IoBuffer::DmaSink(buf)));
                         }
                         SourceType::Read(_, slot) => {
                             match buf.uring_buffer_id() {
@@ -372,7 +372,7 @@ fn fill_sqe<F>(
                                     sqe.prep_read_fixed(op.fd, buf.as_bytes_mut(), pos, idx);
                                 }
                             };
-                            *slot = Some(IoBuffer::DmaSink(buf));
+                            *slot = Some(Box::new(IoBuffer::DmaSink(buf)));
                         }
                         _ => unreachable!(),
                     };
@@ -400,7 +400,7 @@ fn fill_sqe<F>(
                 source_map.peek_source_mut(from_user_data(op.user_data), |mut src| {
                     match &mut src.source_type {
                         SourceType::SockRecv(slot) => {
-                            *slot = Some(buf);
+                            *slot = Some(Box::new(buf));
                         }
                         _ => unreachable!(),
                     };
@@ -463,12 +463,12 @@ fn record_stats<Ring: UringCommon>(
     src: &mut InnerSource,
     res: &io::Result<usize>,
 ) {
-    if src.wants_latency() {
-        src.wakers.fulfilled_at = sys::Stamp::now();
+    if let Some(s) = src.latency_stamps() {
+        s.fulfilled_at = sys::Stamp::now();
     }
     if let Some(fulfilled) = src.stats_collection.as_deref().and_then(|x| x.fulfilled) {
         fulfilled(res, ring.io_stats_mut(), 1);
-        if let Some(handle) = src.task_queue {
+        if let Some(handle) = src.task_queue() {
             fulfilled(res, ring.io_stats_for_task_queue_mut(handle), 1);
         }
     }
@@ -477,7 +477,7 @@ fn record_stats<Ring: UringCommon>(
     if waiters > 0 {
         if let Some(reused) = src.stats_collection.as_deref().and_then(|x| x.reused) {
             reused(res, ring.io_stats_mut(), waiters as u64);
-            if let Some(handle) = src.task_queue {
+            if let Some(handle) = src.task_queue() {
                 reused(
                     res,
                     ring.io_stats_for_task_queue_mut(handle),
@@ -518,8 +518,8 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    if x.wants_latency() {
-                        x.wakers.submitted_at = sys::Stamp::now();
+                    if let Some(s) = x.latency_stamps() {
+                        s.submitted_at = sys::Stamp::now();
                     }
                     let current = x.enqueued.as_mut().expect("bug");
                     match current.status {
@@ -1442,13 +1442,15 @@ impl Reactor {
 
     pub(crate) fn write_dma(&self, source: &Source, pos: u64) {
         let op = match &*source.source_type() {
-            SourceType::Write(
-                PollableStatus::NonPollable(DirectIo::Disabled),
-                IoBuffer::DmaSource(buf),
-            ) => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
-            SourceType::Write(_, IoBuffer::DmaSource(buf)) => match buf.uring_buffer_id() {
-                Some(id) => UringOpDescriptor::WriteFixed(buf.as_ptr(), buf.len(), pos, id),
-                None => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
+            SourceType::Write(status, buf) => match (status, &**buf) {
+                (PollableStatus::NonPollable(DirectIo::Disabled), IoBuffer::DmaSource(buf)) => {
+                    UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos)
+                }
+                (_, IoBuffer::DmaSource(buf)) => match buf.uring_buffer_id() {
+                    Some(id) => UringOpDescriptor::WriteFixed(buf.as_ptr(), buf.len(), pos, id),
+                    None => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
+                },
+                (_, x) => panic!("Unexpected buffer for write: {:?}", x),
             },
             x => panic!("Unexpected source type for write: {:?}", x),
         };
@@ -1462,10 +1464,12 @@ impl Reactor {
 
     pub(crate) fn write_buffered(&self, source: &Source, pos: u64) {
         let op = match &*source.source_type() {
-            SourceType::Write(
-                PollableStatus::NonPollable(DirectIo::Disabled),
-                IoBuffer::Buffered(buf),
-            ) => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
+            SourceType::Write(PollableStatus::NonPollable(DirectIo::Disabled), buf) => {
+                match &**buf {
+                    IoBuffer::Buffered(buf) => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
+                    x => panic!("Unexpected buffer for write: {:?}", x),
+                }
+            }
             x => panic!("Unexpected source type for write: {:?}", x),
         };
         queue_request_into_ring(
@@ -1625,7 +1629,7 @@ impl Reactor {
 
     pub(crate) fn rename(&self, source: &Source) -> impl Future<Output = ()> {
         let (old_path, new_path) = match &*source.source_type() {
-            SourceType::Rename(o, n) => (o.clone(), n.clone()),
+            SourceType::Rename(paths) => paths.as_ref().clone(),
             _ => panic!("Unexpected source for rename operation"),
         };
 
@@ -2096,8 +2100,8 @@ fn queue_request_into_ring(
 ) {
     {
         let mut inner = source.inner.borrow_mut();
-        if inner.wants_latency() {
-            inner.wakers.queued_at = sys::Stamp::now();
+        if let Some(s) = inner.latency_stamps() {
+            s.queued_at = sys::Stamp::now();
         }
     }
     let q = ring.submission_queue();
