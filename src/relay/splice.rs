@@ -102,6 +102,9 @@ struct Half {
     held: usize,
     eof: bool,
     done: bool,
+    /// The source has likely nothing yet (the relay just started, or the last read was
+    /// short): wait for readiness before the next read instead of trying it.
+    drained: bool,
 }
 
 /// Both directions of one tunnel, spliced; the same contract as the copying pump.
@@ -135,8 +138,14 @@ impl<'a> SplicePump<'a> {
             client,
             upstream,
             meter,
-            up: Half::default(),
-            down: Half::default(),
+            up: Half {
+                drained: true,
+                ..Half::default()
+            },
+            down: Half {
+                drained: true,
+                ..Half::default()
+            },
         }
     }
 
@@ -206,9 +215,9 @@ impl<'a> SplicePump<'a> {
             }
             // The same for reads: the direction that did not wake this poll costs no
             // syscall.
-            if src.read_poll_armed() {
+            if half.drained || src.read_poll_armed() {
                 match src.poll_readable(cx) {
-                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Ok(())) => half.drained = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((src_party, e))),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -241,6 +250,7 @@ impl<'a> SplicePump<'a> {
                 Ok(n) => {
                     half.pipe = Some(pipe);
                     half.held = n;
+                    half.drained = n < cap;
                     match dir {
                         Dir::Up => self.meter.add_up(n),
                         Dir::Down => self.meter.read_for_client(n),
