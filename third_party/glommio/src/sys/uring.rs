@@ -26,7 +26,7 @@ use std::{
     ptr,
     rc::Rc,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -1266,9 +1266,10 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// tollgate patch: the latency timer above is a preemption timer (not a user timer
-    /// armed for sleeping), so a still-armed one can be kept by the next `wait`.
-    latency_timer_is_preempt: Cell<bool>,
+    /// tollgate patch: when the latency timer above fires, and the delay it was armed
+    /// with, so that a still-armed one can be kept by the next `wait` that needs a wake-up
+    /// no earlier than it (see `latency_timer_serves`).
+    latency_timer: Cell<Option<(Instant, Duration)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1403,7 +1404,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_timer_is_preempt: Cell::new(false),
+            latency_timer: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1883,26 +1884,13 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer if we may sleep: there might be a timer registered that
-        // needs to be removed otherwise we'll wake up when it expires.
-        //
-        // tollgate patch: when we will not sleep (a preempt timer is asked for) and the
-        // preemption timer armed earlier has not fired yet, it is kept: upstream cancels
-        // and re-arms it on every loop (a cancel SQE, a timeout SQE, their completions and
-        // a `Source` allocation each time). The kept timer fires at most one preempt
-        // period after it was armed, so a task queue is preempted no later than before
-        // and at worst earlier, which only costs it one more trip through this loop.
-        let may_sleep = preempt_timer().is_none();
-        let kept = match self.latency_preemption_timeout_src.take() {
-            Some(t) if !may_sleep && self.latency_timer_is_preempt.get() && t.in_flight() => {
-                self.latency_preemption_timeout_src.set(Some(t));
-                true
-            }
-            other => {
-                drop(other);
-                false
-            }
-        };
+        // tollgate patch: upstream cancels the latency ring's timer here whenever it may
+        // sleep, then arms a new one for the sleep (the next user timer) and, once awake,
+        // another for preemption: two timeout SQEs, two cancels, their completions and two
+        // `Source`s per sleep, which under a steady load of short connections is several
+        // per connection. The armed timer is now kept while it still does the job of the
+        // one that would replace it (see `latency_timer_serves`), and replaced only when
+        // it does not.
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping. tollgate patch: only once the previous one has fired; a still-armed
@@ -1944,10 +1932,10 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.latency_timer_is_preempt.set(false);
-                assert!(flush_rings!(lat_ring)? > 0);
+                if !self.latency_timer_serves(dur) {
+                    self.arm_latency_timer(&mut lat_ring, dur);
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1978,10 +1966,8 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            if !kept {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-                self.latency_timer_is_preempt.set(true);
+            if !self.latency_timer_serves(preempt) {
+                self.arm_latency_timer(&mut lat_ring, preempt);
             }
             flush_rings!(lat_ring, main_ring)?;
         }
@@ -1994,6 +1980,32 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// tollgate patch: whether the latency ring's armed timer wakes this executor no later
+    /// than `within` from now, so that no new one is needed: it has not fired yet, and it
+    /// was armed for no longer than `within` (it was armed in the past, so it fires
+    /// sooner), or it fires within `within` by the clock. A timer that fires earlier than
+    /// needed costs at most one early trip through the executor loop (a sleep that ends
+    /// early, or a task queue preempted early), which then arms the next. One that has
+    /// fired, or would fire too late, is replaced (and cancelled) by `arm_latency_timer`.
+    fn latency_timer_serves(&self, within: Duration) -> bool {
+        let Some((expiry, armed_for)) = self.latency_timer.get() else {
+            return false;
+        };
+        let src = self.latency_preemption_timeout_src.take();
+        let in_flight = src.as_ref().is_some_and(|t| t.in_flight());
+        self.latency_preemption_timeout_src.set(src);
+        in_flight && (armed_for <= within || expiry <= Instant::now() + within)
+    }
+
+    /// tollgate patch: arm the latency ring's timer to fire `after` from now, replacing
+    /// (and so cancelling, if it is still armed) the previous one.
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, after: Duration) {
+        let src = lat_ring.prepare_latency_preemption_timer(after);
+        self.latency_timer
+            .set(Some((Instant::now() + after, after)));
+        self.latency_preemption_timeout_src.set(Some(src));
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
