@@ -85,8 +85,13 @@ pub async fn dial(
         // Set once our CONNECT request is with the upstream: a timeout after it is unclear.
         let asked = Cell::new(false);
         let session = route.sticky.as_ref().map(|st| st.key.as_str());
-        let attempt = connect_via(eg.dns, snap, exit, target, session, &asked);
-        let res = within(snap.server.connect_timeout.0, attempt).await;
+        // One expression: a named attempt moved into `within` would be held twice in
+        // this future.
+        let res = within(
+            snap.server.connect_timeout.0,
+            connect_via(eg.dns, snap, exit, target, session, &asked),
+        )
+        .await;
         let name = snap.exits[exit].name.as_str();
         eg.metrics.exit_attempt(name, !matches!(res, Some(Ok(_))));
         let e = match res {
