@@ -1330,7 +1330,12 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // tollgate patch: a preemption point before any queue ran (the latency
+                // timer, kept armed across passes, completing while the loop came round;
+                // see `Reactor::wait`) must not read as "nothing to run": the caller would
+                // park with tasks runnable until the next event. The next pass consumes
+                // the completion (which clears the preemption point) and runs them.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
@@ -1338,7 +1343,6 @@ impl LocalExecutor {
                 ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
