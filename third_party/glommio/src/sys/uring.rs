@@ -1269,7 +1269,8 @@ pub(crate) struct Reactor {
     /// tollgate patch: when the latency timer above fires, and the delay it was armed
     /// with, so that a still-armed one can be kept by the next `wait` that needs a wake-up
     /// no earlier than it (see `latency_timer_serves`).
-    latency_timer: Cell<Option<(Instant, Duration)>>,
+    /// (`None` for the first: too far to be an `Instant`.)
+    latency_timer: Cell<Option<(Option<Instant>, Duration)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1996,7 +1997,13 @@ impl Reactor {
         let src = self.latency_preemption_timeout_src.take();
         let in_flight = src.as_ref().is_some_and(|t| t.in_flight());
         self.latency_preemption_timeout_src.set(src);
-        in_flight && (armed_for <= within || expiry <= Instant::now() + within)
+        in_flight
+            && (armed_for <= within
+                || match (expiry, Instant::now().checked_add(within)) {
+                    (Some(expiry), Some(by)) => expiry <= by,
+                    (_, None) => true,
+                    (None, Some(_)) => false,
+                })
     }
 
     /// tollgate patch: arm the latency ring's timer to fire `after` from now, replacing
@@ -2004,7 +2011,7 @@ impl Reactor {
     fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, after: Duration) {
         let src = lat_ring.prepare_latency_preemption_timer(after);
         self.latency_timer
-            .set(Some((Instant::now() + after, after)));
+            .set(Some((Instant::now().checked_add(after), after)));
         self.latency_preemption_timeout_src.set(Some(src));
     }
 
