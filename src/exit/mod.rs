@@ -13,7 +13,7 @@ pub mod upstream;
 pub use connect::connect_direct;
 pub use target::{inet_aton, TargetAddr};
 
-use crate::config::{ExitKind, Snapshot, Source};
+use crate::config::{ExitKind, Snapshot, Source, Upstream};
 use crate::error::ProxyError;
 use crate::metrics::CoreMetrics;
 use crate::route::choose::{Choice, Chooser};
@@ -167,6 +167,30 @@ async fn connect_via(
         ExitKind::Socks5(up) => (up, true),
         ExitKind::Http(up) => (up, false),
     };
+    // Boxed: the upstream handshake's state would otherwise size every direct dial too.
+    Box::pin(via_upstream(
+        dns,
+        up,
+        is_socks,
+        exit,
+        target,
+        allow_private,
+        asked,
+    ))
+    .await
+}
+
+/// One attempt through an upstream proxy exit: resolve and connect to it, then its
+/// SOCKS5 or HTTP CONNECT handshake for `target`.
+async fn via_upstream(
+    dns: &DnsCache,
+    up: &Upstream,
+    is_socks: bool,
+    exit: usize,
+    target: &TargetAddr,
+    allow_private: bool,
+    asked: &Cell<bool>,
+) -> Result<Outbound, Fail> {
     // The upstream resolves names itself; IP literals are checked here.
     if let TargetAddr::Ip(a) = target {
         if !allow_private && policy::is_private(a.ip()) {
