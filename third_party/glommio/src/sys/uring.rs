@@ -1259,18 +1259,24 @@ impl UringCommon for SleepableRing {
     }
 }
 
+/// tollgate patch: the latency ring's armed timer, when it fires (`None`: too far to be an
+/// `Instant`) and the delay it was armed with.
+struct LatencyTimer {
+    src: Source,
+    expiry: Option<Instant>,
+    armed_for: Duration,
+}
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// tollgate patch: when the latency timer above fires, and the delay it was armed
-    /// with, so that a still-armed one can be kept by the next `wait` that needs a wake-up
-    /// no earlier than it (see `latency_timer_serves`).
-    /// (`None` for the first: too far to be an `Instant`.)
-    latency_timer: Cell<Option<(Option<Instant>, Duration)>>,
+    /// The latency ring's timer (preemption, or the sleep's user timer). tollgate patch:
+    /// with when it fires, so that a still-armed one can be kept (see
+    /// `latency_timer_serves`).
+    latency_timer: Cell<Option<LatencyTimer>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1404,7 +1410,6 @@ impl Reactor {
             main_ring: RefCell::new(main_ring),
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
-            latency_preemption_timeout_src: Cell::new(None),
             latency_timer: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
@@ -1991,28 +1996,28 @@ impl Reactor {
     /// early, or a task queue preempted early), which then arms the next. One that has
     /// fired, or would fire too late, is replaced (and cancelled) by `arm_latency_timer`.
     fn latency_timer_serves(&self, within: Duration) -> bool {
-        let Some((expiry, armed_for)) = self.latency_timer.get() else {
-            return false;
-        };
-        let src = self.latency_preemption_timeout_src.take();
-        let in_flight = src.as_ref().is_some_and(|t| t.in_flight());
-        self.latency_preemption_timeout_src.set(src);
-        in_flight
-            && (armed_for <= within
-                || match (expiry, Instant::now().checked_add(within)) {
-                    (Some(expiry), Some(by)) => expiry <= by,
-                    (_, None) => true,
-                    (None, Some(_)) => false,
-                })
+        let timer = self.latency_timer.take();
+        let serves = timer.as_ref().is_some_and(|t| {
+            t.src.in_flight()
+                && (t.armed_for <= within
+                    || match (t.expiry, Instant::now().checked_add(within)) {
+                        (Some(expiry), Some(by)) => expiry <= by,
+                        (_, None) => true,
+                        (None, Some(_)) => false,
+                    })
+        });
+        self.latency_timer.set(timer);
+        serves
     }
 
     /// tollgate patch: arm the latency ring's timer to fire `after` from now, replacing
     /// (and so cancelling, if it is still armed) the previous one.
     fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, after: Duration) {
-        let src = lat_ring.prepare_latency_preemption_timer(after);
-        self.latency_timer
-            .set(Some((Instant::now().checked_add(after), after)));
-        self.latency_preemption_timeout_src.set(Some(src));
+        self.latency_timer.set(Some(LatencyTimer {
+            src: lat_ring.prepare_latency_preemption_timer(after),
+            expiry: Instant::now().checked_add(after),
+            armed_for: after,
+        }));
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
