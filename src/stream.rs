@@ -33,12 +33,56 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
-    /// Wait until bytes can be read, and peek at them without consuming: `Ok(0)` once the
-    /// peer has closed. Under TLS this peeks at the TCP connection (records, not
-    /// plaintext): enough to tell "more is coming" from "gone".
-    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        Ok(self.tcp().peek(buf).await?)
+    fn tcp_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &mut s.get_mut().0.tcp,
+        }
     }
+
+    /// Wait until the peer has sent more bytes (left unread) or has closed or reset the
+    /// connection. It waits on the stream's own readiness poll, the one its last short
+    /// read armed and its next read uses, so waiting costs no system call or io_uring
+    /// operation, and an answer one `MSG_PEEK` of a byte. Under TLS this looks at the TCP
+    /// connection (records, not plaintext): enough to tell "more is coming" from "gone".
+    pub fn poll_peer(&mut self, cx: &mut Context<'_>) -> Poll<Peer> {
+        let tcp = self.tcp_mut();
+        loop {
+            match tcp.poll_readable(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Peer::Gone),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut b = 0u8;
+            // SAFETY: a one-byte buffer on the stack; the fd is this stream's.
+            let n = unsafe {
+                libc::recv(
+                    tcp.as_raw_fd(),
+                    (&mut b as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => return Poll::Ready(Peer::Gone),
+                n if n > 0 => return Poll::Ready(Peer::Sent),
+                _ => match io::Error::last_os_error().kind() {
+                    // A readiness that was gone by the time it was looked at: wait again.
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                    _ => return Poll::Ready(Peer::Gone),
+                },
+            }
+        }
+    }
+}
+
+/// What [`Stream::poll_peer`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// More bytes wait to be read.
+    Sent,
+    /// The peer closed or reset the connection.
+    Gone,
 }
 
 impl AsRawFd for Stream {

@@ -359,6 +359,36 @@ fn a_client_that_leaves_a_slow_origin_frees_its_slot_at_once() {
     });
 }
 
+/// While the origin thinks, the gateway watches the client for a close; a pipelined
+/// request arriving meanwhile is not a close, and is answered after the first, in order.
+#[test]
+fn a_request_pipelined_while_the_origin_thinks_is_answered_after_it() {
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let o = scripted_origin(move |n, head| {
+        if n == 0 {
+            let _ = wait.lock().unwrap().recv();
+        }
+        Answer::Send(ok(if head.contains("/first") {
+            "first"
+        } else {
+            "second"
+        }))
+    });
+    let gw = gateway();
+    let mut s = connect(gw.addr());
+    s.write_all(get(&o.url("/first"), "").as_bytes()).unwrap();
+    eventually("the origin to hold the first request", || {
+        (o.requests.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    });
+    s.write_all(get(&o.url("/second"), "").as_bytes()).unwrap();
+    go.send(()).unwrap();
+    let r = read_response(&mut s, false);
+    assert_eq!((r.code, r.text().as_str()), (200, "first"));
+    let r = read_response(&mut s, false);
+    assert_eq!((r.code, r.text().as_str()), (200, "second"));
+}
+
 #[test]
 fn an_unauthenticated_keep_alive_client_stays_under_handshake_timeout() {
     let gw = Gateway::start(&config("handshake_timeout = \"1s\"", DIRECT_EXIT));

@@ -7,8 +7,11 @@ use super::{gone_client, quota, upstream, Attempt, Interim, Limits, Origin};
 use crate::conn::Ctx;
 use crate::error::ProxyError;
 use crate::http::codec::{parse_response, Framing, Relay, Request, Response};
+use crate::relay::Meter;
 use crate::side::{Bounds, ReadStop as HeadStop, Side};
+use crate::stream::{Peer, Stream};
 use crate::util::until;
+use std::task::Poll;
 use std::time::Instant;
 
 pub(super) async fn attempt(
@@ -91,11 +94,11 @@ async fn expect_continue(
     lim: &Limits<'_>,
     interim: &mut Interim,
 ) -> Continue {
-    let mut peek = [0u8; 1];
+    let (meter, stream) = (&client.meter, &mut client.stream);
     let raced = futures_lite::future::or(
-        async { Some(origin_head(client, o, req, lim).await) },
+        async { Some(origin_head(meter, o, req, lim).await) },
         async {
-            let _ = client.stream.peek(&mut peek).await;
+            std::future::poll_fn(|cx| stream.poll_peer(cx)).await;
             None
         },
     )
@@ -153,10 +156,11 @@ async fn final_answer(
 ) -> Attempt {
     let mut got_any = interim.count > 0;
     loop {
+        let (meter, stream) = (&client.meter, &mut client.stream);
         let read = futures_lite::future::or(
-            async { Some(origin_head(client, o, req, lim).await) },
+            async { Some(origin_head(meter, o, req, lim).await) },
             async {
-                client_gone(client).await;
+                client_gone(stream).await;
                 None
             },
         )
@@ -199,7 +203,7 @@ fn stopped(stop: HeadStop, replied: bool, after_request: bool) -> Attempt {
 
 /// Read one response head from the origin, within `idle` per read and the client's plan.
 async fn origin_head(
-    client: &Side,
+    meter: &Meter,
     o: &mut Origin,
     req: &Request,
     lim: &Limits<'_>,
@@ -209,7 +213,7 @@ async fn origin_head(
         max: lim.max_head,
         deadline: Instant::now() + lim.idle,
         stops: &[],
-        cap: Some(&client.meter),
+        cap: Some(meter),
     };
     o.side
         .read_until(&bounds, |b| parse_response(b, is_head))
@@ -218,10 +222,21 @@ async fn origin_head(
 
 /// Resolves when the client has closed or reset its connection; never when it has only
 /// sent more bytes (a pipelined request).
-async fn client_gone(client: &Side) {
-    let mut b = [0u8; 1];
-    match client.stream.peek(&mut b).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
-    }
+async fn client_gone(client: &mut Stream) {
+    let mut sent = false;
+    std::future::poll_fn(|cx| {
+        if sent {
+            return Poll::Pending;
+        }
+        match client.poll_peer(cx) {
+            Poll::Ready(Peer::Gone) => Poll::Ready(()),
+            Poll::Ready(Peer::Sent) => {
+                // Left for the next request's read; nothing more to wait for here.
+                sent = true;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
