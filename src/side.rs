@@ -132,8 +132,16 @@ impl Side {
     /// exceeded. When the plan cannot cover all of `data`, `whole` sends nothing, otherwise
     /// as much as it covers is sent; either way the answer is [`SendError::Quota`].
     pub async fn send_relayed(&mut self, data: &[u8], whole: bool) -> Result<(), SendError> {
+        self.send_relayed_past(data, if whole { data.len() } else { 0 })
+            .await
+    }
+
+    /// [`Side::send_relayed`] with its first `whole` bytes sent all or not at all and the
+    /// rest as far as the plan covers: a response head and the body bytes that came with
+    /// it, in one write.
+    pub async fn send_relayed_past(&mut self, data: &[u8], whole: usize) -> Result<(), SendError> {
         let n = self.meter.reserve(data.len()).await;
-        let n = if n < data.len() && whole { 0 } else { n };
+        let n = if n < whole.min(data.len()) { 0 } else { n };
         if n > 0 {
             self.stream
                 .write_all(&data[..n])

@@ -274,6 +274,51 @@ fn uploads_with_100_continue_and_keep_alive_clients_stay_under_the_plan() {
     stored_equals(&gw, billed);
 }
 
+/// Small responses come with their head in one read and go out in one write (head whole,
+/// body as far as the plan covers): where the plan ends inside such a write, the client
+/// gets no torn head, and what it got is what is billed, to the byte.
+#[test]
+fn a_plan_ending_inside_a_small_response_is_billed_to_the_byte() {
+    // Head and body in one write, so that they arrive together.
+    let answer = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n".to_vec(),
+        pattern(3000),
+    ]
+    .concat();
+    let o = scripted_origin(move |_, _| Answer::Send(answer.clone()));
+    let gw = gateway();
+    let mut c = Client::new(gw.addr());
+    let mut whole = 0;
+    let last = loop {
+        let url = o.url(&format!("/small?i={whole}"));
+        match c.exchange(&get(&url), b"") {
+            Got::Whole(n) => {
+                assert_eq!(n, 3000);
+                whole += 1;
+            }
+            other => break other,
+        }
+        assert!(whole < 1000, "the plan never ran out: {}", c.billed);
+    };
+    assert!(matches!(last, Got::Cut | Got::Refused(452)), "{last:?}");
+    let seen: Vec<String> = (0..o.connections())
+        .flat_map(|i| {
+            let text = o.received_text(i);
+            text.split_inclusive("\r\n\r\n")
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let billed = c.billed(&seen);
+    assert!(billed <= PLAN, "{billed} bytes through a {PLAN}-byte plan");
+    assert!(
+        billed > PLAN - 4096,
+        "only {billed} of a {PLAN}-byte plan relayed"
+    );
+    drop(c.s);
+    stored_equals(&gw, billed);
+}
+
 #[test]
 fn parallel_clients_on_both_cores_end_within_the_plan() {
     let o = http_origin();

@@ -68,12 +68,30 @@ pub(super) async fn respond(
         && !ctx.core().drain.is_fired();
     let mut h = Vec::with_capacity(512);
     resp.encode_downstream(relay_as, client_keep_alive, &mut h);
-    match send_to_client(client, &h, true, lim).await {
-        Ok(()) => {}
+    // The body's first bytes, when they came with the head, go out in the head's write:
+    // the head whole or not at all, those bytes as far as the plan covers (as a body copy
+    // would send them).
+    let head_len = h.len();
+    let (body, with_head) = match resp.body {
+        Framing::Length(n) => {
+            let k = (o.side.buf.len() as u64).min(n) as usize;
+            h.extend_from_slice(&o.side.buf[..k]);
+            (Framing::Length(n - k as u64), k)
+        }
+        other => (other, 0),
+    };
+    let sent = until(
+        Instant::now() + lim.idle,
+        client.send_relayed_past(&h, head_len),
+    )
+    .await
+    .unwrap_or(Err(SendError::Io));
+    match sent {
+        Ok(()) => o.side.consume(with_head),
         Err(SendError::Quota) => return quota(true),
         Err(SendError::Io) => return gone_client(),
     }
-    match copy_body(lim, &mut o.side, client, resp.body, relay_as).await {
+    match copy_body(lim, &mut o.side, client, body, relay_as).await {
         Ok(()) => Attempt::Done {
             code: resp.code,
             client_keep_alive,
