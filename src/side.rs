@@ -136,12 +136,12 @@ impl Side {
             .await
     }
 
-    /// [`Side::send_relayed`] with its first `whole` bytes sent all or not at all and the
+    /// [`Side::send_relayed`] with its first `head` bytes sent all or not at all and the
     /// rest as far as the plan covers: a response head and the body bytes that came with
     /// it, in one write.
-    pub async fn send_relayed_past(&mut self, data: &[u8], whole: usize) -> Result<(), SendError> {
+    pub async fn send_relayed_past(&mut self, data: &[u8], head: usize) -> Result<(), SendError> {
         let n = self.meter.reserve(data.len()).await;
-        let n = if n < whole.min(data.len()) { 0 } else { n };
+        let n = if n < head.min(data.len()) { 0 } else { n };
         if n > 0 {
             self.stream
                 .write_all(&data[..n])
