@@ -177,6 +177,68 @@ fn operator_and_customer_pages_in_chromium() {
     );
 }
 
+/// An account name may hold what a cookie value cannot carry as it is (';', ',', '.',
+/// non-ASCII): its customer still logs in, stays logged in, and sees their own account.
+#[test]
+fn a_customer_whose_name_a_cookie_cannot_carry_still_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let name = "bob;dev,caf\u{e9}.x";
+    let user = format!(
+        "[[user]]\nname = \"{name}\"\npassword = \"pw\"\nplan = \"basic\"\nnetworks = [\"residential\"]\n"
+    );
+    let cfg = config("", &format!("{DIRECT_EXIT}\n{user}")).replace(
+        "[log]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\napi_token_file = \"token\"\n\n[log]",
+    );
+    let gw = Gateway::start_in(dir, &cfg);
+    let base = format!("http://{}", gw.admin.unwrap());
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-i",
+            "-d",
+            "username=bob%3Bdev%2Ccaf%C3%A9.x&password=pw",
+            &format!("{base}/me/login"),
+        ])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("{head}"))
+        .to_owned();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-b",
+            &cookie,
+            &format!("{base}/me"),
+        ])
+        .output()
+        .unwrap();
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.ends_with("\n200"), "{page}");
+    assert!(page.contains("bob;dev,caf\u{e9}.x"), "{page}");
+    // The same cookie with another account's name in it is no session: the login form.
+    let hex: String = b"alice".iter().map(|b| format!("{b:02x}")).collect();
+    let (key, value) = cookie.split_once('=').unwrap();
+    let (_, rest) = value.split_once('.').unwrap();
+    let forged = format!("{key}={hex}.{rest}");
+    let out = Command::new("curl")
+        .args(["-sS", "-b", &forged, &format!("{base}/me")])
+        .output()
+        .unwrap();
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains("Customer login"), "{page}");
+    assert!(!page.contains("bob;dev"), "{page}");
+}
+
 /// Without the token or its cookie, only the login form; a form POST without the CSRF
 /// token of the session is refused; a customer cannot reach the operator's pages.
 #[test]

@@ -98,8 +98,9 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Option<String> {
 /// The customer's account, when the request carries a valid session cookie.
 fn customer(state: &AppState, headers: &HeaderMap) -> Option<String> {
     let v = cookie(headers, ME_COOKIE)?;
-    let mut parts = v.rsplitn(3, '.');
-    let (mac, expires, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let mut parts = v.splitn(3, '.');
+    let (name, expires, mac) = (parts.next()?, parts.next()?, parts.next()?);
+    let name = String::from_utf8(unhex(name)?).ok()?;
     let expires: i64 = expires.parse().ok()?;
     if expires < crate::util::wall_now().as_second() {
         return None;
@@ -113,8 +114,23 @@ fn customer(state: &AppState, headers: &HeaderMap) -> Option<String> {
     if !bool::from(want.as_bytes().ct_eq(mac.as_bytes())) {
         return None;
     }
-    // The name was checked by the login; it contains no '.' that matters here (rsplit).
-    Some(name.to_owned())
+    Some(name)
+}
+
+/// The bytes of [`hex`]'s output (`None`: not an even run of lowercase hex digits).
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
 }
 
 fn me_cookie(state: &AppState, name: &str) -> String {
@@ -124,6 +140,9 @@ fn me_cookie(state: &AppState, name: &str) -> String {
         name.as_bytes(),
         expires.to_string().as_bytes(),
     ]);
+    // The name travels hex-encoded: an account name may hold ';', ',', '"', '.' or
+    // non-ASCII characters, none of which a cookie value can carry as they are.
+    let name = hex(name.as_bytes());
     format!(
         "{ME_COOKIE}={name}.{expires}.{mac}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ME_FOR_S}"
     )
