@@ -404,7 +404,9 @@ fn a_tenant_exhausting_the_gateways_sockets_never_benches_the_exit() {
     // gateway has none left for the next one's outbound socket.
     let echo = echo_server("127.0.0.1:0");
     let rest = "[[exit]]\nnetwork = \"residential\"\nkind = \"direct\"\n\n[[user]]\nname = \"bob\"\npassword = \"pw\"\nplan = \"basic\"\nnetworks = [\"residential\"]\n\n[[user]]\nname = \"greedy\"\npassword = \"pw\"\nplan = \"basic\"\nnetworks = [\"residential\"]\n";
-    let gw = Gateway::start_with_nofile(&config("handshake_timeout = \"60s\"", rest), 256);
+    let cfg = config("handshake_timeout = \"60s\"", rest)
+        .replace("[log]", "[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]");
+    let gw = Gateway::start_with_nofile(&cfg, 256);
     // One accepted connection waiting in its handshake: one descriptor in the gateway.
     let mut spare = connect(gw.addr());
     spare.write_all(&[5, 1, 2]).unwrap();
@@ -451,6 +453,16 @@ fn a_tenant_exhausting_the_gateways_sockets_never_benches_the_exit() {
     });
     assert_eq!(echo_through(&mut s, b"still served"), b"still served");
     assert!(!gw.stderr().contains("benched"), "{}", gw.stderr());
+    // The operator's exit failure counter says the exit never failed: the refusals were
+    // this gateway's own shortage, not connects that the exit lost.
+    let (status, metrics) = gw.admin_get("/metrics");
+    assert_eq!(status, 200);
+    let failures: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tollgate_exit_connect_failures"))
+        .collect();
+    assert!(!failures.is_empty(), "{metrics}");
+    assert!(failures.iter().all(|l| l.ends_with(" 0")), "{failures:?}");
 }
 
 #[test]

@@ -93,7 +93,10 @@ pub async fn dial(
         )
         .await;
         let name = snap.exits[exit].name.as_str();
-        eg.metrics.exit_attempt(name, !matches!(res, Some(Ok(_))));
+        // A socket this gateway could not create never reached the exit: no attempt of it.
+        if !matches!(res, Some(Err(Fail::Local(_)))) {
+            eg.metrics.exit_attempt(name, !matches!(res, Some(Ok(_))));
+        }
         let e = match res {
             Some(Ok(out)) => {
                 eg.metrics.observe_connect(t0.elapsed());
