@@ -47,6 +47,15 @@ fn browse(steps: Value) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The `name=value` of the session cookie a login's response head sets.
+fn session_cookie(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("{head}"))
+        .to_owned()
+}
+
 fn api(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}", "-H"])
@@ -205,12 +214,7 @@ fn a_customer_whose_name_a_cookie_cannot_carry_still_logs_in() {
         .unwrap();
     let head = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(head.starts_with("HTTP/1.1 303"), "{head}");
-    let cookie = head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("{head}"))
-        .to_owned();
+    let cookie = session_cookie(&head);
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -288,12 +292,7 @@ fn pages_need_their_session_and_forms_their_csrf_token() {
         .output()
         .unwrap();
     let head = String::from_utf8_lossy(&out.stdout).to_string();
-    let cookie = head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("{head}"))
-        .to_owned();
+    let cookie = session_cookie(&head);
     assert_eq!(curl(&["-b", &cookie, &format!("{base}/me")]), "200");
     assert_eq!(
         curl(&["-b", &cookie, &format!("{base}/accounts/alice")]),
