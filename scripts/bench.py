@@ -260,8 +260,9 @@ def open_idle(p, n):
 
 
 def idle_rss(p):
-    # A first small round pages in the code and the allocator's first arenas: one-time costs
-    # (up to ~300 KiB of text pages, varying with the build's layout) that are no tunnel's.
+    # A first small round pays the one-time costs (code paged in, the allocator's and the
+    # executors' first pools), which vary from run to run and are no tunnel's. The measured
+    # round may reuse what these 20 freed: at most their share, ~0.04 KiB per tunnel.
     warm = open_idle(p, 20)
     warm.stdout.readline()
     warm.stdin.close()
