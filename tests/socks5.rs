@@ -139,15 +139,44 @@ fn private_targets_are_refused_by_default() {
 
 #[test]
 fn half_close_is_forwarded() {
-    let gw = gateway();
-    let echo = echo_server("127.0.0.1:0");
-    let mut s = socks5_tunnel(gw.addr(), &Target::Addr(echo));
-    s.write_all(b"last words").unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    // The echo server only sees EOF if our FIN was forwarded; it then replies and closes.
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"last words");
+    // Spliced and copied: each pump forwards the FIN both ways.
+    for server in ["splice = true", "splice = false"] {
+        let gw = Gateway::start(&config(server, DIRECT_EXIT));
+        let echo = echo_server("127.0.0.1:0");
+        let mut s = socks5_tunnel(gw.addr(), &Target::Addr(echo));
+        s.write_all(b"last words").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // The echo server only sees EOF if our FIN was forwarded; it then replies and
+        // closes, and the client sees that end as a clean EOF.
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"last words", "{server}");
+    }
+}
+
+#[test]
+fn an_origin_that_finishes_first_still_hears_the_clients_last_words_and_its_end() {
+    for server in ["splice = true", "splice = false"] {
+        let gw = Gateway::start(&config(server, DIRECT_EXIT));
+        // The origin speaks first, half-closes, then reads the client to its end.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let origin = l.local_addr().unwrap();
+        let heard = std::thread::spawn(move || {
+            let (mut o, _) = l.accept().unwrap();
+            o.write_all(b"banner").unwrap();
+            o.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            // A reset instead of the client's FIN fails here.
+            o.read_to_end(&mut got).map(|_| got)
+        });
+        let mut s = socks5_tunnel(gw.addr(), &Target::Addr(origin));
+        let mut banner = Vec::new();
+        s.read_to_end(&mut banner).unwrap();
+        assert_eq!(banner, b"banner", "{server}");
+        s.write_all(b"goodbye").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(heard.join().unwrap().unwrap(), b"goodbye", "{server}");
+    }
 }
 
 #[test]

@@ -98,6 +98,10 @@ impl Pump<'_> {
         dir: Dir,
         progress: &mut Progress,
     ) -> Poll<Result<(), (Party, io::Error)>> {
+        let other_done = match dir {
+            Dir::Up => self.down.done,
+            Dir::Down => self.up.done,
+        };
         let (src, dst, half) = match dir {
             Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
             Dir::Down => (&mut *self.upstream, &mut *self.client, &mut self.down),
@@ -136,8 +140,12 @@ impl Pump<'_> {
                 continue;
             }
             if half.eof {
-                // Forward the FIN: the peer learns this direction is finished.
-                let _ = Pin::new(&mut *dst).poll_close(cx);
+                // Forward the FIN: the peer learns this direction is finished. A plain
+                // socket whose other direction is finished too is closed as the relay
+                // ends, which sends it (as in the splicing pump); TLS says close_notify.
+                if !(other_done && matches!(dst, Stream::Plain(_))) {
+                    let _ = Pin::new(&mut *dst).poll_close(cx);
+                }
                 half.done = true;
                 return Poll::Ready(Ok(()));
             }

@@ -155,6 +155,10 @@ impl<'a> SplicePump<'a> {
         dir: Dir,
         progress: &mut Progress,
     ) -> Poll<Result<(), (Party, io::Error)>> {
+        let other_done = match dir {
+            Dir::Up => self.down.done,
+            Dir::Down => self.up.done,
+        };
         let (src, dst, half) = match dir {
             Dir::Up => (&mut *self.client, &mut *self.upstream, &mut self.up),
             Dir::Down => (&mut *self.upstream, &mut *self.client, &mut self.down),
@@ -197,9 +201,14 @@ impl<'a> SplicePump<'a> {
                 continue;
             }
             if half.eof {
-                // Forward the FIN: the peer learns this direction is finished.
-                // SAFETY: valid fd.
-                unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
+                // Forward the FIN: the peer learns this direction is finished. When the
+                // other direction is finished too, the relay ends now and the close sends
+                // it: `dst` has read its peer's FIN, so nothing unread turns the close into
+                // a reset.
+                if !other_done {
+                    // SAFETY: valid fd.
+                    unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
+                }
                 if let Some(p) = half.pipe.take() {
                     self.pool.give(p);
                 }
