@@ -192,3 +192,21 @@ fn source_ip_is_what_the_origin_sees() {
     // And over HTTP forwarding too.
     assert_eq!(http_get(gw.addr(), &o.url("/ip")).text(), "127.0.0.2");
 }
+
+#[test]
+fn a_target_that_refuses_is_reply_5_and_the_next_dial_still_connects() {
+    let gw = gateway();
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // The connect's readiness poll reports the refusal (POLLERR): the client hears why.
+    let (_, out) = socks5(gw.addr(), "alice", "secret", 1, &Target::Addr(refused));
+    assert!(matches!(out, SocksOutcome::Reply(5, _)), "{out:?}");
+    let echo = echo_server("127.0.0.1:0");
+    let mut s = socks5_tunnel(gw.addr(), &Target::Addr(echo));
+    s.write_all(b"after").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"after");
+}

@@ -400,11 +400,17 @@ impl<S: AsRawFd> NonBufferedStream<S> {
 
     /// tollgate patch: resolve once the socket is writable (or failed), moving no byte.
     pub(crate) fn poll_writable(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_writable_events(cx).map(|r| r.map(|_| ()))
+    }
+
+    /// tollgate patch: [`Self::poll_writable`] with the poll's `revents` (`POLLOUT`,
+    /// `POLLERR`, `POLLHUP`, ...).
+    pub(crate) fn poll_writable_events(&mut self, cx: &Context<'_>) -> Poll<io::Result<u32>> {
         let reactor = self.reactor.upgrade().unwrap();
         if let Some(src) = self.source_tx.as_ref() {
             if let Some(res) = src.result() {
                 self.source_tx.take();
-                return Poll::Ready(res.map(|_| ()));
+                return Poll::Ready(res.map(|events| events as u32));
             }
             src.add_waiter_single(cx.waker());
             return Poll::Pending;

@@ -535,6 +535,13 @@ impl TcpStream {
         self.stream.stream.poll_writable(cx)
     }
 
+    /// tollgate patch: [`TcpStream::poll_writable`] that also gives the poll's `revents`:
+    /// after a non-blocking `connect`, `POLLOUT` without `POLLERR` or `POLLHUP` says the
+    /// handshake finished, with no `SO_ERROR` read.
+    pub fn poll_writable_events(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u32>> {
+        self.stream.stream.poll_writable_events(cx)
+    }
+
     /// tollgate patch: a readiness poll for reading is armed (and may have fired): then
     /// [`TcpStream::poll_readable`] answers without a syscall, so a caller that would
     /// otherwise try the socket first (and get `EAGAIN`) asks it instead.
