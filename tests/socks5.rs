@@ -163,6 +163,8 @@ fn an_origin_that_finishes_first_still_hears_the_clients_last_words_and_its_end(
         let origin = l.local_addr().unwrap();
         let heard = std::thread::spawn(move || {
             let (mut o, _) = l.accept().unwrap();
+            // A FIN that never comes fails as a timeout instead of hanging the test.
+            o.set_read_timeout(Some(WAIT)).unwrap();
             o.write_all(b"banner").unwrap();
             o.shutdown(std::net::Shutdown::Write).unwrap();
             let mut got = Vec::new();
