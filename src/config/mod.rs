@@ -100,7 +100,9 @@ pub struct ServerSection {
     /// once. Read at start.
     pub spin_before_park: Dur,
     /// Relay tunnels between two plain TCP sockets with splice(2) (no copy through user
-    /// space); `false`: copy through buffers like TLS sessions do.
+    /// space) once a direction carries bulk (a read fills a whole buffer; until then it
+    /// copies, which costs less for small reads); `false`: copy through buffers like TLS
+    /// sessions do.
     pub splice: bool,
 }
 

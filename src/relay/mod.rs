@@ -319,7 +319,7 @@ pub fn relay<'a>(
 ) -> Relay<'a> {
     let pump = match (pools.pipes, client, upstream) {
         (Some(pipes), Stream::Plain(c), Stream::Plain(u)) => {
-            AnyPump::Splice(splice::SplicePump::new(pipes, c, u, meter))
+            AnyPump::Splice(splice::SplicePump::new(pipes, pools.buffers, c, u, meter))
         }
         (_, client, upstream) => AnyPump::Copy(Pump {
             pool: pools.buffers,

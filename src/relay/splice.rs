@@ -1,11 +1,17 @@
-//! The zero-copy relay for plain TCP on both sides: each direction moves its bytes with
-//! splice(2) from the source socket into a pipe and from the pipe into the other socket,
-//! so they never cross into user space. Each read from the source is capped at the
-//! account's lease and its return value is what gets billed, exactly as the copying relay
-//! bills its reads. Pipes come from a per-core pool only while bytes are in flight: an idle
-//! tunnel holds none.
+//! The zero-copy relay for plain TCP on both sides: once a direction carries bulk, it moves
+//! its bytes with splice(2) from the source socket into a pipe and from the pipe into the
+//! other socket, so they never cross into user space. Until then (a handshake, a request,
+//! a short answer) it copies through a pool buffer with recv/send: for a few hundred bytes
+//! splice costs more than the copy it saves (the kernel copies small segments into a fresh
+//! page for the pipe, and each splice takes the pipe's lock), and most tunnels never carry
+//! more. A direction turns bulk when one read fills a whole buffer, as HAProxy's
+//! `splice-auto` does when the buffer fills. Each read from the source is capped at the
+//! account's lease and its return value is what gets billed, on both paths, exactly as the
+//! copying relay bills its reads. Pipes and buffers come from per-core pools only while
+//! bytes are in flight: an idle tunnel holds none.
 
 use super::{Dir, Meter, Party, Progress, PREEMPT_CHECK};
+use crate::util::{BufPool, RELAY_BUF};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
 use std::io;
@@ -91,15 +97,41 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+fn recv(from: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(from, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn send(to: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its length.
+    let n = unsafe { libc::send(to, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
 #[derive(Default)]
 struct Half {
+    /// Where this direction's bytes wait once it is bulk.
     pipe: Option<Pipe>,
-    /// Bytes in the pipe, read from the source and not yet written.
+    /// Where they wait before that, from `buf[pos]` on.
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    /// Bytes in the pipe or the buffer, read from the source and not yet written.
     held: usize,
+    /// A read filled a whole buffer: the reads from here on splice.
+    bulk: bool,
     eof: bool,
     done: bool,
     /// The source has likely nothing yet (the relay just started, or the last read was
@@ -110,6 +142,7 @@ struct Half {
 /// Both directions of one tunnel, spliced; the same contract as the copying pump.
 pub(super) struct SplicePump<'a> {
     pub pool: &'a PipePool,
+    pub bufs: &'a BufPool,
     pub client: &'a mut TcpStream,
     pub upstream: &'a mut TcpStream,
     pub meter: &'a Meter,
@@ -120,6 +153,7 @@ pub(super) struct SplicePump<'a> {
 impl<'a> SplicePump<'a> {
     pub fn new(
         pool: &'a PipePool,
+        bufs: &'a BufPool,
         client: &'a mut TcpStream,
         upstream: &'a mut TcpStream,
         meter: &'a Meter,
@@ -135,6 +169,7 @@ impl<'a> SplicePump<'a> {
         }
         SplicePump {
             pool,
+            bufs,
             client,
             upstream,
             meter,
@@ -170,9 +205,6 @@ impl<'a> SplicePump<'a> {
         let mut moved = 0usize;
         loop {
             if half.held > 0 {
-                let Some(pipe) = half.pipe.as_ref() else {
-                    return Poll::Ready(Err((dst_party, io::Error::other("relay pipe missing"))));
-                };
                 // A write that blocked armed a readiness poll: until it fires, trying the
                 // socket again would only get EAGAIN.
                 if dst.write_poll_armed() {
@@ -182,13 +214,29 @@ impl<'a> SplicePump<'a> {
                         Poll::Pending => return Poll::Pending,
                     }
                 }
-                match splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), half.held) {
+                let wrote = match (&half.pipe, &half.buf) {
+                    (_, Some(buf)) => send(dst.as_raw_fd(), &buf[half.pos..half.pos + half.held]),
+                    (Some(pipe), None) => splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), half.held),
+                    (None, None) => {
+                        return Poll::Ready(Err((
+                            dst_party,
+                            io::Error::other("relay pipe missing"),
+                        )))
+                    }
+                };
+                match wrote {
                     Ok(0) => return Poll::Ready(Err((dst_party, io::ErrorKind::WriteZero.into()))),
                     Ok(n) => {
                         half.held -= n;
                         moved += n;
                         if dir == Dir::Down {
                             self.meter.add_down(n);
+                        }
+                        if half.held > 0 {
+                            half.pos += n;
+                        } else if let Some(buf) = half.buf.take() {
+                            self.bufs.give(buf);
+                            half.pos = 0;
                         }
                     }
                     Err(e) if would_block(&e) => match dst.poll_writable(cx) {
@@ -229,6 +277,21 @@ impl<'a> SplicePump<'a> {
                     Poll::Ready(Ok(())) => half.drained = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((src_party, e))),
                     Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !half.bulk {
+                let read = copy_in(
+                    cx,
+                    src,
+                    half,
+                    self.bufs,
+                    self.meter,
+                    (dir, src_party),
+                    progress,
+                );
+                match read {
+                    Poll::Ready(Ok(())) => continue,
+                    other => return other,
                 }
             }
             let pipe = match half.pipe.take() {
@@ -284,6 +347,66 @@ impl<'a> SplicePump<'a> {
     }
 }
 
+/// One read of a direction that is not bulk (yet), into a pool buffer: `Ready(Ok)` when it
+/// got bytes (to be written next), the end (the FIN to forward), or readiness.
+fn copy_in(
+    cx: &mut Context<'_>,
+    src: &mut TcpStream,
+    half: &mut Half,
+    bufs: &BufPool,
+    meter: &Meter,
+    (dir, party): (Dir, Party),
+    progress: &mut Progress,
+) -> Poll<Result<(), (Party, io::Error)>> {
+    let mut buf = half.buf.take().unwrap_or_else(|| bufs.take());
+    // Reads are capped at the plan's local lease: the quota is never overshot.
+    let cap = match meter.poll_allow(cx, buf.len()) {
+        Poll::Ready(cap) => cap,
+        Poll::Pending => {
+            bufs.give(buf);
+            return Poll::Pending;
+        }
+    };
+    if cap == 0 {
+        bufs.give(buf);
+        progress.quota_hit = true;
+        return Poll::Ready(Err((party, io::Error::other("bandwidth used up"))));
+    }
+    match recv(src.as_raw_fd(), &mut buf[..cap]) {
+        Ok(0) => {
+            bufs.give(buf);
+            half.eof = true;
+            Poll::Ready(Ok(()))
+        }
+        Ok(n) => {
+            half.bulk = n == RELAY_BUF;
+            half.drained = n < cap;
+            half.buf = Some(buf);
+            half.pos = 0;
+            half.held = n;
+            match dir {
+                Dir::Up => meter.add_up(n),
+                Dir::Down => meter.read_for_client(n),
+            }
+            progress.last = Instant::now();
+            Poll::Ready(Ok(()))
+        }
+        Err(e) if would_block(&e) => {
+            // Idle: the buffer goes back while the source has nothing.
+            bufs.give(buf);
+            match src.poll_readable(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err((party, e))),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+        Err(e) => {
+            bufs.give(buf);
+            Poll::Ready(Err((party, e)))
+        }
+    }
+}
+
 impl super::Directions for SplicePump<'_> {
     fn poll_dir(
         &mut self,
@@ -305,6 +428,10 @@ impl Drop for SplicePump<'_> {
     fn drop(&mut self) {
         // A pipe that still holds bytes (the relay ended mid-flight) is closed, not pooled.
         for half in [&mut self.up, &mut self.down] {
+            if let Some(b) = half.buf.take() {
+                self.bufs.give(b);
+                continue;
+            }
             if let Some(p) = half.pipe.take() {
                 if half.held == 0 {
                     self.pool.give(p);
