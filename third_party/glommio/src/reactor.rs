@@ -111,12 +111,32 @@ impl Timers {
         None
     }
 
-    fn insert(&mut self, id: u64, when: Instant, waker: Waker) {
-        if let Some(when) = self.timers_by_id.get_mut(&id) {
-            self.timers.remove(&(*when, id));
+    fn insert(&mut self, id: u64, when: Instant, waker: &Waker) {
+        use std::collections::hash_map::Entry;
+        match self.timers_by_id.entry(id) {
+            Entry::Occupied(mut e) => {
+                let old = *e.get();
+                if old == when {
+                    // tollgate patch: a timer polled again with its deadline unchanged (a
+                    // relay's idle timer, at every wake of its task) keeps its place in the
+                    // tree; upstream removed and re-inserted it and cloned the waker each
+                    // time.
+                    if let Some(w) = self.timers.get_mut(&(when, id)) {
+                        if !w.will_wake(waker) {
+                            *w = waker.clone();
+                        }
+                        return;
+                    }
+                } else {
+                    self.timers.remove(&(old, id));
+                    e.insert(when);
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(when);
+            }
         }
-        self.timers_by_id.insert(id, when);
-        self.timers.insert((when, id), waker);
+        self.timers.insert((when, id), waker.clone());
     }
 
     /// Return the duration until next event and the number of
@@ -807,7 +827,7 @@ impl Reactor {
     /// Registers a timer in the reactor.
     ///
     /// Returns the inserted timer's ID.
-    pub(crate) fn insert_timer(&self, id: u64, when: Instant, waker: Waker) {
+    pub(crate) fn insert_timer(&self, id: u64, when: Instant, waker: &Waker) {
         let mut timers = self.timers.borrow_mut();
         timers.insert(id, when, waker);
     }
