@@ -121,15 +121,25 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// Where a direction's bytes wait between read and write: a pool buffer until it is
+/// bulk, a pipe from then on.
+#[derive(Default)]
+enum Hold {
+    #[default]
+    Empty,
+    Buf(Box<[u8]>),
+    Pipe(Pipe),
+}
+
+/// One direction. An idle tunnel holds two of these, so the counts are `u32`: a read
+/// moves at most one buffer or one pipe (256 KiB asked, 1 MiB at most).
 #[derive(Default)]
 struct Half {
-    /// Where this direction's bytes wait once it is bulk.
-    pipe: Option<Pipe>,
-    /// Where they wait before that, from `buf[pos]` on.
-    buf: Option<Box<[u8]>>,
-    pos: usize,
+    hold: Hold,
+    /// Where the unwritten bytes start in a buffer.
+    pos: u32,
     /// Bytes in the pipe or the buffer, read from the source and not yet written.
-    held: usize,
+    held: u32,
     /// A read filled a whole buffer: the reads from here on splice.
     bulk: bool,
     eof: bool,
@@ -214,28 +224,32 @@ impl<'a> SplicePump<'a> {
                         Poll::Pending => return Poll::Pending,
                     }
                 }
-                let wrote = match (&half.pipe, &half.buf) {
-                    (_, Some(buf)) => send(dst.as_raw_fd(), &buf[half.pos..half.pos + half.held]),
-                    (Some(pipe), None) => splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), half.held),
-                    (None, None) => {
-                        return Poll::Ready(Err((
-                            dst_party,
-                            io::Error::other("relay pipe missing"),
-                        )))
-                    }
+                let (pos, held) = (half.pos as usize, half.held as usize);
+                let wrote = match &half.hold {
+                    Hold::Buf(buf) => match buf.get(pos..pos + held) {
+                        Some(bytes) => send(dst.as_raw_fd(), bytes),
+                        None => Err(io::Error::other("relay buffer overrun")),
+                    },
+                    Hold::Pipe(pipe) => splice(pipe.r.as_raw_fd(), dst.as_raw_fd(), held),
+                    Hold::Empty => Err(io::Error::other("relay buffer missing")),
                 };
                 match wrote {
                     Ok(0) => return Poll::Ready(Err((dst_party, io::ErrorKind::WriteZero.into()))),
                     Ok(n) => {
-                        half.held -= n;
+                        // n <= held, which fits u32.
+                        half.held -= n as u32;
                         moved += n;
                         if dir == Dir::Down {
                             self.meter.add_down(n);
                         }
                         if half.held > 0 {
-                            half.pos += n;
-                        } else if let Some(buf) = half.buf.take() {
-                            self.bufs.give(buf);
+                            half.pos += n as u32;
+                        } else if matches!(half.hold, Hold::Buf(_)) {
+                            // A drained buffer goes back; a drained pipe stays for the
+                            // next bulk read.
+                            if let Hold::Buf(buf) = std::mem::take(&mut half.hold) {
+                                self.bufs.give(buf);
+                            }
                             half.pos = 0;
                         }
                     }
@@ -257,7 +271,7 @@ impl<'a> SplicePump<'a> {
                     // SAFETY: valid fd.
                     unsafe { libc::shutdown(dst.as_raw_fd(), libc::SHUT_WR) };
                 }
-                if let Some(p) = half.pipe.take() {
+                if let Hold::Pipe(p) = std::mem::take(&mut half.hold) {
                     self.pool.give(p);
                 }
                 half.done = true;
@@ -294,12 +308,18 @@ impl<'a> SplicePump<'a> {
                     other => return other,
                 }
             }
-            let pipe = match half.pipe.take() {
-                Some(p) => p,
-                None => match self.pool.take() {
-                    Ok(p) => p,
-                    Err(e) => return Poll::Ready(Err((src_party, e))),
-                },
+            let pipe = match std::mem::take(&mut half.hold) {
+                Hold::Pipe(p) => p,
+                held => {
+                    // (A buffer is held only while its bytes are unwritten: none here.)
+                    if let Hold::Buf(b) = held {
+                        self.bufs.give(b);
+                    }
+                    match self.pool.take() {
+                        Ok(p) => p,
+                        Err(e) => return Poll::Ready(Err((src_party, e))),
+                    }
+                }
             };
             // Reads are capped at the plan's local lease: the quota is never overshot.
             let cap = match self.meter.poll_allow(cx, pipe.size) {
@@ -320,8 +340,9 @@ impl<'a> SplicePump<'a> {
                     half.eof = true;
                 }
                 Ok(n) => {
-                    half.pipe = Some(pipe);
-                    half.held = n;
+                    half.hold = Hold::Pipe(pipe);
+                    // n <= cap <= the pipe's size, which fits u32.
+                    half.held = n as u32;
                     half.drained = n < cap;
                     match dir {
                         Dir::Up => self.meter.add_up(n),
@@ -358,7 +379,11 @@ fn copy_in(
     (dir, party): (Dir, Party),
     progress: &mut Progress,
 ) -> Poll<Result<(), (Party, io::Error)>> {
-    let mut buf = half.buf.take().unwrap_or_else(|| bufs.take());
+    // Empty here: a direction holds a pipe only once it is bulk.
+    let mut buf = match std::mem::take(&mut half.hold) {
+        Hold::Buf(b) => b,
+        _ => bufs.take(),
+    };
     // Reads are capped at the plan's local lease: the quota is never overshot.
     let cap = match meter.poll_allow(cx, buf.len()) {
         Poll::Ready(cap) => cap,
@@ -381,9 +406,10 @@ fn copy_in(
         Ok(n) => {
             half.bulk = n == RELAY_BUF;
             half.drained = n < cap;
-            half.buf = Some(buf);
+            half.hold = Hold::Buf(buf);
             half.pos = 0;
-            half.held = n;
+            // n <= cap <= RELAY_BUF, which fits u32.
+            half.held = n as u32;
             match dir {
                 Dir::Up => meter.add_up(n),
                 Dir::Down => meter.read_for_client(n),
@@ -428,15 +454,26 @@ impl Drop for SplicePump<'_> {
     fn drop(&mut self) {
         // A pipe that still holds bytes (the relay ended mid-flight) is closed, not pooled.
         for half in [&mut self.up, &mut self.down] {
-            if let Some(b) = half.buf.take() {
-                self.bufs.give(b);
-                continue;
-            }
-            if let Some(p) = half.pipe.take() {
-                if half.held == 0 {
-                    self.pool.give(p);
-                }
+            match std::mem::take(&mut half.hold) {
+                Hold::Buf(b) => self.bufs.give(b),
+                Hold::Pipe(p) if half.held == 0 => self.pool.give(p),
+                _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_direction_stays_small() {
+        // Two per idle tunnel: a buffer or a pipe, two counts, four flags.
+        assert!(
+            std::mem::size_of::<Half>() <= 40,
+            "{}",
+            std::mem::size_of::<Half>()
+        );
     }
 }
