@@ -11,6 +11,7 @@ them.
 """
 import base64
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -192,6 +193,7 @@ networks = ["v6", "both"]
     finally:
         gw_proc.terminate()
         gw_proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
