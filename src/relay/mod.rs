@@ -164,19 +164,13 @@ impl Pump<'_> {
                 }
                 None => self.pool.take_sized(half.bulk),
             };
-            // Reads are capped at the plan's local lease: the quota is never overshot.
-            let cap = match self.meter.poll_allow(cx, buf.len()) {
-                Poll::Ready(cap) => cap,
-                Poll::Pending => {
+            let cap = match progress.lease(cx, self.meter, buf.len(), src_party) {
+                Poll::Ready(Ok(cap)) => cap,
+                stop => {
                     self.pool.give(buf);
-                    return Poll::Pending;
+                    return stop.map(|r| r.map(drop));
                 }
             };
-            if cap == 0 {
-                self.pool.give(buf);
-                progress.quota_hit = true;
-                return Poll::Ready(Err((src_party, io::Error::other("bandwidth used up"))));
-            }
             match Pin::new(&mut *src).poll_read(cx, &mut buf[..cap]) {
                 Poll::Ready(Ok(0)) => {
                     self.pool.give(buf);
@@ -192,11 +186,7 @@ impl Pump<'_> {
                     half.buf = Some(buf);
                     half.len = n;
                     half.pos = 0;
-                    match dir {
-                        Dir::Up => self.meter.add_up(n),
-                        Dir::Down => self.meter.read_for_client(n),
-                    }
-                    progress.last = Instant::now();
+                    progress.read(self.meter, dir, n);
                 }
                 Poll::Ready(Err(e)) => {
                     self.pool.give(buf);
@@ -218,6 +208,38 @@ struct Progress {
     last: Instant,
     /// The relay ended because the plan's bandwidth ran out.
     quota_hit: bool,
+}
+
+impl Progress {
+    /// The most the next read from `src` may take, `want` at most: the plan's local lease,
+    /// so the quota is never overshot. Once the bandwidth is used up, `Err`: the relay ends
+    /// as `Quota`.
+    fn lease(
+        &mut self,
+        cx: &mut Context<'_>,
+        meter: &Meter,
+        want: usize,
+        src: Party,
+    ) -> Poll<Result<usize, (Party, io::Error)>> {
+        match meter.poll_allow(cx, want) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(0) => {
+                self.quota_hit = true;
+                Poll::Ready(Err((src, io::Error::other("bandwidth used up"))))
+            }
+            Poll::Ready(cap) => Poll::Ready(Ok(cap)),
+        }
+    }
+
+    /// `n` bytes read from `dir`'s source: billed (a download once it reaches the client),
+    /// and the idle clock starts again.
+    fn read(&mut self, meter: &Meter, dir: Dir, n: usize) {
+        match dir {
+            Dir::Up => meter.add_up(n),
+            Dir::Down => meter.read_for_client(n),
+        }
+        self.last = Instant::now();
+    }
 }
 
 /// What both pumps (copying and splicing) share: each moves one direction at a time and

@@ -17,7 +17,6 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 /// What a pipe is asked to hold: one splice moves at most this much.
 const PIPE_SIZE: usize = 256 * 1024;
@@ -321,19 +320,13 @@ impl<'a> SplicePump<'a> {
                     }
                 }
             };
-            // Reads are capped at the plan's local lease: the quota is never overshot.
-            let cap = match self.meter.poll_allow(cx, pipe.size) {
-                Poll::Ready(cap) => cap,
-                Poll::Pending => {
+            let cap = match progress.lease(cx, self.meter, pipe.size, src_party) {
+                Poll::Ready(Ok(cap)) => cap,
+                stop => {
                     self.pool.give(pipe);
-                    return Poll::Pending;
+                    return stop.map(|r| r.map(drop));
                 }
             };
-            if cap == 0 {
-                self.pool.give(pipe);
-                progress.quota_hit = true;
-                return Poll::Ready(Err((src_party, io::Error::other("bandwidth used up"))));
-            }
             match splice(src.as_raw_fd(), pipe.w.as_raw_fd(), cap) {
                 Ok(0) => {
                     self.pool.give(pipe);
@@ -344,11 +337,7 @@ impl<'a> SplicePump<'a> {
                     // n <= cap <= the pipe's size, which fits u32.
                     half.held = n as u32;
                     half.drained = n < cap;
-                    match dir {
-                        Dir::Up => self.meter.add_up(n),
-                        Dir::Down => self.meter.read_for_client(n),
-                    }
-                    progress.last = Instant::now();
+                    progress.read(self.meter, dir, n);
                 }
                 Err(e) if would_block(&e) => {
                     // Idle: the pipe goes back while the source has nothing.
@@ -384,19 +373,13 @@ fn copy_in(
         Hold::Buf(b) => b,
         _ => bufs.take(),
     };
-    // Reads are capped at the plan's local lease: the quota is never overshot.
-    let cap = match meter.poll_allow(cx, buf.len()) {
-        Poll::Ready(cap) => cap,
-        Poll::Pending => {
+    let cap = match progress.lease(cx, meter, buf.len(), party) {
+        Poll::Ready(Ok(cap)) => cap,
+        stop => {
             bufs.give(buf);
-            return Poll::Pending;
+            return stop.map(|r| r.map(drop));
         }
     };
-    if cap == 0 {
-        bufs.give(buf);
-        progress.quota_hit = true;
-        return Poll::Ready(Err((party, io::Error::other("bandwidth used up"))));
-    }
     match recv(src.as_raw_fd(), &mut buf[..cap]) {
         Ok(0) => {
             bufs.give(buf);
@@ -410,11 +393,7 @@ fn copy_in(
             half.pos = 0;
             // n <= cap <= RELAY_BUF, which fits u32.
             half.held = n as u32;
-            match dir {
-                Dir::Up => meter.add_up(n),
-                Dir::Down => meter.read_for_client(n),
-            }
-            progress.last = Instant::now();
+            progress.read(meter, dir, n);
             Poll::Ready(Ok(()))
         }
         Err(e) if would_block(&e) => {
