@@ -17,19 +17,9 @@ fn hardened(server: &str, rest: &str) -> String {
 /// Open fds other than the pipes each core keeps pooled for spliced tunnels (those are
 /// bounded by [`pooled_pipes_bounded`]).
 fn fds(gw: &Gateway) -> usize {
-    let (pipes, all) = fd_counts(gw);
+    let (pipes, all) = gw.fd_counts();
     pooled_pipes_bounded(pipes);
     all - pipes
-}
-
-fn fd_counts(gw: &Gateway) -> (usize, usize) {
-    let links: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", gw.child.id()))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .map(|p| p.display().to_string())
-        .collect();
-    let pipes = links.iter().filter(|l| l.starts_with("pipe:")).count();
-    (pipes, links.len())
 }
 
 /// Each core pools at most 64 empty pipes (two fds each) for spliced tunnels; glommio holds

@@ -188,6 +188,9 @@ fn a_tunnel_that_turns_bulk_midway_keeps_every_byte_in_order() {
     for server in ["splice = true", "splice = false"] {
         let gw = Gateway::start(&config(server, DIRECT_EXIT));
         let echo = echo_server("127.0.0.1:0");
+        let spliced = server == "splice = true";
+        let pipes = || gw.fd_counts().0;
+        let before = pipes();
         let mut s = socks5_tunnel(gw.addr(), &Target::Addr(echo));
         s.set_read_timeout(Some(WAIT)).unwrap();
         let round_trips = |s: &mut std::net::TcpStream, seed: usize| {
@@ -200,6 +203,8 @@ fn a_tunnel_that_turns_bulk_midway_keeps_every_byte_in_order() {
             }
         };
         round_trips(&mut s, 0);
+        // Small reads are copied: no relay pipe yet, on either pump.
+        assert_eq!(pipes(), before, "{server}: small reads took a pipe");
         // Bulk both ways, without a FIN: the tunnel stays open for what follows.
         let bulk = pattern(5 * 1024 * 1024 + 11);
         let mut w = s.try_clone().unwrap();
@@ -209,6 +214,8 @@ fn a_tunnel_that_turns_bulk_midway_keeps_every_byte_in_order() {
         s.read_exact(&mut back).unwrap();
         writer.join().unwrap().unwrap();
         assert!(back == bulk, "{server}: the bulk part came back changed");
+        // Bulk is spliced: the core made pipes for it (kept in its pool or in flight).
+        assert_eq!(pipes() > before, spliced, "{server}: pipes after bulk");
         round_trips(&mut s, 7);
         let tail = pattern(100_003);
         assert!(

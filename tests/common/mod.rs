@@ -165,6 +165,17 @@ impl Gateway {
 
     /// One sample of the exposition: the value of the line starting with `series` (the
     /// metric name with its labels, exactly as exposed).
+    /// The gateway's open descriptors: (pipes among them, all).
+    pub fn fd_counts(&self) -> (usize, usize) {
+        let links: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        let pipes = links.iter().filter(|l| l.starts_with("pipe:")).count();
+        (pipes, links.len())
+    }
+
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = self.admin_get("/metrics");
         body.lines()
