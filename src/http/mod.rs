@@ -8,6 +8,7 @@ use crate::auth::{self, Identity};
 use crate::conn::{Ctx, Exchange};
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
+use crate::plan::ledger::ThreadSlot;
 use crate::proxy::{self, Frontend, Shown, Tunnel};
 use crate::route::Route;
 use crate::side::{Bounds, ReadStop, Side};
@@ -223,7 +224,7 @@ async fn one(
         }
         Target::Forward { .. } => {
             let keep = Keep::when(idle_ok, is_head);
-            Next::keep(forward(ctx, client, ex, req, &route, origin, keep).await)
+            Next::keep(forward(ctx, client, ex, req, (&route, slot), origin, keep).await)
         }
     };
     (next, true)
@@ -236,11 +237,15 @@ async fn forward(
     client: &mut Side,
     mut ex: Exchange<'_>,
     req: &Request,
-    route: &Route,
+    (route, slot): (&Route, ThreadSlot),
     origin: &mut Option<forward::Origin>,
     keep: Keep,
 ) -> bool {
     let res = Box::pin(forward::exchange(ctx, client, origin, req, route)).await;
+    // The exchange is over: its slot goes back before the access line is written (or an
+    // error answered), so a client that starts its next request as soon as it has this
+    // answer finds the slot free, whichever core takes the new connection.
+    drop(slot);
     match res {
         Ok(d) => {
             ex.exit = Some(d.exit);
