@@ -148,7 +148,8 @@ struct Half {
     drained: bool,
 }
 
-/// Both directions of one tunnel, spliced; the same contract as the copying pump.
+/// Both directions of one tunnel between plain sockets, copied until bulk and spliced from
+/// then on; the same contract as the copying pump.
 pub(super) struct SplicePump<'a> {
     pub pool: &'a PipePool,
     pub bufs: &'a BufPool,
