@@ -141,6 +141,12 @@ impl Side {
     /// it, in one write.
     pub async fn send_relayed_past(&mut self, data: &[u8], head: usize) -> Result<(), SendError> {
         let n = self.meter.reserve(data.len()).await;
+        self.send_covered(data, head, n).await
+    }
+
+    /// Write what `n` reserved bytes of the plan cover of `data` (nothing unless they cover
+    /// its first `head` bytes); [`SendError::Quota`] when that is not all of it.
+    async fn send_covered(&mut self, data: &[u8], head: usize, n: usize) -> Result<(), SendError> {
         let n = if n < head.min(data.len()) { 0 } else { n };
         if n > 0 {
             self.stream
@@ -154,6 +160,46 @@ impl Side {
         } else {
             Ok(())
         }
+    }
+
+    /// [`Side::send_relayed_past`] for the last write of an answer, but its last byte:
+    /// the client cannot have the whole answer yet. Returns that byte (reserved, not
+    /// written; none for empty `data`) for [`Side::send_last`]. In between, the caller gives the request's slot
+    /// back and frees its buffers: the next request the client sends the moment it has
+    /// the answer finds the slot free, and a client that stops reading before the last
+    /// byte keeps the slot, or once past it holds no more than an idle connection.
+    pub async fn send_relayed_but_last(
+        &mut self,
+        data: &[u8],
+        head: usize,
+    ) -> Result<Option<u8>, SendError> {
+        let Some((&last, most)) = data.split_last() else {
+            return Ok(None);
+        };
+        let n = self.meter.reserve(data.len()).await;
+        if n < data.len() {
+            // The plan does not cover it: as much as it covers, as any relayed write.
+            return Err(match self.send_covered(data, head, n).await {
+                Err(e) => e,
+                Ok(()) => SendError::Quota,
+            });
+        }
+        self.stream
+            .write_more(most)
+            .await
+            .map_err(|_| SendError::Io)?;
+        self.meter.add_down(most.len());
+        Ok(Some(last))
+    }
+
+    /// The answer's last byte, reserved by [`Side::send_relayed_but_last`].
+    pub async fn send_last(&mut self, last: u8) -> Result<(), SendError> {
+        self.stream
+            .write_all(&[last])
+            .await
+            .map_err(|_| SendError::Io)?;
+        self.meter.add_down(1);
+        Ok(())
     }
 
     /// Drop the first `n` buffered bytes (they were parsed).

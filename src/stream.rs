@@ -76,6 +76,30 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Write all of `data` with more to follow: a plain connection queues what it can with
+    /// `MSG_MORE`, so the next write goes out in the same segments (TLS writes its record).
+    pub async fn write_more(&mut self, data: &[u8]) -> io::Result<()> {
+        use futures_lite::AsyncWriteExt;
+        let mut sent = 0;
+        if let Stream::Plain(s) = self {
+            // SAFETY: valid fd, buffer and length.
+            let n = unsafe {
+                libc::send(
+                    s.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_MORE | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            // Anything short of all of it (a full buffer, an error) goes the usual way,
+            // which also reports the error.
+            sent = usize::try_from(n).unwrap_or(0);
+        }
+        self.write_all(&data[sent..]).await
+    }
+}
+
 /// What [`Stream::poll_peer`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {

@@ -114,6 +114,64 @@ fn slot_returns_after_close_reset_failure_and_timeout() {
     assert_eq!(http_get(gw.addr(), &o.url("/")).code, 453);
 }
 
+/// A client on one thread that sends each request the moment it has the last answer, on
+/// a new connection (to either core) or the same one, is never refused: the slot goes
+/// back before the answer's last byte leaves, whatever its framing.
+#[test]
+fn a_client_on_one_thread_is_never_refused_between_requests() {
+    let gw = Gateway::start(&plan_config("10GiB", 1, ""));
+    let o = http_origin();
+    let auth = basic("alice", "secret");
+    // Length in the head's write or after it, chunked, no body (204, HEAD), many reads.
+    let asks: [(&str, &str, u16, &[u8]); 5] = [
+        ("GET", "/", 200, b"ok"),
+        ("GET", "/chunked", 200, b"hello chunked"),
+        ("GET", "/nocontent", 204, b""),
+        ("HEAD", "/head", 200, b""),
+        ("GET", "/big?n=300000", 200, &[]),
+    ];
+    let mut kept = connect(gw.addr());
+    for i in 0..300 {
+        let (method, path, code, body) = asks[i % asks.len()];
+        let raw = format!(
+            "{method} {} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {auth}\r\n\r\n",
+            o.url(path)
+        );
+        // Alternately a fresh connection and the kept one.
+        let mut fresh;
+        let s = if i % 2 == 0 {
+            fresh = connect(gw.addr());
+            &mut fresh
+        } else {
+            &mut kept
+        };
+        s.write_all(raw.as_bytes()).unwrap();
+        let r = read_response(s, method == "HEAD");
+        assert_eq!((i, r.code), (i, code), "{method} {path}: {}", r.text());
+        if path.starts_with("/big") {
+            assert_eq!(r.body, pattern(300_000), "{path}");
+        } else {
+            assert_eq!(r.body, body, "{path}");
+        }
+    }
+    // A client that stops reading its answer keeps the slot until it leaves.
+    let mut stalled = connect(gw.addr());
+    let raw = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {auth}\r\n\r\n",
+        o.url("/big?n=16000000")
+    );
+    stalled.write_all(raw.as_bytes()).unwrap();
+    let mut status = [0u8; 12];
+    stalled.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    assert_eq!(http_get(gw.addr(), &o.url("/")).code, 453);
+    drop(stalled);
+    // The slot is still counted: a tunnel holds it, and a request is refused meanwhile.
+    let echo = echo_server("127.0.0.1:0");
+    let _t = eventually("the slot", || try_socks(gw.addr(), echo).ok());
+    assert_eq!(http_get(gw.addr(), &o.url("/")).code, 453);
+}
+
 #[test]
 fn bandwidth_runs_out_452_and_live_tunnels_are_cut() {
     let limit: u64 = 256 * 1024;

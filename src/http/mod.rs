@@ -14,6 +14,7 @@ use crate::route::Route;
 use crate::side::{Bounds, ReadStop, Side};
 use crate::util::Latch;
 use codec::{Framing, Request, Target};
+use std::cell::Cell;
 use std::time::Instant;
 
 /// How to answer a refused request: whether its connection may stay open, whether it was a
@@ -241,11 +242,18 @@ async fn forward(
     origin: &mut Option<forward::Origin>,
     keep: Keep,
 ) -> bool {
-    let res = Box::pin(forward::exchange(ctx, client, origin, req, route)).await;
-    // The exchange is over: its slot goes back before the access line is written (or an
-    // error answered), so a client that starts its next request as soon as it has this
-    // answer finds the slot free, whichever core takes the new connection.
-    drop(slot);
+    let thread = Cell::new(Some(slot));
+    let res = Box::pin(forward::exchange(
+        ctx,
+        client,
+        origin,
+        req,
+        (route, &thread),
+    ))
+    .await;
+    // An answered exchange gave its slot back before the answer's last write; any other
+    // gives it back here, before the access line is written or an error answered.
+    drop(thread);
     match res {
         Ok(d) => {
             ex.exit = Some(d.exit);

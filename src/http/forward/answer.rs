@@ -1,7 +1,7 @@
 //! The final answer to the client: its head and body (re-framed), or for a `101` the
 //! upgraded connection as a tunnel; and interim heads.
 
-use super::body::{copy_body, BodyErr};
+use super::body::{copy_body, send_but_last, send_end, BodyErr};
 use super::{gone_client, quota, upstream, Attempt, Limits, Origin};
 use crate::conn::Ctx;
 use crate::error::ProxyError;
@@ -80,18 +80,38 @@ pub(super) async fn respond(
         }
         other => (other, 0),
     };
-    let sent = until(
-        Instant::now() + lim.idle,
-        client.send_relayed_past(&h, head_len),
-    )
-    .await
-    .unwrap_or(Err(SendError::Io));
+    // Nothing after the head: its write is the answer's last.
+    let ends = matches!(body, Framing::None | Framing::Length(0));
+    let sent = if ends {
+        send_but_last(lim, client, &h, head_len).await
+    } else {
+        until(
+            Instant::now() + lim.idle,
+            client.send_relayed_past(&h, head_len),
+        )
+        .await
+        .unwrap_or(Err(SendError::Io))
+        .map(|()| None)
+        .map_err(BodyErr::from)
+    };
+    drop(h);
+    let sent = match sent {
+        Ok(last) if ends => {
+            o.side.consume(with_head);
+            send_end(lim, client, last).await
+        }
+        Ok(_) => {
+            o.side.consume(with_head);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
     match sent {
-        Ok(()) => o.side.consume(with_head),
-        Err(SendError::Quota) => return quota(true),
-        Err(SendError::Io) => return gone_client(),
+        Ok(()) => {}
+        Err(BodyErr::Quota) => return quota(true),
+        Err(_) => return gone_client(),
     }
-    match copy_body(lim, &mut o.side, client, body, relay_as).await {
+    match copy_body(lim, &mut o.side, client, body, relay_as, true).await {
         Ok(()) => Attempt::Done {
             code: resp.code,
             client_keep_alive,

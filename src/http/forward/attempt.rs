@@ -7,10 +7,12 @@ use super::{gone_client, quota, upstream, Attempt, Interim, Limits, Origin};
 use crate::conn::Ctx;
 use crate::error::ProxyError;
 use crate::http::codec::{parse_response, Framing, Relay, Request, Response};
+use crate::plan::ledger::ThreadSlot;
 use crate::relay::Meter;
 use crate::side::{Bounds, ReadStop as HeadStop, Side};
 use crate::stream::{Peer, Stream};
 use crate::util::until;
+use std::cell::Cell;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -19,12 +21,13 @@ pub(super) async fn attempt(
     client: &mut Side,
     o: &mut Origin,
     req: &Request,
-    retryable: bool,
+    (retryable, thread): (bool, &Cell<Option<ThreadSlot>>),
 ) -> Attempt {
     let lim = Limits {
         max_head: ctx.config().server.max_header_size.0 as usize,
         idle: ctx.config().server.idle_timeout.0,
         pool: &ctx.core().buffers,
+        slot: thread,
     };
     if let Err(a) = send_head(client, o, req, &lim, retryable).await {
         return a;
@@ -43,7 +46,7 @@ pub(super) async fn attempt(
         }
     }
     if !body_sent {
-        if let Err(e) = copy_body(&lim, client, &mut o.side, req.body, Relay::Framed).await {
+        if let Err(e) = copy_body(&lim, client, &mut o.side, req.body, Relay::Framed, false).await {
             return request_body_failed(e);
         }
         body_sent = true;

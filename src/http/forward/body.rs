@@ -33,25 +33,62 @@ impl From<SendError> for BodyErr {
 }
 
 /// Copy one message body from `src` (buffered bytes first) to `dst`. Whichever side is
-/// the client, its plan caps the reads and covers the writes.
+/// the client, its plan caps the reads and covers the writes. An `answer` (the body the
+/// client gets) gives the request's slot back before its last byte, where its framing
+/// shows which byte that is (a body that runs until the origin closes has none).
 pub(super) async fn copy_body(
     lim: &Limits<'_>,
     src: &mut Side,
     dst: &mut Side,
     framing: Framing,
     relay_as: Relay,
+    answer: bool,
 ) -> Result<(), BodyErr> {
     match framing {
         Framing::None => Ok(()),
-        Framing::Chunked => copy_chunked(lim, src, dst, relay_as == Relay::Dechunked).await,
-        Framing::Length(n) => copy_raw(lim, src, dst, Some(n)).await,
-        Framing::UntilClose => copy_raw(lim, src, dst, None).await,
+        Framing::Chunked => copy_chunked(lim, src, dst, relay_as == Relay::Dechunked, answer).await,
+        Framing::Length(n) => copy_raw(lim, src, dst, Some(n), answer).await,
+        Framing::UntilClose => copy_raw(lim, src, dst, None, false).await,
     }
 }
 
 /// Write relayed bytes to `dst` within `idle`.
 async fn send_on(lim: &Limits<'_>, dst: &mut Side, data: &[u8]) -> Result<(), BodyErr> {
     match until(Instant::now() + lim.idle, dst.send_relayed(data, false)).await {
+        Some(r) => r.map_err(BodyErr::from),
+        None => Err(BodyErr::Idle),
+    }
+}
+
+/// The answer's last write within `idle`, all of it but its last byte (its first `head`
+/// bytes all or none), which is returned: see [`Side::send_relayed_but_last`]. The
+/// caller frees its buffer, then [`send_end`].
+pub(super) async fn send_but_last(
+    lim: &Limits<'_>,
+    dst: &mut Side,
+    data: &[u8],
+    head: usize,
+) -> Result<Option<u8>, BodyErr> {
+    match until(
+        Instant::now() + lim.idle,
+        dst.send_relayed_but_last(data, head),
+    )
+    .await
+    {
+        Some(r) => r.map_err(BodyErr::from),
+        None => Err(BodyErr::Idle),
+    }
+}
+
+/// The request's slot goes back, then the answer's last byte goes out.
+pub(super) async fn send_end(
+    lim: &Limits<'_>,
+    dst: &mut Side,
+    last: Option<u8>,
+) -> Result<(), BodyErr> {
+    lim.answer_ends();
+    let Some(b) = last else { return Ok(()) };
+    match until(Instant::now() + lim.idle, dst.send_last(b)).await {
         Some(r) => r.map_err(BodyErr::from),
         None => Err(BodyErr::Idle),
     }
@@ -67,16 +104,24 @@ async fn allowance(src: &Side, dst: &Side, want: usize) -> Result<usize, BodyErr
     }
 }
 
-/// `limit` bytes, or until the source closes when `None`.
+/// `limit` bytes, or until the source closes when `None`. An `answer`'s write that
+/// completes `limit` is its last.
 async fn copy_raw(
     lim: &Limits<'_>,
     src: &mut Side,
     dst: &mut Side,
     limit: Option<u64>,
+    answer: bool,
 ) -> Result<(), BodyErr> {
+    let ending = answer && limit.is_some();
     let mut left = limit.unwrap_or(u64::MAX);
     let k = (src.buf.len() as u64).min(left) as usize;
     if k > 0 {
+        if ending && k as u64 == left {
+            let last = send_but_last(lim, dst, &src.buf[..k], 0).await?;
+            src.consume(k);
+            return send_end(lim, dst, last).await;
+        }
         send_on(lim, dst, &src.buf[..k]).await?;
         src.consume(k);
         left -= k as u64;
@@ -85,6 +130,7 @@ async fn copy_raw(
         return Ok(());
     }
     let mut buf = lim.pool.take();
+    // `Some`: the answer's last byte, to be written once the buffer is back.
     let r = async {
         while left > 0 {
             let want = allowance(src, dst, (buf.len() as u64).min(left) as usize).await?;
@@ -96,27 +142,35 @@ async fn copy_raw(
             };
             if n == 0 {
                 return match limit {
-                    None => Ok(()),
+                    None => Ok(None),
                     Some(_) => Err(BodyErr::Src),
                 };
             }
             src.meter.add_up(n);
+            if ending && n as u64 == left {
+                return send_but_last(lim, dst, &buf[..n], 0).await;
+            }
             send_on(lim, dst, &buf[..n]).await?;
             left -= n as u64;
         }
-        Ok(())
+        Ok(None)
     }
     .await;
     lim.pool.give(buf);
-    r
+    match r? {
+        Some(last) => send_end(lim, dst, Some(last)).await,
+        None => Ok(()),
+    }
 }
 
-/// A chunked body, re-chunked with clean framing (or de-chunked) on the way.
+/// A chunked body, re-chunked with clean framing (or de-chunked) on the way. An
+/// `answer`'s write that carries the last chunk is its last.
 async fn copy_chunked(
     lim: &Limits<'_>,
     src: &mut Side,
     dst: &mut Side,
     dechunk: bool,
+    answer: bool,
 ) -> Result<(), BodyErr> {
     let mut dec = ChunkedDecoder::default();
     let mut out = Vec::new();
@@ -133,6 +187,11 @@ async fn copy_chunked(
         out.clear();
         dec.reencode(&src.buf, &fed, dechunk, &mut out);
         src.consume(fed.consumed);
+        if fed.done && answer {
+            let last = send_but_last(lim, dst, &out, 0).await?;
+            drop(out);
+            return send_end(lim, dst, last).await;
+        }
         if !out.is_empty() {
             send_on(lim, dst, &out).await?;
         }

@@ -24,10 +24,12 @@ use crate::config::{ExitKind, Source};
 use crate::conn::Ctx;
 use crate::error::ProxyError;
 use crate::exit::{self, TargetAddr};
+use crate::plan::ledger::ThreadSlot;
 use crate::route::{choose, Route};
 use crate::side::Side;
 use crate::util::BufPool;
 use attempt::attempt;
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -104,20 +106,34 @@ enum Attempt {
     },
 }
 
-/// What every step of an exchange needs: limits and the core's buffers.
+/// What every step of an exchange needs: limits, the core's buffers, and the request's
+/// thread slot.
 struct Limits<'a> {
     max_head: usize,
     idle: Duration,
     pool: &'a BufPool,
+    slot: &'a Cell<Option<ThreadSlot>>,
 }
 
-/// Forward `req` (head already parsed off `client.buf`) and relay the response.
+impl Limits<'_> {
+    /// The client's answer is complete once the write about to start lands: its thread
+    /// slot goes back first, so a client that sends its next request (on any connection,
+    /// to any core) the moment it has this answer finds the slot free. The write itself
+    /// is the last of the exchange.
+    fn answer_ends(&self) {
+        drop(self.slot.take());
+    }
+}
+
+/// Forward `req` (head already parsed off `client.buf`) and relay the response. The
+/// request's `thread` slot goes back just before the answer's last write (a failed
+/// exchange leaves it to the caller).
 pub async fn exchange(
     ctx: &Ctx,
     client: &mut Side,
     slot: &mut Option<Origin>,
     req: &Request,
-    route: &Route,
+    (route, thread): (&Route, &Cell<Option<ThreadSlot>>),
 ) -> Result<Done, Failed> {
     let (host, port) = req.target.host_port();
     // Reuse only a clean connection to the same origin that this request would have
@@ -127,7 +143,7 @@ pub async fn exchange(
     }) {
         let via = (o.exit, o.source);
         let retryable = req.body == Framing::None && req.upgrade.is_none();
-        match attempt(ctx, client, o, req, retryable).await {
+        match attempt(ctx, client, o, req, (retryable, thread)).await {
             Attempt::Stale => {}
             other => return settle(other, slot, None, via),
         }
@@ -153,7 +169,7 @@ pub async fn exchange(
         exit: out.exit,
         source: out.source,
     };
-    let res = attempt(ctx, client, &mut o, req, false).await;
+    let res = attempt(ctx, client, &mut o, req, (false, thread)).await;
     settle(res, slot, Some(o), via)
 }
 
