@@ -8,7 +8,7 @@ use crate::conn::{Began, Ctx, Exchange};
 use crate::error::ProxyError;
 use crate::exit::{Outbound, TargetAddr};
 use crate::plan::{self, ledger::ThreadSlot};
-use crate::relay::{relay, RelayEnd};
+use crate::relay::{relay, Quiet, RelayEnd};
 use crate::route::{self, Route};
 use crate::side::{SendError, Side};
 use crate::stream::Stream;
@@ -135,13 +135,19 @@ pub async fn run_tunnel(ctx: &Ctx, client: &mut Side, mut t: Box<Tunnel>) {
         Err(end) => end,
         Ok(()) => {
             let core = ctx.core();
+            let server = &ctx.config().server;
+            let t = &mut *t;
             relay(
-                core.pools(ctx.config().server.splice),
+                core.pools(server.splice),
                 &core.stop,
                 &mut client.stream,
                 &mut t.stream,
                 &client.meter,
-                ctx.config().server.idle_timeout.0,
+                Quiet {
+                    idle: server.idle_timeout.0,
+                    half_closed: server.half_close_timeout.0,
+                    slot: Some(&t.slot),
+                },
             )
             .await
         }

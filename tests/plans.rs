@@ -172,6 +172,67 @@ fn a_client_on_one_thread_is_never_refused_between_requests() {
     assert_eq!(http_get(gw.addr(), &o.url("/")).code, 453);
 }
 
+/// A client on one thread that closes a tunnel and opens the next at once is admitted:
+/// the closing tunnel ends within the origin's answer to the close, and admission waits
+/// for it rather than refusing.
+#[test]
+fn a_client_that_closes_a_tunnel_can_open_the_next_at_once() {
+    let gw = Gateway::start(&plan_config("10GiB", 1, ""));
+    let echo = echo_server("127.0.0.1:0");
+    for i in 0..200 {
+        let mut t = if i % 2 == 0 {
+            match try_socks(gw.addr(), echo) {
+                Ok(t) => t,
+                Err(e) => panic!("tunnel {i} refused: {e:?}"),
+            }
+        } else {
+            let (t, r) = http_connect(gw.addr(), echo);
+            assert_eq!((i, r.code), (i, 200), "{}", r.text());
+            t
+        };
+        t.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        t.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+        // Closed by the client first, as an HTTP client ends a connection it is done with.
+    }
+}
+
+/// An origin that never answers the client's close does not keep the client's thread
+/// past `half_close_timeout`; a client that half-closes still gets what the origin sends
+/// after its close.
+#[test]
+fn a_closed_client_gets_its_thread_back_though_the_origin_never_closes() {
+    let gw = Gateway::start(&plan_config("10GiB", 1, "half_close_timeout = \"300ms\""));
+    // Reads until the client's close, answers it, and then holds the connection open.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = s.write_all(format!("got {}", got.len()).as_bytes());
+            held.push(s);
+        }
+    });
+    let mut t = try_socks(gw.addr(), origin).unwrap();
+    t.write_all(b"hello").unwrap();
+    t.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = [0u8; 5];
+    t.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"got 5");
+    // The origin holds its side open: the tunnel ends after 300 ms without a byte,
+    // and the next tunnel (which waits for it, as the slot is closing) is admitted.
+    let mut next = try_socks(gw.addr(), origin).expect("the closing tunnel's slot");
+    assert!(closed_by_peer(&mut t));
+    next.write_all(b"hi").unwrap();
+    next.shutdown(std::net::Shutdown::Write).unwrap();
+    next.read_exact(&mut answer[..4]).unwrap();
+    assert_eq!(&answer[..4], b"got ");
+}
+
 #[test]
 fn bandwidth_runs_out_452_and_live_tunnels_are_cut() {
     let limit: u64 = 256 * 1024;

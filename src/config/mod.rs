@@ -84,6 +84,10 @@ pub struct ServerSection {
     pub connect_timeout: Dur,
     /// A tunnel with no bytes either way for this long is closed.
     pub idle_timeout: Dur,
+    /// Once one side of a tunnel has closed, it is closed after this long without a byte
+    /// (at most `idle_timeout`): a client that left does not hold its thread for long
+    /// when the origin never answers its close.
+    pub half_close_timeout: Dur,
     /// On SIGTERM/SIGINT, how long live connections may take to finish.
     pub drain_timeout: Dur,
     /// Allow loopback/private/link-local/CGNAT/metadata targets.
@@ -113,6 +117,7 @@ impl Default for ServerSection {
             handshake_timeout: Dur(std::time::Duration::from_secs(10)),
             connect_timeout: Dur(std::time::Duration::from_secs(10)),
             idle_timeout: Dur(std::time::Duration::from_secs(300)),
+            half_close_timeout: Dur(std::time::Duration::from_secs(10)),
             drain_timeout: Dur(std::time::Duration::from_secs(30)),
             allow_private_targets: false,
             state_dir: PathBuf::from("./state"),

@@ -66,6 +66,7 @@ fn check_server(f: &File) -> Result<(), String> {
         ("handshake_timeout", s.handshake_timeout),
         ("connect_timeout", s.connect_timeout),
         ("idle_timeout", s.idle_timeout),
+        ("half_close_timeout", s.half_close_timeout),
     ] {
         if d.0.is_zero() {
             return Err(format!("[server] {key}: must be greater than 0s"));

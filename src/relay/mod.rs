@@ -10,6 +10,7 @@ pub use meter::Meter;
 
 pub use splice::PipePool;
 
+use crate::plan::ledger::ThreadSlot;
 use crate::stream::Stream;
 use crate::util::{BufPool, Latch, LatchKey, RELAY_BUF, RELAY_BUF_BULK};
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 pub enum RelayEnd {
     /// Both sides closed their write halves.
     Closed,
-    /// No byte either way for `idle_timeout`.
+    /// No byte either way for `idle_timeout` (`half_close_timeout` once one side closed).
     Idle,
     /// The account's bandwidth ran out.
     Quota,
@@ -309,6 +310,14 @@ enum AnyPump<'a> {
 }
 
 impl AnyPump<'_> {
+    /// One side has closed (its FIN passed on), the other not yet.
+    fn half_closed(&self) -> bool {
+        match self {
+            AnyPump::Copy(p) => p.done(Dir::Up) || p.done(Dir::Down),
+            AnyPump::Splice(p) => p.done(Dir::Up) || p.done(Dir::Down),
+        }
+    }
+
     fn poll_both(
         &mut self,
         cx: &mut Context<'_>,
@@ -328,16 +337,25 @@ pub struct Pools<'a> {
     pub pipes: Option<&'a PipePool>,
 }
 
-/// Relay until both directions are finished, an error, `idle` without a byte, or `stop`
-/// (the drain timeout) fires; the account's cut latch (bandwidth used up, an operator's
-/// disconnect) ends it too.
+/// How long a tunnel may go without a byte either way: `idle`, and once one side has
+/// closed, `half_closed` from then on (whichever is shorter). Its thread `slot`, if it
+/// holds one, is then counted as closing: an admission waits a little for it.
+pub struct Quiet<'a> {
+    pub idle: Duration,
+    pub half_closed: Duration,
+    pub slot: Option<&'a ThreadSlot>,
+}
+
+/// Relay until both directions are finished, an error, no byte for as long as `quiet`
+/// allows, or `stop` (the drain timeout) fires; the account's cut latch (bandwidth used
+/// up, an operator's disconnect) ends it too.
 pub fn relay<'a>(
     pools: Pools<'a>,
     stop: &'a Latch,
     client: &'a mut Stream,
     upstream: &'a mut Stream,
     meter: &'a Meter,
-    idle: Duration,
+    quiet: Quiet<'a>,
 ) -> Relay<'a> {
     let pump = match (pools.pipes, client, upstream) {
         (Some(pipes), Stream::Plain(c), Stream::Plain(u)) => {
@@ -358,7 +376,8 @@ pub fn relay<'a>(
             last: Instant::now(),
             quota_hit: false,
         },
-        idle,
+        quiet,
+        half_since: None,
         timer: None,
         cut: meter.cut().map(|l| (l, LatchKey::default())),
         stop: (stop, LatchKey::default()),
@@ -372,8 +391,11 @@ pub fn relay<'a>(
 pub struct Relay<'a> {
     pump: AnyPump<'a>,
     progress: Progress,
-    idle: Duration,
-    /// Armed for the idle deadline (`last` + `idle`) as it stood when it was set.
+    quiet: Quiet<'a>,
+    /// When one side closed.
+    half_since: Option<Instant>,
+    /// Armed for the idle deadline as it stood when it was set (it only moves later,
+    /// except when one side closes: then it is armed again).
     timer: Option<glommio::timer::Timer>,
     cut: Option<(Rc<Latch>, LatchKey)>,
     stop: (&'a Latch, LatchKey),
@@ -392,6 +414,16 @@ impl Future for Relay<'_> {
                 Err((Party::Upstream, e)) => RelayEnd::UpstreamReset(e),
             });
         }
+        if this.half_since.is_none() && this.pump.half_closed() {
+            this.half_since = Some(Instant::now());
+            if let Some(slot) = this.quiet.slot {
+                slot.closing();
+            }
+            // Due at once: the loop below arms it again for the half-closed deadline.
+            if let Some(t) = this.timer.as_mut() {
+                t.reset(Duration::ZERO);
+            }
+        }
         loop {
             if let Some(t) = this.timer.as_mut() {
                 if Pin::new(t).poll(cx).is_pending() {
@@ -399,12 +431,18 @@ impl Future for Relay<'_> {
                 }
             }
             // Fired (or not yet armed): the deadline may have moved with the traffic.
-            let deadline = this.progress.last + this.idle;
+            let mut deadline = this.progress.last + this.quiet.idle;
+            if let Some(since) = this.half_since {
+                deadline = deadline.min(this.progress.last.max(since) + this.quiet.half_closed);
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Poll::Ready(RelayEnd::Idle);
             }
-            this.timer = Some(glommio::timer::Timer::new(deadline - now));
+            match this.timer.as_mut() {
+                Some(t) => t.reset(deadline - now),
+                None => this.timer = Some(glommio::timer::Timer::new(deadline - now)),
+            }
         }
         if let Some((latch, key)) = this.cut.as_mut() {
             if latch.poll_wait(cx, key).is_ready() {

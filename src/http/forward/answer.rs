@@ -6,7 +6,7 @@ use super::{gone_client, quota, upstream, Attempt, Limits, Origin};
 use crate::conn::Ctx;
 use crate::error::ProxyError;
 use crate::http::codec::{Framing, Relay, Request, Response};
-use crate::relay::relay;
+use crate::relay::{relay, Quiet};
 use crate::side::{SendError, Side};
 use crate::util::until;
 use std::time::Instant;
@@ -169,15 +169,22 @@ async fn upgrade(
             ));
     drop((from_origin, from_client));
     let end = if sent {
+        // The tunnel holds the request's slot for its life.
+        let slot = lim.slot.take();
         let end = relay(
             ctx.core().pools(ctx.config().server.splice),
             &ctx.core().stop,
             &mut client.stream,
             &mut o.side.stream,
             &client.meter,
-            lim.idle,
+            Quiet {
+                idle: lim.idle,
+                half_closed: ctx.config().server.half_close_timeout.0,
+                slot: slot.as_ref(),
+            },
         )
         .await;
+        drop(slot);
         tracing::debug!(?end, "upgraded connection ended");
         end.label()
     } else {

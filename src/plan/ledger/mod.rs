@@ -65,6 +65,8 @@ pub struct AccountState {
     pub name: String,
     active: Padded,
     threads: AtomicU32,
+    /// Of `active`, tunnels one side of which has closed: about to end, most of them.
+    closing: AtomicU32,
     /// Bytes spent and settled by cores: what is billed and stored.
     used: AtomicU64,
     /// `used` plus outstanding leases.
@@ -132,6 +134,8 @@ pub struct ThreadSlot {
     state: Arc<AccountState>,
     /// Also holds a slot in the cluster's count.
     shared: bool,
+    /// Counted in the account's `closing`.
+    closing: std::cell::Cell<bool>,
 }
 
 impl ThreadSlot {
@@ -144,10 +148,21 @@ impl ThreadSlot {
     pub fn share(&mut self) {
         self.shared = true;
     }
+
+    /// Its tunnel is closing: one side has closed, and the tunnel ends once the other
+    /// does. Admission waits a little for such a slot before it refuses.
+    pub fn closing(&self) {
+        if !self.closing.replace(true) {
+            self.state.closing.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Drop for ThreadSlot {
     fn drop(&mut self) {
+        if self.closing.get() {
+            self.state.closing.fetch_sub(1, Ordering::AcqRel);
+        }
         self.state.active.0.fetch_sub(1, Ordering::AcqRel);
         if self.shared {
             if let Some(c) = &self.state.cluster {
@@ -345,6 +360,11 @@ impl AccountState {
         }
     }
 
+    /// Held slots whose tunnels are closing ([`ThreadSlot::closing`]).
+    pub fn closing(&self) -> u32 {
+        self.closing.load(Ordering::Acquire)
+    }
+
     /// Take a concurrency slot if the plan allows one more.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ThreadSlot> {
         self.touch();
@@ -364,6 +384,7 @@ impl AccountState {
                     return Some(ThreadSlot {
                         state: self.clone(),
                         shared: false,
+                        closing: Default::default(),
                     })
                 }
                 Err(now) => cur = now,
