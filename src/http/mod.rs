@@ -251,7 +251,7 @@ async fn forward(
         (route, &thread),
     ))
     .await;
-    // An answered exchange gave its slot back before the answer's last write; any other
+    // An answered exchange gave its slot back before the answer's last byte; any other
     // gives it back here, before the access line is written or an error answered.
     drop(thread);
     match res {

@@ -116,17 +116,17 @@ struct Limits<'a> {
 }
 
 impl Limits<'_> {
-    /// The client's answer is complete once the write about to start lands: its thread
-    /// slot goes back first, so a client that sends its next request (on any connection,
-    /// to any core) the moment it has this answer finds the slot free. The write itself
-    /// is the last of the exchange.
+    /// The client's answer is written but for its last byte: its thread slot goes back
+    /// before that byte, so a client that sends its next request (on any connection, to
+    /// any core) the moment it has this answer finds the slot free. That byte is the
+    /// exchange's last write.
     fn answer_ends(&self) {
         drop(self.slot.take());
     }
 }
 
 /// Forward `req` (head already parsed off `client.buf`) and relay the response. The
-/// request's `thread` slot goes back just before the answer's last write (a failed
+/// request's `thread` slot goes back just before the answer's last byte (a failed
 /// exchange leaves it to the caller).
 pub async fn exchange(
     ctx: &Ctx,
