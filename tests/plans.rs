@@ -27,6 +27,14 @@ fn try_socks(gw: SocketAddr, target: SocketAddr) -> Result<TcpStream, SocksOutco
     }
 }
 
+/// `msg` comes back through a tunnel to an echo server.
+fn echoes(t: &mut TcpStream, msg: &[u8]) {
+    t.write_all(msg).unwrap();
+    let mut b = vec![0u8; msg.len()];
+    t.read_exact(&mut b).unwrap();
+    assert_eq!(b, msg);
+}
+
 #[test]
 fn thread_limit_is_exact_across_protocols() {
     let gw = Gateway::start(&plan_config("10GiB", 6, ""));
@@ -60,10 +68,7 @@ fn thread_limit_is_exact_across_protocols() {
     assert!(try_socks(gw.addr(), echo).is_err());
     // Every tunnel still works.
     for mut t in held.into_iter().chain([s]) {
-        t.write_all(b"ok?").unwrap();
-        let mut b = [0u8; 3];
-        t.read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"ok?");
+        echoes(&mut t, b"ok?");
     }
 }
 
@@ -190,10 +195,7 @@ fn a_client_that_closes_a_tunnel_can_open_the_next_at_once() {
             assert_eq!((i, r.code), (i, 200), "{}", r.text());
             t
         };
-        t.write_all(b"ping").unwrap();
-        let mut b = [0u8; 4];
-        t.read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"ping");
+        echoes(&mut t, b"ping");
         // Closed by the client first, as an HTTP client ends a connection it is done with.
     }
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest an admission waits for a slot while one of the account's tunnels is closing.
-pub const CLOSING_WAIT: Duration = Duration::from_secs(1);
+const CLOSING_WAIT: Duration = Duration::from_secs(1);
 /// Longest it waits otherwise: for a close the slot's core has not seen yet.
-pub const ENDING_GRACE: Duration = Duration::from_millis(20);
+const ENDING_GRACE: Duration = Duration::from_millis(20);
 
 /// Every thread is taken. A client that closes a tunnel and opens the next at once would
 /// be refused while its last tunnel ends: the core that holds it has yet to see the close,

@@ -1,7 +1,7 @@
 //! The final answer to the client: its head and body (re-framed), or for a `101` the
 //! upgraded connection as a tunnel; and interim heads.
 
-use super::body::{copy_body, send_but_last, send_end, BodyErr};
+use super::body::{copy_body, send_but_last, send_end, send_head, BodyErr};
 use super::{gone_client, quota, upstream, Attempt, Limits, Origin};
 use crate::conn::Ctx;
 use crate::error::ProxyError;
@@ -85,24 +85,17 @@ pub(super) async fn respond(
     let sent = if ends {
         send_but_last(lim, client, &h, head_len).await
     } else {
-        until(
-            Instant::now() + lim.idle,
-            client.send_relayed_past(&h, head_len),
-        )
-        .await
-        .unwrap_or(Err(SendError::Io))
-        .map(|()| None)
-        .map_err(BodyErr::from)
+        send_head(lim, client, &h, head_len).await.map(|()| None)
     };
     drop(h);
     let sent = match sent {
-        Ok(last) if ends => {
+        Ok(last) => {
             o.side.consume(with_head);
-            send_end(lim, client, last).await
-        }
-        Ok(_) => {
-            o.side.consume(with_head);
-            Ok(())
+            if ends {
+                send_end(lim, client, last).await
+            } else {
+                Ok(())
+            }
         }
         Err(e) => Err(e),
     };

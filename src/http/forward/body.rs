@@ -52,12 +52,31 @@ pub(super) async fn copy_body(
     }
 }
 
-/// Write relayed bytes to `dst` within `idle`.
-async fn send_on(lim: &Limits<'_>, dst: &mut Side, data: &[u8]) -> Result<(), BodyErr> {
-    match until(Instant::now() + lim.idle, dst.send_relayed(data, false)).await {
+/// A write to `dst` within `idle`: a stalled one is `Idle`.
+async fn in_time<T>(
+    lim: &Limits<'_>,
+    write: impl std::future::Future<Output = Result<T, SendError>>,
+) -> Result<T, BodyErr> {
+    match until(Instant::now() + lim.idle, write).await {
         Some(r) => r.map_err(BodyErr::from),
         None => Err(BodyErr::Idle),
     }
+}
+
+/// Write relayed bytes to `dst` within `idle`.
+async fn send_on(lim: &Limits<'_>, dst: &mut Side, data: &[u8]) -> Result<(), BodyErr> {
+    in_time(lim, dst.send_relayed(data, false)).await
+}
+
+/// A response head and the body bytes that came with it, within `idle`: see
+/// [`Side::send_relayed_past`].
+pub(super) async fn send_head(
+    lim: &Limits<'_>,
+    dst: &mut Side,
+    data: &[u8],
+    head: usize,
+) -> Result<(), BodyErr> {
+    in_time(lim, dst.send_relayed_past(data, head)).await
 }
 
 /// The answer's last write within `idle`, all of it but its last byte (its first `head`
@@ -69,15 +88,7 @@ pub(super) async fn send_but_last(
     data: &[u8],
     head: usize,
 ) -> Result<Option<u8>, BodyErr> {
-    match until(
-        Instant::now() + lim.idle,
-        dst.send_relayed_but_last(data, head),
-    )
-    .await
-    {
-        Some(r) => r.map_err(BodyErr::from),
-        None => Err(BodyErr::Idle),
-    }
+    in_time(lim, dst.send_relayed_but_last(data, head)).await
 }
 
 /// The request's slot goes back, then the answer's last byte goes out.
@@ -87,10 +98,9 @@ pub(super) async fn send_end(
     last: Option<u8>,
 ) -> Result<(), BodyErr> {
     lim.answer_ends();
-    let Some(b) = last else { return Ok(()) };
-    match until(Instant::now() + lim.idle, dst.send_last(b)).await {
-        Some(r) => r.map_err(BodyErr::from),
-        None => Err(BodyErr::Idle),
+    match last {
+        Some(b) => in_time(lim, dst.send_last(b)).await,
+        None => Ok(()),
     }
 }
 
