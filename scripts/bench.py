@@ -8,7 +8,8 @@ usage: bench.py TOLLGATE_BIN LOADGEN_BIN   (env: BENCH_SECS=5 BENCH_REPS=3 BENCH
        BENCH_FLOOR=the tunnel-floor server (floor-epoll) to measure new tunnels against,
        BENCH_NODE_MODULES=dir holding proxy-chain, BENCH_BASELINE=older tollgate binary to
        measure beside this one, BENCH_MODES=comma-separated rows to run, default all,
-       BENCH_LOADGEN_SCHED=batch|normal, default batch)
+       BENCH_LOADGEN_SCHED=batch|normal, default batch, BENCH_KEEP=1 to keep the scratch
+       directory of configs and state, removed at exit by default)
 
 The load generator and its targets run under SCHED_BATCH (chrt -b 0) by default: on this
 one machine they share the CPUs with the proxy under test, and a normal-policy thread woken
@@ -21,6 +22,7 @@ Every figure is also divided by the proxy's own CPU time (utime+stime of its who
 group, from /proc/PID/stat), because load generator, proxy and targets share the machine.
 Repetitions are interleaved across proxies; min and median are reported.
 """
+import atexit
 import json
 import os
 import shutil
@@ -278,8 +280,17 @@ def idle_rss(p):
     return opened, (after - before) / max(opened, 1)
 
 
+def scratch(prefix):
+    """A scratch directory for configs and state, removed when the script exits (also on
+    an exception; not on SIGKILL) unless BENCH_KEEP=1."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    if os.environ.get("BENCH_KEEP") != "1":
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
+
+
 def main():
-    work = tempfile.mkdtemp(prefix="tollgate-bench-")
+    work = scratch("tollgate-bench-")
     wanted = os.environ.get("BENCH_PEERS", "vproxy,floor,microsocks,merino,dante,squid,tinyproxy,proxy-chain").split(",")
     # tollgate as shipped, and with executors busy-polling 200 us before they sleep
     # ([server] spin_before_park, for cores dedicated to it).

@@ -12,7 +12,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import urllib.request
 
 import bench  # same directory: start_tollgate, loadgen, group_stats, free_port, wait_port
@@ -29,7 +28,7 @@ def metric(admin, name):
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="tollgate-bench-cluster-")
+    work = bench.scratch("tollgate-bench-cluster-")
     rport = bench.free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", work],

@@ -20,6 +20,7 @@ tunnels held open and idle for the whole run (the direct baseline beside as many
 connections); the proxy's CPU is counted from when the held ones are open.
 Loopback only; every loop is bounded in count and time.
 """
+import atexit
 import json
 import os
 import resource
@@ -89,6 +90,8 @@ networks = ["n"]
 
 def start(users=0):
     d = tempfile.mkdtemp(prefix="tg-growth-")
+    if os.environ.get("BENCH_KEEP") != "1":
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
     port = free_port()
     with open(os.path.join(d, "cfg.toml"), "w") as f:
         f.write(config(port, users))

@@ -2,7 +2,8 @@
 """Soak tollgate: mixed load for a set time, then check it leaked nothing and lost no metering.
 
 usage: soak.py BINARY DURATION_SECONDS   (SOAK_CLUSTER=1: the gateway is a cluster node on a
-                                          local redis-server it starts)
+                                          local redis-server it starts; SOAK_KEEP=1: keep
+                                          its scratch directory, removed at exit by default)
 
 Starts local origins (echo, HTTP, a resetting one) and tollgate on 127.0.0.1 ephemeral ports,
 then drives both protocols with good traffic, auth failures, targeting errors, quota
@@ -15,10 +16,12 @@ and an operation cap. Checks at the end:
   - with SOAK_CLUSTER=1 also: no Redis errors, no thread slot left held in Redis, and every
     unspent bandwidth grant handed back.
 """
+import atexit
 import base64
 import http.server
 import os
 import re
+import shutil
 import socket
 import socketserver
 import struct
@@ -96,6 +99,8 @@ dead_port = dead.getsockname()[1]
 dead.close()
 
 work = tempfile.mkdtemp(prefix="tollgate-soak-")
+if os.environ.get("SOAK_KEEP") != "1":
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
 CLUSTER = os.environ.get("SOAK_CLUSTER") == "1"
 redis = None
 cluster_section = ""
