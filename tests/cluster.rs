@@ -80,6 +80,84 @@ fn thread_limit_holds_across_two_nodes() {
     });
 }
 
+/// A client that closes a tunnel on one node and at once opens the next on the other is
+/// admitted: the other node's admission waits for the slot's release to reach Redis.
+#[test]
+fn a_client_that_closes_on_one_node_can_open_the_next_on_the_other_at_once() {
+    let redis = Redis::start();
+    let echo = echo_server("127.0.0.1:0");
+    let (a, b) = two_nodes(&redis, ("10GiB", 1), "", DIRECT_EXIT);
+    for i in 0..100 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let mut t = match tunnel(gw.addr(), echo) {
+            Ok(t) => t,
+            Err(e) => panic!("tunnel {i} refused: {e:?}"),
+        };
+        ping(&mut t);
+        // Closed by the client first.
+    }
+}
+
+/// A tunnel that one side has closed holds its thread until it ends; a tunnel asked for on
+/// the other node meanwhile waits for it (as on one node) instead of a 453, and nothing of
+/// the closing count stays in Redis after.
+#[test]
+fn a_tunnel_on_another_node_waits_for_a_closing_one() {
+    let redis = Redis::start();
+    let cfg = |node| {
+        node_config(&redis, node, ("10GiB", 1), "", DIRECT_EXIT).replace(
+            "usage_flush = \"100ms\"",
+            "usage_flush = \"100ms\"\nhalf_close_timeout = \"300ms\"",
+        )
+    };
+    let (a, b) = (Gateway::start(&cfg("a")), Gateway::start(&cfg("b")));
+    // Answers after the client's close, then holds its side open.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = s.write_all(format!("got {}", got.len()).as_bytes());
+            held.push(s);
+        }
+    });
+    let mut t = tunnel(a.addr(), origin).unwrap();
+    t.write_all(b"hello").unwrap();
+    t.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = [0u8; 5];
+    t.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"got 5");
+    // Node a now holds a closing slot, which it has told Redis.
+    eventually("the closing slot in redis", || {
+        let r = redis.command(&["HLEN", "tollgate:closing:alice"])?;
+        r.starts_with(":1").then_some(())
+    });
+    // The tunnel on node b waits until a's ends (300 ms without a byte), then gets the slot.
+    let mut next = tunnel(b.addr(), origin).expect("the closing tunnel's slot, on the other node");
+    assert!(closed_by_peer(&mut t));
+    next.write_all(b"hi").unwrap();
+    next.shutdown(std::net::Shutdown::Write).unwrap();
+    next.read_exact(&mut answer[..4]).unwrap();
+    assert_eq!(&answer[..4], b"got ");
+    // b's tunnel is closing now; once it ends, no closing count is left behind.
+    admitted_once_the_last_ends(&a, origin);
+    eventually("no closing slot left in redis", || {
+        let r = redis.command(&["EXISTS", "tollgate:closing:alice"])?;
+        r.starts_with(":0").then_some(())
+    });
+}
+
+/// A tunnel on `gw` once the account's last one has ended.
+fn admitted_once_the_last_ends(gw: &Gateway, origin: SocketAddr) {
+    let mut t = tunnel(gw.addr(), origin).expect("the slot of the tunnel that ended");
+    t.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut b = Vec::new();
+    t.read_to_end(&mut b).ok();
+}
+
 #[test]
 fn bandwidth_limit_holds_across_two_nodes_and_is_billed_to_the_byte() {
     let redis = Redis::start();

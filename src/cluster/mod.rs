@@ -22,7 +22,7 @@ pub mod usage;
 use crate::config::{ClusterSection, DownPolicy};
 use crate::plan::ledger::AccountState;
 pub use crate::plan::Down;
-use crate::plan::SharedPlan;
+use crate::plan::{SharedPlan, SharedSlot};
 use crate::route::choose::{Binding, SharedSessions};
 use parking_lot::Mutex;
 use std::future::Future;
@@ -37,10 +37,12 @@ enum Req {
     /// Take one of the account's thread slots across the cluster.
     Acquire {
         state: Arc<AccountState>,
-        reply: flume::Sender<Result<bool, Down>>,
+        reply: flume::Sender<Result<SharedSlot, Down>>,
     },
     /// Give one back.
     Release(Arc<AccountState>),
+    /// One of the account's slots here is closing: write the count for the other nodes.
+    Closing(Arc<AccountState>),
     /// Grant the node more of the account's bandwidth (wakes the account's waiters).
     Grant(Arc<AccountState>),
     /// Bind (or read) a sticky session; answers the exit and the TTL left.
@@ -171,13 +173,17 @@ impl SharedPlan for Cluster {
     fn acquire<'a>(
         &'a self,
         state: &'a Arc<AccountState>,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, Down>> + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<SharedSlot, Down>> + 'a>> {
         let state = state.clone();
         Box::pin(self.ask(|reply| Req::Acquire { state, reply }))
     }
 
     fn release(&self, state: &Arc<AccountState>) {
         self.send(Req::Release(state.clone()));
+    }
+
+    fn closing(&self, state: &Arc<AccountState>) {
+        self.send(Req::Closing(state.clone()));
     }
 
     fn request_grant(&self, state: &Arc<AccountState>) {

@@ -4,6 +4,8 @@
 //! Keys (all under `key_prefix`):
 //! - `nodes`: hash, node incarnation → liveness deadline (Redis clock, ms).
 //! - `threads:<account>`: hash, node incarnation → slots it holds.
+//! - `closing:<account>`: hash, node incarnation → of those, slots whose tunnels are
+//!   closing (one side has closed): admissions elsewhere wait for them before a 453.
 //! - `bw:<account>`: hash, `used` (bytes billed, besides the nodes' own counters),
 //!   `credit` (operator top-ups), `used:<incarnation>` (bytes a node billed since it
 //!   started) and `out:<incarnation>` (bytes granted to a node, not yet spent or returned).
@@ -54,19 +56,26 @@ local function roll(bw, hist, start, plan)
 end
 "#;
 
-/// KEYS: threads hash, nodes hash. ARGV: plan threads, me. Returns 1 (taken) or 0 (full).
+/// KEYS: threads hash, nodes hash, closing hash. ARGV: plan threads, me. Returns 1
+/// (taken), 0 (full) or 2 (full, and a live node holds a slot that is closing).
 const ACQUIRE: &str = r#"
 local now = now_ms()
-local all = redis.call('HGETALL', KEYS[1])
-local total = 0
-for i = 1, #all, 2 do
-  if all[i] == ARGV[2] or alive(KEYS[2], all[i], now) then
-    total = total + tonumber(all[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], all[i])
+local function live_sum(key)
+  local all = redis.call('HGETALL', key)
+  local total = 0
+  for i = 1, #all, 2 do
+    if all[i] == ARGV[2] or alive(KEYS[2], all[i], now) then
+      total = total + tonumber(all[i + 1])
+    else
+      redis.call('HDEL', key, all[i])
+    end
   end
+  return total
 end
-if total >= tonumber(ARGV[1]) then return 0 end
+if live_sum(KEYS[1]) >= tonumber(ARGV[1]) then
+  if live_sum(KEYS[3]) > 0 then return 2 end
+  return 0
+end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 return 1
 "#;
@@ -243,6 +252,10 @@ impl Keys {
     }
     pub fn threads(&self, account: &str) -> String {
         format!("{}threads:{account}", self.prefix)
+    }
+
+    pub fn closing(&self, account: &str) -> String {
+        format!("{}closing:{account}", self.prefix)
     }
     pub fn bw(&self, account: &str) -> String {
         format!("{}bw:{account}", self.prefix)

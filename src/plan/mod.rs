@@ -16,7 +16,7 @@ use crate::config::{DownPolicy, Period, Plan};
 use crate::error::ProxyError;
 use ahash::AHashMap;
 use ledger::{AccountState, Adjustment, ThreadSlot};
-pub use ledger::{Down, SharedPlan};
+pub use ledger::{Down, SharedPlan, SharedSlot};
 use parking_lot::Mutex;
 use shard::{Charge, Shard};
 use std::sync::Arc;
@@ -79,9 +79,13 @@ async fn share_slot(
     state: &Arc<AccountState>,
     slot: &mut ThreadSlot,
 ) -> Result<(), ProxyError> {
-    match cluster.acquire(state).await {
-        Ok(true) => slot.share(),
-        Ok(false) => return Err(ProxyError::ThreadsExceeded),
+    let answer = match cluster.acquire(state).await {
+        Ok(SharedSlot::Full { closing }) => wait::cluster_slot(cluster, state, closing).await,
+        other => other,
+    };
+    match answer {
+        Ok(SharedSlot::Taken) => slot.share(),
+        Ok(SharedSlot::Full { .. }) => return Err(ProxyError::ThreadsExceeded),
         Err(Down) if cluster.on_down() == DownPolicy::FailClosed => {
             cluster.count_down(false);
             return Err(ProxyError::Unavailable("usage store unreachable"));

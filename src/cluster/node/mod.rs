@@ -12,6 +12,7 @@ use super::scripts::{evalsha, Keys, Scripts};
 use super::{Down, Req, Stats};
 use crate::config::ClusterSection;
 use crate::plan::ledger::AccountState;
+use crate::plan::SharedSlot;
 use ahash::AHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +35,8 @@ struct Acct {
     /// Thread slots this node holds in Redis.
     held: u32,
     held_written: u32,
+    /// Of those, slots closing as last written (the live count is the state's).
+    closing_written: u32,
     /// (bytes spent since start, unspent grant) last written.
     bw_written: Option<(u64, u64)>,
     /// Bytes granted to itself during the current outage.
@@ -43,7 +46,7 @@ struct Acct {
 /// What to do with one reply of a batch.
 enum Then {
     Ignore,
-    Acquired(String, flume::Sender<Result<bool, Down>>),
+    Acquired(String, flume::Sender<Result<SharedSlot, Down>>),
     Granted(String),
     Session(flume::Sender<Result<(String, Duration), Down>>),
     Heartbeat,
@@ -135,6 +138,7 @@ impl Node {
                 state: state.clone(),
                 held: 0,
                 held_written: 0,
+                closing_written: 0,
                 bw_written: None,
                 down_granted: 0,
             })
@@ -144,19 +148,28 @@ impl Node {
     fn serve(&mut self, batch: Vec<Req>) {
         let mut cmds = Vec::with_capacity(batch.len() + 4);
         let mut then = Vec::with_capacity(batch.len() + 4);
-        // Releases first, as absolute counts, so the acquires of this batch count on top.
+        // Releases (and closings) first, as absolute counts, so the acquires of this batch
+        // count on top.
         let mut released: Vec<String> = Vec::new();
         for r in &batch {
-            if let Req::Release(state) = r {
-                let a = self.acct(state);
-                a.held = a.held.saturating_sub(1);
-                if !released.contains(&state.name) {
-                    released.push(state.name.clone());
+            let state = match r {
+                Req::Release(state) => {
+                    let a = self.acct(state);
+                    a.held = a.held.saturating_sub(1);
+                    state
                 }
+                Req::Closing(state) => {
+                    self.acct(state);
+                    state
+                }
+                _ => continue,
+            };
+            if !released.contains(&state.name) {
+                released.push(state.name.clone());
             }
         }
         for name in &released {
-            if let Some(c) = self.held_write(name) {
+            for c in self.slot_writes(name) {
                 cmds.push(c);
                 then.push(Then::Ignore);
             }
@@ -164,13 +177,17 @@ impl Node {
         let nodes = self.keys.nodes();
         for r in batch {
             match r {
-                Req::Release(_) => {}
+                Req::Release(_) | Req::Closing(_) => {}
                 Req::Acquire { state, reply } => {
                     let threads = state.threads();
                     self.acct(&state);
                     let mut c = evalsha(
                         &self.scripts.acquire,
-                        &[&self.keys.threads(&state.name), &nodes],
+                        &[
+                            &self.keys.threads(&state.name),
+                            &nodes,
+                            &self.keys.closing(&state.name),
+                        ],
                     );
                     c.arg(threads).arg(&self.me);
                     cmds.push(c);
@@ -211,6 +228,38 @@ impl Node {
     }
 
     /// `HSET`/`HDEL` of this node's slot count for `name`, when it changed.
+    /// The writes of what changed in `name`'s slot counts: held, and closing.
+    fn slot_writes(&mut self, name: &str) -> impl Iterator<Item = redis::Cmd> {
+        [self.held_write(name), self.closing_write(name)]
+            .into_iter()
+            .flatten()
+    }
+
+    /// `name`'s count of closing slots, if it changed (0 once nothing is held).
+    fn closing_write(&mut self, name: &str) -> Option<redis::Cmd> {
+        let key = self.keys.closing(name);
+        let a = self.accounts.get_mut(name)?;
+        let now = if a.held == 0 {
+            0
+        } else {
+            a.state.closing().min(a.held)
+        };
+        if a.closing_written == now && !self.resync {
+            return None;
+        }
+        a.closing_written = now;
+        let mut c = if now == 0 {
+            redis::cmd("HDEL")
+        } else {
+            redis::cmd("HSET")
+        };
+        c.arg(key).arg(&self.me);
+        if now > 0 {
+            c.arg(now);
+        }
+        Some(c)
+    }
+
     fn held_write(&mut self, name: &str) -> Option<redis::Cmd> {
         let key = self.keys.threads(name);
         let a = self.accounts.get_mut(name)?;
@@ -300,9 +349,7 @@ impl Node {
         let names: Vec<String> = self.accounts.keys().cloned().collect();
         for name in names {
             if resync {
-                if let Some(c) = self.held_write(&name) {
-                    cmds.push(c);
-                }
+                cmds.extend(self.slot_writes(&name));
             }
             let key = self.keys.bw(&name);
             let Some(a) = self.accounts.get_mut(&name) else {
@@ -323,7 +370,10 @@ impl Node {
             self.resync = false;
             // Forget accounts no longer configured once nothing of theirs is outstanding.
             self.accounts.retain(|_, a| {
-                Arc::strong_count(&a.state) > 1 || a.held > 0 || a.state.unspent_grant() > 0
+                Arc::strong_count(&a.state) > 1
+                    || a.held > 0
+                    || a.closing_written > 0
+                    || a.state.unspent_grant() > 0
             });
         }
     }
@@ -340,9 +390,7 @@ impl Node {
             if let Some(a) = self.accounts.get_mut(&name) {
                 a.held = 0;
             }
-            if let Some(c) = self.held_write(&name) {
-                cmds.push(c);
-            }
+            cmds.extend(self.slot_writes(&name));
         }
         let mut bye = redis::cmd("HDEL");
         bye.arg(self.keys.nodes()).arg(&self.me);

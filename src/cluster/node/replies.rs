@@ -2,7 +2,7 @@
 //! bandwidth granted (or, while Redis is down, the down allowance), sessions bound.
 
 use super::{Node, Then, DOWN_GRANT};
-use crate::plan::Down;
+use crate::plan::{Down, SharedSlot};
 use redis::Value;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -46,7 +46,10 @@ impl Node {
         }
         // Give back the slots taken for acquirers that left.
         if !gave_up.is_empty() {
-            let cmds: Vec<redis::Cmd> = gave_up.iter().filter_map(|n| self.held_write(n)).collect();
+            let cmds: Vec<redis::Cmd> = gave_up
+                .iter()
+                .flat_map(|n| self.slot_writes(n).collect::<Vec<_>>())
+                .collect();
             let _ = self.call(&cmds);
         }
     }
@@ -56,7 +59,7 @@ impl Node {
     fn acquired(
         &mut self,
         name: &str,
-        reply: flume::Sender<Result<bool, Down>>,
+        reply: flume::Sender<Result<SharedSlot, Down>>,
         v: &Option<Value>,
     ) -> bool {
         let answer = match int(v) {
@@ -66,12 +69,13 @@ impl Node {
                     // Redis added one to what we last wrote.
                     a.held_written += 1;
                 }
-                Ok(true)
+                Ok(SharedSlot::Taken)
             }
-            Some(_) => Ok(false),
+            Some(2) => Ok(SharedSlot::Full { closing: true }),
+            Some(_) => Ok(SharedSlot::Full { closing: false }),
             None => Err(Down),
         };
-        let ok = answer == Ok(true);
+        let ok = answer == Ok(SharedSlot::Taken);
         if reply.send(answer).is_err() && ok {
             if let Some(a) = self.accounts.get_mut(name) {
                 a.held = a.held.saturating_sub(1);

@@ -36,13 +36,17 @@ pub struct Down;
 
 /// An account's plan shared across nodes.
 pub trait SharedPlan: Send + Sync + std::fmt::Debug {
-    /// Take one of `state`'s thread slots across every node: `Ok(false)` when all are held.
+    /// Take one of `state`'s thread slots across every node.
     fn acquire<'a>(
         &'a self,
         state: &'a Arc<AccountState>,
-    ) -> Pin<Box<dyn Future<Output = Result<bool, Down>> + 'a>>;
-    /// Give back a slot taken by [`SharedPlan::acquire`].
+    ) -> Pin<Box<dyn Future<Output = Result<SharedSlot, Down>> + 'a>>;
+    /// Give back a slot taken by [`SharedPlan::acquire`] (and count it out of the closing
+    /// ones, if it was closing).
     fn release(&self, state: &Arc<AccountState>);
+    /// A slot taken by [`SharedPlan::acquire`] is closing ([`ThreadSlot::closing`]): the
+    /// other nodes' admissions wait for it as this node's do.
+    fn closing(&self, state: &Arc<AccountState>);
     /// Ask for more bandwidth for this node (the answer wakes the account's waiters),
     /// unless a request is already on its way.
     fn request_grant(&self, state: &Arc<AccountState>);
@@ -52,6 +56,16 @@ pub trait SharedPlan: Send + Sync + std::fmt::Debug {
     fn count_down(&self, admitted: bool);
     /// Nodes sharing the plan now (at least 1): each enforces its share of the speed.
     fn nodes(&self) -> u64;
+}
+
+/// The cluster's answer to a request for a thread slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedSlot {
+    /// Taken, and counted as this node's.
+    Taken,
+    /// Every slot is held across the cluster; `closing` when one of them is closing (on
+    /// any node), so one is about to come back.
+    Full { closing: bool },
 }
 
 /// Concurrency counter on its own cache line: every core CASes it at admission.
@@ -154,6 +168,11 @@ impl ThreadSlot {
     pub fn closing(&self) {
         if !self.closing.replace(true) {
             self.state.closing.fetch_add(1, Ordering::AcqRel);
+            if self.shared {
+                if let Some(c) = &self.state.cluster {
+                    c.closing(&self.state);
+                }
+            }
         }
     }
 }
