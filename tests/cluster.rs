@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::origin::{echo_server, http_origin};
+use common::origin::{echo_server, holding_origin, http_origin};
 use common::redis::Redis;
 use common::*;
 use std::io::{Read, Write};
@@ -111,19 +111,7 @@ fn a_tunnel_on_another_node_waits_for_a_closing_one() {
         )
     };
     let (a, b) = (Gateway::start(&cfg("a")), Gateway::start(&cfg("b")));
-    // Answers after the client's close, then holds its side open.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let origin = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut got = Vec::new();
-            let _ = s.read_to_end(&mut got);
-            let _ = s.write_all(format!("got {}", got.len()).as_bytes());
-            held.push(s);
-        }
-    });
+    let origin = holding_origin();
     let mut t = tunnel(a.addr(), origin).unwrap();
     t.write_all(b"hello").unwrap();
     t.shutdown(std::net::Shutdown::Write).unwrap();

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::origin::{echo_server, http_origin};
+use common::origin::{echo_server, holding_origin, http_origin};
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -206,19 +206,7 @@ fn a_client_that_closes_a_tunnel_can_open_the_next_at_once() {
 #[test]
 fn a_closed_client_gets_its_thread_back_though_the_origin_never_closes() {
     let gw = Gateway::start(&plan_config("10GiB", 1, "half_close_timeout = \"300ms\""));
-    // Reads until the client's close, answers it, and then holds the connection open.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let origin = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut got = Vec::new();
-            let _ = s.read_to_end(&mut got);
-            let _ = s.write_all(format!("got {}", got.len()).as_bytes());
-            held.push(s);
-        }
-    });
+    let origin = holding_origin();
     let mut t = try_socks(gw.addr(), origin).unwrap();
     t.write_all(b"hello").unwrap();
     t.shutdown(std::net::Shutdown::Write).unwrap();

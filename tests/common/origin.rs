@@ -6,6 +6,24 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Read until the client's close, answer `got N` (the bytes read), then hold the
+/// connection open and never close it: an origin that ignores a half-close.
+pub fn holding_origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = s.write_all(format!("got {}", got.len()).as_bytes());
+            held.push(s);
+        }
+    });
+    addr
+}
+
 /// Echo every byte back; on EOF from the client, finish sending and close (half-close
 /// aware: replies flow after the client's FIN).
 pub fn echo_server(bind: &str) -> SocketAddr {
