@@ -257,6 +257,7 @@ impl Keys {
     pub fn closing(&self, account: &str) -> String {
         format!("{}closing:{account}", self.prefix)
     }
+
     pub fn bw(&self, account: &str) -> String {
         format!("{}bw:{account}", self.prefix)
     }

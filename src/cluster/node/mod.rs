@@ -227,7 +227,6 @@ impl Node {
         self.finish(then, values);
     }
 
-    /// `HSET`/`HDEL` of this node's slot count for `name`, when it changed.
     /// The writes of what changed in `name`'s slot counts: held, and closing.
     fn slot_writes(&mut self, name: &str) -> impl Iterator<Item = redis::Cmd> {
         [self.held_write(name), self.closing_write(name)]
@@ -260,6 +259,7 @@ impl Node {
         Some(c)
     }
 
+    /// `HSET`/`HDEL` of this node's slot count for `name`, when it changed.
     fn held_write(&mut self, name: &str) -> Option<redis::Cmd> {
         let key = self.keys.threads(name);
         let a = self.accounts.get_mut(name)?;
