@@ -2,7 +2,8 @@
 //! keeps one address on every core and in every gateway process with the same file,
 //! `rotate = "request"` moves each forwarded request of one keep-alive connection, and a
 //! prefix that is not local is the exit's fault. IPv4 prefixes live inside 127.0.0.0/8
-//! here (local on lo); the IPv6 path runs in a network namespace (tests/clients/netns_v6.py).
+//! here (local on lo); the IPv6 path (TCP and SOCKS5 UDP) runs in a network namespace
+//! (tests/clients/netns_v6.py).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -264,6 +265,19 @@ fn an_ipv6_prefix_exit_in_a_network_namespace() {
         rotating.iter().all(|ip| inside(*ip, "fd00:77::/64")),
         "{stdout}"
     );
+    // A UDP association leaves from the prefix too, one address each, and the answers
+    // come back through it.
+    let udp = values("udp");
+    assert_eq!(udp.len(), 6, "{stdout}");
+    let mut udp_sources = HashSet::new();
+    for (i, line) in udp.iter().enumerate() {
+        let (ip, payload) = line.split_once(' ').unwrap();
+        let ip: IpAddr = ip.parse().unwrap();
+        assert!(inside(ip, "fd00:77::/64"), "{stdout}");
+        assert_eq!(payload, format!("dgram{i}"));
+        udp_sources.insert(ip);
+    }
+    assert!(udp_sources.len() >= 5, "{stdout}");
     let session: HashSet<String> = values("session").into_iter().collect();
     assert_eq!(session.len(), 1, "{stdout}");
     // Both families, the IPv6 address a tarpit: the IPv4 attempt (250 ms later) wins.

@@ -4,7 +4,7 @@
 Run by tests/prefix.rs as `unshare -n -m python3 tests/clients/netns_v6.py TOLLGATE_BIN`
 (root). In the fresh namespaces: lo up, `ip -6 route add local fd00:77::/64 dev lo` (the
 prefix the exit draws from), an origin on another ULA address (fd00:78::1) that answers
-with the caller's address, an IPv4 origin on 127.0.0.1, an /etc/hosts of its own (bind-
+with the caller's address (over TCP, and over UDP for SOCKS5 UDP associations), an IPv4 origin on 127.0.0.1, an /etc/hosts of its own (bind-
 mounted in the private mount namespace) with a name of each family, and tollgate with an
 IPv6-only network. Prints one `key value` line per observation; the Rust test asserts on
 them.
@@ -52,6 +52,48 @@ def origin(family, addr):
 
     threading.Thread(target=loop, daemon=True).start()
     return srv.getsockname()[1]
+
+
+def udp_origin(addr):
+    """A UDP origin answering each datagram with the sender's address and the payload."""
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    srv.bind((addr, 0))
+
+    def loop():
+        while True:
+            data, peer = srv.recvfrom(2048)
+            srv.sendto(peer[0].encode() + b" " + data, peer)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv.getsockname()[1]
+
+
+def socks_udp(gw, host, port, payload, user="alice"):
+    """One SOCKS5 UDP association: a datagram to [host]:port and the answer's payload."""
+    c = socket.create_connection(gw, timeout=10)
+    c.sendall(b"\x05\x01\x02")
+    assert c.recv(2) == b"\x05\x02"
+    u = user.encode()
+    c.sendall(b"\x01" + bytes([len(u)]) + u + b"\x06secret")
+    assert c.recv(2) == b"\x01\x00"
+    c.sendall(b"\x05\x03\x00\x01" + b"\x00" * 6)
+    reply = c.recv(4)
+    assert reply[1] == 0, f"socks5 udp associate reply {reply[1]:#x}"
+    if reply[3] == 4:
+        raw = c.recv(18)
+        relay = (socket.inet_ntop(socket.AF_INET6, raw[:16]), int.from_bytes(raw[16:], "big"))
+        d = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    else:
+        raw = c.recv(6)
+        relay = (socket.inet_ntop(socket.AF_INET, raw[:4]), int.from_bytes(raw[4:], "big"))
+        d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    d.settimeout(5)
+    d.sendto(b"\x00\x00\x00\x04" + socket.inet_pton(socket.AF_INET6, host) + port.to_bytes(2, "big") + payload, relay)
+    data, _ = d.recvfrom(4096)
+    head = 4 + (16 if data[3] == 4 else 4) + 2
+    d.close()
+    c.close()
+    return data[head:].decode()
 
 
 def response(s):
@@ -103,6 +145,7 @@ def main():
     sh("ip", "-6", "addr", "add", "fd00:78::3/128", "dev", "lo", "nodad")
     v6_port = origin(socket.AF_INET6, "fd00:78::1")
     v4_port = origin(socket.AF_INET, "127.0.0.1")
+    udp_port = udp_origin("fd00:78::1")
     # On [fd00:78::3] the same port is a tarpit: a listener that never accepts, its queue
     # filled, so a connect there hangs (its SYNs are dropped).
     tarpit = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -174,6 +217,9 @@ networks = ["v6", "both"]
             user = "alice-session-v6s"
             ip = socks(gw, "fd00:78::1", v6_port, user) if i % 2 else forward(gw, origin6, user)[2]
             print("session", ip)
+        # UDP through the prefix: each association leaves from an address of its own.
+        for i in range(6):
+            print("udp", socks_udp(gw, "fd00:78::1", udp_port, b"dgram%d" % i))
         # Both families, the IPv6 address a tarpit: the IPv4 attempt starts 250 ms later and
         # wins, long before connect_timeout.
         t0 = time.monotonic()
