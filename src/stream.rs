@@ -77,6 +77,13 @@ impl Stream {
 }
 
 impl Stream {
+    /// Resolve once the peer has shut down its side of the TCP connection (or reset it),
+    /// even while bytes it sent before are unread: under TLS a session's end is a
+    /// close_notify record and then the close, and the record alone is not the end.
+    pub fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.tcp_mut().poll_peer_closed(cx).map(drop)
+    }
+
     /// Write all of `data` with more to follow: a plain connection queues what it can with
     /// `MSG_MORE`, so the next write goes out in the same segments (TLS writes its record).
     pub async fn write_more(&mut self, data: &[u8]) -> io::Result<()> {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::origin::{echo_server, http_origin};
+use common::origin::{echo_server, http_origin, scripted_origin, Answer};
 use common::*;
 use futures_rustls::rustls;
 use std::io::{Read, Write};
@@ -441,4 +441,45 @@ fn sighup_reloads_the_certificate_and_a_bad_one_is_refused() {
     );
     s.write_all(req.as_bytes()).unwrap();
     assert!(read_head(&mut s).starts_with("HTTP/1.1 200"));
+}
+
+/// A client that ends its TLS session (close_notify, then its close) while the origin still
+/// thinks is gone, as in the clear: its thread comes back at once, not when the origin
+/// answers. (The close_notify record is bytes on the wire, not yet the close.)
+#[test]
+fn a_tls_client_that_leaves_a_slow_origin_frees_its_slot_at_once() {
+    let solo = "\n[[plan]]\nname = \"one\"\nbandwidth = \"10GiB\"\nthreads = 1\n\n[[user]]\nname = \"solo\"\npassword = \"secret\"\nplan = \"one\"\nnetworks = [\"residential\"]\n";
+    let t = gateway("", solo);
+    // The first request is never answered; later ones are.
+    let o = scripted_origin(|n, _| {
+        if n == 0 {
+            Answer::Hold(Vec::new())
+        } else {
+            Answer::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine".to_vec())
+        }
+    });
+    let get = |path: &str| {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {}\r\n\r\n",
+            o.url(path),
+            basic("solo", "secret")
+        )
+    };
+    let mut s = tls_connect(t.gw.addr(), &t.ca).unwrap();
+    s.write_all(get("/slow").as_bytes()).unwrap();
+    s.flush().unwrap();
+    eventually("the origin to hold the request", || {
+        (o.requests.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    });
+    s.conn.send_close_notify();
+    s.flush().unwrap();
+    drop(s);
+    // idle_timeout is 5 minutes: only noticing the close frees the thread in time.
+    eventually("the thread back", || {
+        let mut s = tls_connect(t.gw.addr(), &t.ca).ok()?;
+        s.write_all(get("/").as_bytes()).ok()?;
+        s.flush().ok()?;
+        let head = read_head(&mut s);
+        head.starts_with("HTTP/1.1 200").then_some(())
+    });
 }

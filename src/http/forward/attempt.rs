@@ -224,19 +224,28 @@ async fn origin_head(
 }
 
 /// Resolves when the client has closed or reset its connection; never when it has only
-/// sent more bytes (a pipelined request).
+/// sent more bytes (a pipelined request). Under TLS, bytes followed by the close are the
+/// session's end (close_notify, then the close), so there the close after bytes counts
+/// too; in the clear, a pipelined request followed by a half-close is still answered.
 async fn client_gone(client: &mut Stream) {
     let mut sent = false;
     std::future::poll_fn(|cx| {
         if sent {
-            return Poll::Pending;
+            return match client.is_tls() {
+                true => client.poll_closed(cx),
+                false => Poll::Pending,
+            };
         }
         match client.poll_peer(cx) {
             Poll::Ready(Peer::Gone) => Poll::Ready(()),
             Poll::Ready(Peer::Sent) => {
-                // Left for the next request's read; nothing more to wait for here.
+                // Left for the next request's read; in the clear nothing more to wait
+                // for here.
                 sent = true;
-                Poll::Pending
+                match client.is_tls() {
+                    true => client.poll_closed(cx),
+                    false => Poll::Pending,
+                }
             }
             Poll::Pending => Poll::Pending,
         }

@@ -459,6 +459,14 @@ impl Reactor {
         source
     }
 
+    /// tollgate patch: a poll for the peer's shutdown (`POLLRDHUP`) and errors only.
+    pub(crate) fn poll_peer_closed(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP as _);
+        self.sys.poll_ready(&source, common_flags() | rdhup);
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

@@ -228,6 +228,8 @@ pub(crate) struct NonBufferedStream<S> {
     stream: S,
     source_tx: Option<Source>,
     source_rx: Option<Source>,
+    /// tollgate patch: a poll for the peer's shutdown alone ([`Self::poll_peer_closed`]).
+    source_hup: Option<Source>,
     /// tollgate patch: upstream keeps both timeouts inline (80 bytes a stream, two streams
     /// per proxied connection) though most streams never set one.
     timeouts: std::cell::OnceCell<Box<Timeouts>>,
@@ -393,6 +395,25 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         self.source_rx.is_some()
     }
 
+    /// tollgate patch: resolve once the peer has shut down its side (`POLLRDHUP`), or the
+    /// connection failed or hung up, whether or not unread bytes wait; with the poll's
+    /// `revents`. Its poll is its own: it does not disturb the read side's.
+    pub(crate) fn poll_peer_closed(&mut self, cx: &Context<'_>) -> Poll<io::Result<u32>> {
+        if let Some(src) = self.source_hup.as_ref() {
+            if let Some(res) = src.result() {
+                self.source_hup = None;
+                return Poll::Ready(res.map(|events| events as u32));
+            }
+            src.add_waiter_single(cx.waker());
+            return Poll::Pending;
+        }
+        let reactor = self.reactor.upgrade().unwrap();
+        let src = reactor.poll_peer_closed(self.stream.as_raw_fd());
+        src.add_waiter_single(cx.waker());
+        self.source_hup = Some(src);
+        Poll::Pending
+    }
+
     /// tollgate patch: the same for writing.
     pub(crate) fn write_poll_armed(&self) -> bool {
         self.source_tx.is_some()
@@ -472,6 +493,7 @@ where
                 stream: socket.into(),
                 source_tx: None,
                 source_rx: None,
+                source_hup: None,
                 timeouts: std::cell::OnceCell::new(),
             },
             rx_buf: NonBuffered,

@@ -530,6 +530,12 @@ impl TcpStream {
         self.stream.stream.poll_readable(cx)
     }
 
+    /// tollgate patch: resolve once the peer has shut down its side of the connection (or
+    /// it failed), even while bytes it sent before are unread; with the poll's `revents`.
+    pub fn poll_peer_closed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u32>> {
+        self.stream.stream.poll_peer_closed(cx)
+    }
+
     /// tollgate patch: resolve once the stream is writable (or failed) without writing.
     pub fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.stream.stream.poll_writable(cx)
