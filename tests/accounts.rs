@@ -785,6 +785,82 @@ fn two_nodes_share_the_api_accounts_through_redis() {
     assert_eq!(api(&b, "GET", "/v1/accounts/kate", None).0, 404);
 }
 
+/// On a cluster, as on one node, a deleted account's usage goes with it: an account made
+/// again under the same name starts from nothing, with no credit and no history.
+#[test]
+fn an_account_deleted_on_a_cluster_takes_its_usage_with_it() {
+    let redis = common::redis::Redis::start();
+    let echo = echo_server("127.0.0.1:0");
+    let a = cluster_node(&redis, "a");
+    let b = cluster_node(&redis, "b");
+    let plan = json!({"bandwidth": "1GiB", "threads": 10});
+    assert_eq!(api(&a, "PUT", "/v1/plans/pro", Some(plan)).0, 201);
+    let body = json!({"password": "pw", "plan": "pro", "networks": ["residential"]});
+    assert_eq!(
+        api(&a, "PUT", "/v1/accounts/lena", Some(body.clone())).0,
+        201
+    );
+    eventually("lena known to node b", || {
+        (api(&b, "GET", "/v1/accounts/lena", None).0 == 200).then_some(())
+    });
+    let mut t = socks_ok(&b, "lena", "pw", echo).unwrap();
+    assert_eq!(ping(&mut t, &[7u8; 10_000]), vec![7u8; 10_000]);
+    drop(t);
+    let top = json!({"bytes": "1MiB"});
+    assert_eq!(
+        api(&a, "POST", "/v1/accounts/lena/top-up", Some(top)).0,
+        200
+    );
+    eventually("lena's bytes in redis", || {
+        let (_, u) = api(&a, "GET", "/v1/accounts/lena/usage", None);
+        (u["used"].as_u64()? >= 20_000).then_some(())
+    });
+    assert_eq!(api(&a, "DELETE", "/v1/accounts/lena", None).0, 204);
+    eventually("lena gone on node b", || {
+        (api(&b, "GET", "/v1/accounts/lena", None).0 == 404).then_some(())
+    });
+    assert_eq!(api(&b, "PUT", "/v1/accounts/lena", Some(body)).0, 201);
+    let fresh = |gw: &Gateway| {
+        let u = eventually("the new lena known", || {
+            let (code, u) = api(gw, "GET", "/v1/accounts/lena/usage", None);
+            (code == 200).then_some(u)
+        });
+        assert_eq!(
+            (u["used"].as_u64(), u["credit"].as_u64()),
+            (Some(0), Some(0)),
+            "{u}"
+        );
+    };
+    fresh(&a);
+    fresh(&b);
+
+    // The same through `tollgate account delete`.
+    let mut t = socks_ok(&a, "lena", "pw", echo).unwrap();
+    assert_eq!(ping(&mut t, &[7u8; 10_000]), vec![7u8; 10_000]);
+    drop(t);
+    eventually("lena's new bytes in redis", || {
+        let (_, u) = api(&b, "GET", "/v1/accounts/lena/usage", None);
+        (u["used"].as_u64()? >= 20_000).then_some(())
+    });
+    let out = Command::new(BIN)
+        .args(["account", "delete", "lena", "--config"])
+        .arg(a.config_path())
+        .current_dir(a.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("lena gone on node b", || {
+        (api(&b, "GET", "/v1/accounts/lena", None).0 == 404).then_some(())
+    });
+    let body = json!({"password": "pw", "plan": "pro", "networks": ["residential"]});
+    assert_eq!(api(&a, "PUT", "/v1/accounts/lena", Some(body)).0, 201);
+    fresh(&b);
+}
+
 /// An API account on a `period = "day"` plan, idle when the UTC boundary passes (its live
 /// state dropped meanwhile): its stored row rolls at the boundary, so `tollgate usage show`
 /// reads 0 at once, and the API shows the ended day in `history`. The clock is the test

@@ -242,8 +242,22 @@ pub fn account(snap: &Snapshot, action: AccountAction) -> Result<(), String> {
         }
         AccountAction::Delete { name, disconnect } => {
             ops::account_writable(snap, &name).map_err(op)?;
+            let row = store.get(&name)?;
             if !store.delete(&name)? {
                 return Err(format!("no account named {name:?}"));
+            }
+            // On a cluster its usage lives in Redis by name: it goes with the account.
+            if let (Some(c), Some(row)) = (&snap.cluster, row) {
+                let plan = match snap.plan_named(&row.plan) {
+                    Some(p) => Some((**p).clone()),
+                    None => store
+                        .get_plan(&row.plan)?
+                        .and_then(|p| crate::accounts::plan_from(&p).ok()),
+                };
+                if let Some(plan) = plan {
+                    let roll = crate::cluster::usage::Roll::of(&plan);
+                    crate::cluster::usage::forget(c, &name, roll)?;
+                }
             }
             if disconnect {
                 store.note(&Change::Disconnect(name.clone()))?;

@@ -89,6 +89,22 @@ pub fn adjust(
         .ok_or_else(|| "unexpected reply from redis".into())
 }
 
+/// A deleted account's usage goes with it: its totals reset (as `usage reset` does, so the
+/// nodes' own counters stay valid) and its ended periods dropped, so an account made again
+/// under the name starts from nothing. Bytes its live connections move after this (until
+/// they are cut) still count, to the name.
+pub fn forget(cfg: &ClusterSection, account: &str, roll: Roll) -> Result<(), String> {
+    adjust(cfg, account, Adjustment::Reset, roll)?;
+    let (mut conn, _) = connect(cfg)?;
+    let keys = Keys {
+        prefix: cfg.key_prefix.clone(),
+    };
+    redis::cmd("DEL")
+        .arg(keys.periods(account))
+        .query::<()>(&mut conn)
+        .map_err(|e| format!("redis {}: {e}", cfg.redis_for_logs()))
+}
+
 /// An account's ended plan periods, newest first: (start, bytes used).
 pub fn history(cfg: &ClusterSection, account: &str) -> Result<Vec<(i64, u64)>, String> {
     let (mut conn, _) = connect(cfg)?;

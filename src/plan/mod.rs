@@ -284,9 +284,10 @@ impl Ledger {
     /// Drop a deleted account's state: live connections keep theirs until they end; a
     /// new account of the same name starts from nothing.
     ///
-    /// A cluster node keeps the state: its usage lives in Redis by name (and survives the
-    /// deletion there), and its link counts this node's bytes on that one state, so a
-    /// second state for the name would be billed from zero again.
+    /// A cluster node keeps the state: its usage lives in Redis by name (where the delete
+    /// resets it: `cluster::usage::forget`), and its link counts this node's bytes on that
+    /// one state as absolute counters, so a second state for the name would count from
+    /// zero again and undo the reset's arithmetic.
     pub fn forget(&self, name: &str) {
         if self.cluster.is_some() {
             return;

@@ -228,6 +228,7 @@ pub(super) async fn delete_account(
 ) -> Answer {
     let world = state.world.load();
     ops::account_writable(&world.config, &name)?;
+    let plan = world.plan_of(&name);
     {
         let mut st = store(&state)?;
         if !st.delete(&name).map_err(OpError::store)? {
@@ -236,6 +237,12 @@ pub(super) async fn delete_account(
         world
             .apply(&mut **st, &state.sessions, &Change::Account(name.clone()))
             .map_err(OpError::store)?;
+    }
+    // On one node the stored usage goes with the account (the ledger forgets it); on a
+    // cluster it lives in Redis by name, and goes there.
+    if let (Some(c), Some(plan)) = (&world.config.cluster, plan) {
+        let roll = crate::cluster::usage::Roll::of(&plan);
+        crate::cluster::usage::forget(c, &name, roll).map_err(OpError::store)?;
     }
     if opts.disconnect {
         world.ledger.disconnect(&name);
