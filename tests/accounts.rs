@@ -842,17 +842,7 @@ fn an_account_deleted_on_a_cluster_takes_its_usage_with_it() {
         let (_, u) = api(&b, "GET", "/v1/accounts/lena/usage", None);
         (u["used"].as_u64()? >= 20_000).then_some(())
     });
-    let out = Command::new(BIN)
-        .args(["account", "delete", "lena", "--config"])
-        .arg(a.config_path())
-        .current_dir(a.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.cli(&["account", "delete", "lena"]);
     eventually("lena gone on node b", || {
         (api(&b, "GET", "/v1/accounts/lena", None).0 == 404).then_some(())
     });

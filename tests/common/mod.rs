@@ -198,8 +198,12 @@ impl Gateway {
 
     /// `tollgate usage ARGS…` on this gateway's config and store.
     pub fn usage_cmd(&self, args: &[&str]) -> String {
+        self.cli(&[&["usage"], args].concat())
+    }
+
+    /// `tollgate ARGS --config <this gateway's config>`, which must succeed: its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
         let out = std::process::Command::new(BIN)
-            .arg("usage")
             .args(args)
             .arg("--config")
             .arg(self.config_path())
