@@ -164,10 +164,11 @@ impl Side {
 
     /// [`Side::send_relayed_past`] for the last write of an answer, but its last byte:
     /// the client cannot have the whole answer yet. Returns that byte (reserved, not
-    /// written; none for empty `data`) for [`Side::send_last`]. In between, the caller gives the request's slot
-    /// back and frees its buffers: the next request the client sends the moment it has
-    /// the answer finds the slot free, and a client that stops reading before the last
-    /// byte keeps the slot, or once past it holds no more than an idle connection.
+    /// written; none for empty `data`) for [`Side::send_last`]. In between, the caller
+    /// gives the request's slot back and frees its buffers: the next request the client
+    /// sends the moment it has the answer finds the slot free, and a client that stops
+    /// reading before the last byte keeps the slot, or once past it holds no more than an
+    /// idle connection.
     pub async fn send_relayed_but_last(
         &mut self,
         data: &[u8],

@@ -74,9 +74,7 @@ impl Stream {
             }
         }
     }
-}
 
-impl Stream {
     /// Resolve once the peer has shut down its side of the TCP connection (or reset it),
     /// even while bytes it sent before are unread: under TLS a session's end is a
     /// close_notify record and then the close, and the record alone is not the end.

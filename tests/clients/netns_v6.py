@@ -68,14 +68,20 @@ def udp_origin(addr):
     return srv.getsockname()[1]
 
 
+def socks_login(gw, user):
+    """A SOCKS5 connection past the greeting and the RFC 1929 login."""
+    s = socket.create_connection(gw, timeout=10)
+    s.sendall(b"\x05\x01\x02")
+    assert s.recv(2) == b"\x05\x02"
+    u = user.encode()
+    s.sendall(b"\x01" + bytes([len(u)]) + u + b"\x06secret")
+    assert s.recv(2) == b"\x01\x00"
+    return s
+
+
 def socks_udp(gw, host, port, payload, user="alice"):
     """One SOCKS5 UDP association: a datagram to [host]:port and the answer's payload."""
-    c = socket.create_connection(gw, timeout=10)
-    c.sendall(b"\x05\x01\x02")
-    assert c.recv(2) == b"\x05\x02"
-    u = user.encode()
-    c.sendall(b"\x01" + bytes([len(u)]) + u + b"\x06secret")
-    assert c.recv(2) == b"\x01\x00"
+    c = socks_login(gw, user)
     c.sendall(b"\x05\x03\x00\x01" + b"\x00" * 6)
     reply = c.recv(4)
     assert reply[1] == 0, f"socks5 udp associate reply {reply[1]:#x}"
@@ -118,12 +124,7 @@ def forward(gw, url, user="alice"):
 
 
 def socks(gw, host, port, user="alice"):
-    s = socket.create_connection(gw, timeout=10)
-    s.sendall(b"\x05\x01\x02")
-    assert s.recv(2) == b"\x05\x02"
-    u = user.encode()
-    s.sendall(b"\x01" + bytes([len(u)]) + u + b"\x06secret")
-    assert s.recv(2) == b"\x01\x00"
+    s = socks_login(gw, user)
     s.sendall(b"\x05\x01\x00\x04" + socket.inet_pton(socket.AF_INET6, host) + port.to_bytes(2, "big"))
     reply = s.recv(4)
     assert reply[1] == 0, f"socks5 reply {reply[1]:#x}"

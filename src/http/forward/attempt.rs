@@ -230,24 +230,18 @@ async fn origin_head(
 async fn client_gone(client: &mut Stream) {
     let mut sent = false;
     std::future::poll_fn(|cx| {
-        if sent {
-            return match client.is_tls() {
-                true => client.poll_closed(cx),
-                false => Poll::Pending,
-            };
-        }
-        match client.poll_peer(cx) {
-            Poll::Ready(Peer::Gone) => Poll::Ready(()),
-            Poll::Ready(Peer::Sent) => {
-                // Left for the next request's read; in the clear nothing more to wait
-                // for here.
-                sent = true;
-                match client.is_tls() {
-                    true => client.poll_closed(cx),
-                    false => Poll::Pending,
-                }
+        if !sent {
+            match client.poll_peer(cx) {
+                Poll::Ready(Peer::Gone) => return Poll::Ready(()),
+                // Left for the next request's read.
+                Poll::Ready(Peer::Sent) => sent = true,
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Pending => Poll::Pending,
+        }
+        // Bytes wait: in the clear nothing more to watch for; under TLS the close itself.
+        match client.is_tls() {
+            true => client.poll_closed(cx),
+            false => Poll::Pending,
         }
     })
     .await
