@@ -78,6 +78,7 @@ impl Side {
             Some(res) => res,
             None => {
                 if let Stream::Plain(tcp) = &mut self.stream {
+                    tcp.clear_readable();
                     std::future::poll_fn(|cx| tcp.poll_readable(cx)).await?;
                 }
                 self.fill(READ_CHUNK).await

@@ -68,7 +68,8 @@ impl Stream {
                 n if n > 0 => return Poll::Ready(Peer::Sent),
                 _ => match io::Error::last_os_error().kind() {
                     // A readiness that was gone by the time it was looked at: wait again.
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock => tcp.clear_readable(),
+                    io::ErrorKind::Interrupted => {}
                     _ => return Poll::Ready(Peer::Gone),
                 },
             }

@@ -253,11 +253,14 @@ impl<'a> SplicePump<'a> {
                             half.pos = 0;
                         }
                     }
-                    Err(e) if would_block(&e) => match dst.poll_writable(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err((dst_party, e))),
-                        Poll::Pending => return Poll::Pending,
-                    },
+                    Err(e) if would_block(&e) => {
+                        dst.clear_writable();
+                        match dst.poll_writable(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err((dst_party, e))),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
                     Err(e) => return Poll::Ready(Err((dst_party, e))),
                 }
                 continue;
@@ -343,6 +346,7 @@ impl<'a> SplicePump<'a> {
                 Err(e) if would_block(&e) => {
                     // Idle: the pipe goes back while the source has nothing.
                     self.pool.give(pipe);
+                    src.clear_readable();
                     match src.poll_readable(cx) {
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => return Poll::Ready(Err((src_party, e))),
@@ -390,6 +394,10 @@ fn copy_in(
         Ok(n) => {
             half.bulk = n == RELAY_BUF;
             half.drained = n < cap;
+            if half.drained {
+                // A short recv emptied the socket: its next bytes are a new edge.
+                src.clear_readable();
+            }
             half.hold = Hold::Buf(buf);
             half.pos = 0;
             // n <= cap <= RELAY_BUF, which fits u32.
@@ -400,6 +408,7 @@ fn copy_in(
         Err(e) if would_block(&e) => {
             // Idle: the buffer goes back while the source has nothing.
             bufs.give(buf);
+            src.clear_readable();
             match src.poll_readable(cx) {
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
                 Poll::Ready(Err(e)) => Poll::Ready(Err((party, e))),

@@ -117,6 +117,7 @@ fn yolo_sendmsg(
 }
 
 mod datagram;
+mod ready;
 mod stream;
 mod tcp_socket;
 mod udp_socket;

@@ -230,6 +230,10 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     /// tollgate patch: a poll for the peer's shutdown alone ([`Self::poll_peer_closed`]).
     source_hup: Option<Source>,
+    /// tollgate patch: the socket's place in the executor's epoll instance
+    /// (`super::ready`), once it has had to wait; `Err(())` when that failed (the io_uring
+    /// polls serve it then) or is turned off.
+    ready: Option<std::result::Result<super::ready::Registration, ()>>,
     /// tollgate patch: upstream keeps both timeouts inline (80 bytes a stream, two streams
     /// per proxied connection) though most streams never set one.
     timeouts: std::cell::OnceCell<Box<Timeouts>>,
@@ -254,7 +258,44 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         })
     }
 
+    /// tollgate patch: the epoll registration, made now (with the given readiness
+    /// guesses) if there is none; `None`: this stream waits on io_uring polls.
+    fn ready(&mut self, rx: bool, tx: bool) -> Option<&super::ready::Registration> {
+        if self.ready.is_none() {
+            self.ready = Some(if super::ready::enabled() {
+                super::ready::Registration::new(self.stream.as_raw_fd(), rx, tx).map_err(drop)
+            } else {
+                Err(())
+            });
+        }
+        self.ready.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    /// tollgate patch: the registration if there is one.
+    fn registered(&self) -> Option<&super::ready::Registration> {
+        self.ready.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    /// tollgate patch: the caller's own read found the socket empty (`EAGAIN`, or a short
+    /// read from a stream socket): its next `poll_readable` waits for a new edge.
+    pub(crate) fn clear_readable(&self) {
+        if let Some(r) = self.registered() {
+            r.clear_rx();
+        }
+    }
+
+    /// tollgate patch: the caller's own write found the socket full (`EAGAIN`).
+    pub(crate) fn clear_writable(&self) {
+        if let Some(r) = self.registered() {
+            r.clear_tx();
+        }
+    }
+
     fn init(&mut self) {
+        if super::ready::enabled() {
+            // Registered when it first has to wait.
+            return;
+        }
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
         self.source_rx = Some(reactor.poll_read_ready(stream_fd));
@@ -286,6 +327,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if super::ready::enabled() && !matches!(self.ready, Some(Err(()))) {
+            return self.poll_read_edge(cx, buf);
+        }
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
@@ -332,7 +376,93 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
+    /// tollgate patch: `poll_read` on the epoll registration.
+    fn poll_read_edge(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let fd = self.stream.as_raw_fd();
+        if self.registered().map(|r| r.rx_ready()).unwrap_or(true) {
+            if let Some(result) = super::yolo_recv(fd, buf) {
+                if let (Ok(n), Some(r)) = (&result, self.registered()) {
+                    if *n < buf.len() {
+                        // Short: the socket is empty now; its next bytes are a new edge.
+                        r.clear_rx();
+                    }
+                }
+                if let Some(t) = self.read_timeout() {
+                    let reactor = self.reactor.upgrade().unwrap();
+                    t.cancel_timer(reactor.as_ref());
+                }
+                return Poll::Ready(result);
+            }
+            match self.registered() {
+                Some(r) => r.clear_rx(),
+                None => {
+                    if self.ready(false, true).is_none() {
+                        return self.poll_read(cx, buf);
+                    }
+                }
+            }
+        }
+        let reactor = self.reactor.upgrade().unwrap();
+        let reactor = reactor.as_ref();
+        if let Some(t) = self.read_timeout() {
+            poll_err!(t.check(reactor));
+        }
+        let Some(r) = self.registered() else {
+            return self.poll_read(cx, buf);
+        };
+        if r.poll_rx(cx).is_ready() {
+            // An edge came between the read and now: try again.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if let Some(t) = self.read_timeout() {
+            t.maybe_set_timer(reactor, cx.waker());
+        }
+        Poll::Pending
+    }
+
+    /// tollgate patch: `poll_write` on the epoll registration.
+    fn poll_write_edge(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let fd = self.stream.as_raw_fd();
+        if self.registered().map(|r| r.tx_ready()).unwrap_or(true) {
+            if let Some(result) = super::yolo_send(fd, buf) {
+                if let Some(t) = self.write_timeout() {
+                    let reactor = self.reactor.upgrade().unwrap();
+                    t.cancel_timer(reactor.as_ref());
+                }
+                return Poll::Ready(result);
+            }
+            match self.registered() {
+                Some(r) => r.clear_tx(),
+                None => {
+                    if self.ready(true, false).is_none() {
+                        return self.poll_write(cx, buf);
+                    }
+                }
+            }
+        }
+        let reactor = self.reactor.upgrade().unwrap();
+        let reactor = reactor.as_ref();
+        if let Some(t) = self.write_timeout() {
+            poll_err!(t.check(reactor));
+        }
+        let Some(r) = self.registered() else {
+            return self.poll_write(cx, buf);
+        };
+        if r.poll_tx(cx).is_ready() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if let Some(t) = self.write_timeout() {
+            t.maybe_set_timer(reactor, cx.waker());
+        }
+        Poll::Pending
+    }
+
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if super::ready::enabled() && !matches!(self.ready, Some(Err(()))) {
+            return self.poll_write_edge(cx, buf);
+        }
         // On the write path, we always start with calling `yolo_send`, because
         // it is very likely to success. It could be a waste if it already timed
         // out since the last `poll_write`, but it would not cost much more to
@@ -374,6 +504,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     /// no byte: for callers that move the bytes themselves (splice(2)). Shares the read
     /// side's pending poll with `poll_read`.
     pub(crate) fn poll_readable(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(r) = self.ready(false, true) {
+            return r.poll_rx(cx).map(|_| Ok(()));
+        }
         let reactor = self.reactor.upgrade().unwrap();
         if let Some(src) = self.source_rx.as_ref() {
             if let Some(res) = src.result() {
@@ -392,7 +525,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     /// tollgate patch: a readiness poll is armed for reading (it may have fired already):
     /// `poll_readable` answers without a syscall.
     pub(crate) fn read_poll_armed(&self) -> bool {
-        self.source_rx.is_some()
+        self.registered().is_some() || self.source_rx.is_some()
     }
 
     /// tollgate patch: resolve once the peer has shut down its side (`POLLRDHUP`), or the
@@ -416,7 +549,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
 
     /// tollgate patch: the same for writing.
     pub(crate) fn write_poll_armed(&self) -> bool {
-        self.source_tx.is_some()
+        self.registered().is_some() || self.source_tx.is_some()
     }
 
     /// tollgate patch: resolve once the socket is writable (or failed), moving no byte.
@@ -427,6 +560,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     /// tollgate patch: [`Self::poll_writable`] with the poll's `revents` (`POLLOUT`,
     /// `POLLERR`, `POLLHUP`, ...).
     pub(crate) fn poll_writable_events(&mut self, cx: &Context<'_>) -> Poll<io::Result<u32>> {
+        if let Some(r) = self.ready(false, false) {
+            return r.poll_tx(cx).map(Ok);
+        }
         let reactor = self.reactor.upgrade().unwrap();
         if let Some(src) = self.source_tx.as_ref() {
             if let Some(res) = src.result() {
@@ -494,6 +630,7 @@ where
                 source_tx: None,
                 source_rx: None,
                 source_hup: None,
+                ready: None,
                 timeouts: std::cell::OnceCell::new(),
             },
             rx_buf: NonBuffered,

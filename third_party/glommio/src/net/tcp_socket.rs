@@ -524,8 +524,21 @@ impl TcpStream {
 }
 
 impl TcpStream {
+    /// tollgate patch: the caller's own read (`recv`, `splice`, a peek) found the socket
+    /// empty: `EAGAIN`, or a `recv` shorter than asked. Readiness is edge-triggered, so
+    /// the next `poll_readable` waits for new bytes; without this call it answers at once.
+    pub fn clear_readable(&self) {
+        self.stream.stream.clear_readable()
+    }
+
+    /// tollgate patch: the caller's own write found the socket full (`EAGAIN`).
+    pub fn clear_writable(&self) {
+        self.stream.stream.clear_writable()
+    }
+
     /// tollgate patch: resolve once the stream is readable (or at its end, or failed)
-    /// without reading: for callers that move the bytes with `splice(2)`.
+    /// without reading: for callers that move the bytes with `splice(2)`. It answers at
+    /// once until the caller's own read reports the socket empty (`clear_readable`).
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.stream.stream.poll_readable(cx)
     }
