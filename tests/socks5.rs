@@ -154,6 +154,47 @@ fn half_close_is_forwarded() {
     }
 }
 
+/// TCP urgent data stops a read at its mark with the bytes after it already queued, and no
+/// new readiness edge comes for them: the relay must read on instead of waiting. (A
+/// telnet or FTP client's interrupt sends urgent data.) The urgent byte itself is out of
+/// band: a receiver without `SO_OOBINLINE`, the relay included, does not see it in the
+/// stream, so the origin gets the bytes around it.
+#[test]
+fn bytes_queued_behind_urgent_data_are_relayed_without_waiting() {
+    use std::os::fd::AsRawFd;
+    for server in ["splice = true", "splice = false"] {
+        let gw = Gateway::start(&config(server, DIRECT_EXIT));
+        let echo = echo_server("127.0.0.1:0");
+        let mut s = socks5_tunnel(gw.addr(), &Target::Addr(echo));
+        let fd = s.as_raw_fd();
+        let cork = |on: libc::c_int| {
+            // SAFETY: a valid socket and an int option.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_CORK,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "TCP_CORK");
+        };
+        // Corked, the three sends leave as one segment: the gateway's first read stops at
+        // the urgent mark with "world" already behind it.
+        cork(1);
+        s.write_all(b"hello").unwrap();
+        // SAFETY: a valid socket and a one-byte buffer.
+        let sent = unsafe { libc::send(fd, b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(sent, 1, "MSG_OOB");
+        s.write_all(b"world").unwrap();
+        cork(0);
+        let mut got = [0u8; 10];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"helloworld", "{server}");
+    }
+}
+
 #[test]
 fn an_origin_that_finishes_first_still_hears_the_clients_last_words_and_its_end() {
     for server in ["splice = true", "splice = false"] {

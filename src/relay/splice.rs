@@ -426,8 +426,9 @@ fn copy_in(
             half.bulk = n == RELAY_BUF;
             half.drained = n < cap;
             if half.drained {
-                // A short recv emptied the socket: its next bytes are a new edge.
-                src.clear_readable();
+                // A short recv emptied the socket (unless urgent data stopped it): its
+                // next bytes are a new edge.
+                src.clear_readable_short();
             }
             half.hold = Hold::Buf(buf);
             half.pos = 0;

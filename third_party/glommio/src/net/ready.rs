@@ -4,10 +4,11 @@
 //! Upstream waits for a stream socket's readiness with a one-shot io_uring `POLL_ADD` per
 //! wait: a submission, a `Source` allocation, the kernel's poll arming and task work, and
 //! a completion, each time a read or write finds the socket empty or full. Here a socket is
-//! added to the executor's epoll instance once (`EPOLLIN | EPOLLOUT | EPOLLRDHUP |
-//! EPOLLET`), the first time it has to wait, and stays there until it is closed. Its edges
-//! set readiness flags and wake the waiting task; a read or write clears its flag when the
-//! socket says it is empty (`EAGAIN`, or a short read) or full (`EAGAIN`). One driver task
+//! added to the executor's epoll instance once (`EPOLLIN | EPOLLPRI | EPOLLOUT |
+//! EPOLLRDHUP | EPOLLET`), the first time it has to wait, and stays there until it is
+//! closed. Its edges set readiness flags and wake the waiting task; a read or write clears
+//! its flag when the socket says it is empty (`EAGAIN`, or a short read with no FIN or
+//! urgent data seen) or full (`EAGAIN`). One driver task
 //! per executor waits for the epoll instance with a single `POLL_ADD` and, once it is
 //! readable, drains it with non-blocking `epoll_wait`s: the cost of a wait is shared by
 //! every socket that became ready meanwhile.
@@ -21,9 +22,11 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-const IN_BITS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
+const IN_BITS: u32 =
+    (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
 const OUT_BITS: u32 = (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32;
-const INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+const INTEREST: u32 =
+    (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 /// Events that stay true once seen: after the peer's FIN (or a reset, or an error) a read
 /// never blocks again, so no later edge would come to set the flag a short read cleared.
 const RX_STICKY: u32 = (libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
@@ -156,6 +159,16 @@ impl Registration {
             s.rx_ready = false;
             s.rx_events = 0;
         });
+    }
+
+    /// A read came back shorter than asked: the socket is empty now, unless TCP urgent
+    /// data (`EPOLLPRI`) stopped it at the urgent mark with bytes after it already queued,
+    /// which no later edge would announce. Then the flag stays until a read says `EAGAIN`.
+    pub(crate) fn clear_rx_short(&self) {
+        let urgent = self.with(|s| s.rx_events & libc::EPOLLPRI as u32 != 0);
+        if urgent == Some(false) {
+            self.clear_rx();
+        }
     }
 
     /// A write found the socket full: wait for the next edge.

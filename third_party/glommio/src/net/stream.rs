@@ -276,11 +276,18 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         self.ready.as_ref().and_then(|r| r.as_ref().ok())
     }
 
-    /// tollgate patch: the caller's own read found the socket empty (`EAGAIN`, or a short
-    /// read from a stream socket): its next `poll_readable` waits for a new edge.
+    /// tollgate patch: the caller's own read found the socket empty (`EAGAIN`): its next
+    /// `poll_readable` waits for a new edge.
     pub(crate) fn clear_readable(&self) {
         if let Some(r) = self.registered() {
             r.clear_rx();
+        }
+    }
+
+    /// tollgate patch: the caller's own `recv` from a stream socket came back short.
+    pub(crate) fn clear_readable_short(&self) {
+        if let Some(r) = self.registered() {
+            r.clear_rx_short();
         }
     }
 
@@ -384,7 +391,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                 if let (Ok(n), Some(r)) = (&result, self.registered()) {
                     if *n < buf.len() {
                         // Short: the socket is empty now; its next bytes are a new edge.
-                        r.clear_rx();
+                        r.clear_rx_short();
                     }
                 }
                 if let Some(t) = self.read_timeout() {

@@ -525,10 +525,17 @@ impl TcpStream {
 
 impl TcpStream {
     /// tollgate patch: the caller's own read (`recv`, `splice`, a peek) found the socket
-    /// empty: `EAGAIN`, or a `recv` shorter than asked. Readiness is edge-triggered, so
-    /// the next `poll_readable` waits for new bytes; without this call it answers at once.
+    /// empty (`EAGAIN`). Readiness is edge-triggered, so the next `poll_readable` waits for
+    /// new bytes; without this call it answers at once.
     pub fn clear_readable(&self) {
         self.stream.stream.clear_readable()
+    }
+
+    /// tollgate patch: the caller's own `recv` came back shorter than asked, which empties
+    /// the socket unless TCP urgent data stopped it at the urgent mark (then the bytes
+    /// after the mark are read without waiting).
+    pub fn clear_readable_short(&self) {
+        self.stream.stream.clear_readable_short()
     }
 
     /// tollgate patch: the caller's own write found the socket full (`EAGAIN`).
