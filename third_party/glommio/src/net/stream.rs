@@ -268,12 +268,18 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                 Err(())
             });
         }
-        self.ready.as_ref().and_then(|r| r.as_ref().ok())
+        self.registered()
     }
 
     /// tollgate patch: the registration if there is one.
     fn registered(&self) -> Option<&super::ready::Registration> {
         self.ready.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    /// tollgate patch: reads and writes go through the epoll registration (made at the
+    /// first wait), not the io_uring polls: on unless turned off or registering failed.
+    fn uses_epoll(&self) -> bool {
+        super::ready::enabled() && !matches!(self.ready, Some(Err(())))
     }
 
     /// tollgate patch: the caller's own read found the socket empty (`EAGAIN`): its next
@@ -334,7 +340,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        if super::ready::enabled() && !matches!(self.ready, Some(Err(()))) {
+        if self.uses_epoll() {
             return self.poll_read_edge(cx, buf);
         }
         let reactor = self.reactor.upgrade().unwrap();
@@ -467,7 +473,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     }
 
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if super::ready::enabled() && !matches!(self.ready, Some(Err(()))) {
+        if self.uses_epoll() {
             return self.poll_write_edge(cx, buf);
         }
         // On the write path, we always start with calling `yolo_send`, because
