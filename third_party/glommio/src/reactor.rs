@@ -883,6 +883,11 @@ impl Reactor {
         self.sys.rush_dispatch(source, &mut 0)
     }
 
+    /// tollgate patch: see `sys::Reactor::skip_next_drain`.
+    pub(crate) fn skip_next_drain(&self) {
+        self.sys.skip_next_drain();
+    }
+
     /// Polls for I/O, but does not change any timer registration.
     ///
     /// This doesn't ever sleep, and does not touch the preemption timer.

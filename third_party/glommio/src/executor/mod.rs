@@ -1502,6 +1502,16 @@ impl LocalExecutor {
                         // test again here. We can't test *just* here because the main
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
+                    } else if spin_before_park.is_zero() {
+                        // tollgate patch: no spin asked, so no spin poll before parking:
+                        // `park` polls everything `spin_poll_io` would (and the epoll
+                        // instance would be drained twice). The poll at the top of
+                        // this loop drained it, and no task has run since.
+                        this.reactor.skip_next_drain();
+                        this.parker
+                            .park()
+                            .expect("Failed to park! This is actually pretty bad!");
+                        pre_time = Instant::now();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {

@@ -117,7 +117,7 @@ fn yolo_sendmsg(
 }
 
 mod datagram;
-mod ready;
+pub(crate) mod ready;
 mod stream;
 mod tcp_socket;
 mod udp_socket;

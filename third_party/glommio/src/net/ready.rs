@@ -8,10 +8,12 @@
 //! EPOLLRDHUP | EPOLLET`), the first time it has to wait, and stays there until it is
 //! closed. Its edges set readiness flags and wake the waiting task; a read or write clears
 //! its flag when the socket says it is empty (`EAGAIN`, or a short read with no FIN or
-//! urgent data seen) or full (`EAGAIN`). One driver task
-//! per executor waits for the epoll instance with a single `POLL_ADD` and, once it is
-//! readable, drains it with non-blocking `epoll_wait`s: the cost of a wait is shared by
-//! every socket that became ready meanwhile.
+//! urgent data seen) or full (`EAGAIN`). The reactor drains the instance with a
+//! non-blocking `epoll_wait` when the executor looks for I/O (`drain`), and the executor
+//! sleeps in it (`sleep`), as an epoll event loop would: the cost of a wait is shared by
+//! every socket that became ready meanwhile. The io_uring rings' fds are in the instance
+//! too (`watch`), so that a completion ends the sleep. Non-blocking listeners wait here
+//! for connections the same way (`TcpListener`).
 //!
 //! `GLOMMIO_EPOLL=0` in the environment turns it off (the io_uring polls, as upstream).
 
@@ -32,6 +34,8 @@ const INTEREST: u32 =
 const RX_STICKY: u32 = (libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
 const TX_STICKY: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
 const BATCH: usize = 256;
+/// The events of a watched fd that is not a socket (`watch`).
+const NO_SLOT: u64 = u64::MAX;
 
 #[derive(Default)]
 struct Slot {
@@ -47,10 +51,13 @@ struct Slot {
 
 struct Registry {
     epfd: OwnedFd,
-    /// The executor whose driver task serves this instance.
+    /// The executor whose reactor drains this instance.
     executor: usize,
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// `drain`'s buffers, kept between drains.
+    events: Vec<libc::epoll_event>,
+    wake: Vec<Waker>,
 }
 
 thread_local! {
@@ -88,12 +95,13 @@ impl Registration {
                 }
                 // SAFETY: a fresh fd of ours.
                 let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
-                crate::spawn_local(drive(epfd.as_raw_fd())).detach();
                 *r = Some(Registry {
                     epfd,
                     executor,
                     slots: Vec::new(),
                     free: Vec::new(),
+                    events: vec![libc::epoll_event { events: 0, u64: 0 }; BATCH],
+                    wake: Vec::new(),
                 });
             }
             let reg = r.as_mut().ok_or_else(|| io::Error::other("no epoll registry"))?;
@@ -235,69 +243,152 @@ fn set_waker(at: &mut Option<Waker>, w: &Waker) {
 
 /// Apply one drained batch: flags set, wakers collected (woken by the caller, outside the
 /// registry's borrow).
-fn dispatch(events: &[libc::epoll_event], wake: &mut Vec<Waker>) {
-    REGISTRY.with(|r| {
-        let mut r = r.borrow_mut();
-        let Some(reg) = r.as_mut() else { return };
-        for ev in events {
-            let data = ev.u64;
-            let (idx, gen) = (data as u32, (data >> 32) as u32);
-            let Some(slot) = reg.slots.get_mut(idx as usize) else {
-                continue;
-            };
-            if slot.gen != gen {
-                continue;
-            }
-            let bits = ev.events;
-            if bits & IN_BITS != 0 {
-                slot.rx_ready = true;
-                slot.rx_events |= bits;
-                wake.extend(slot.rx.take());
-            }
-            if bits & OUT_BITS != 0 {
-                slot.tx_ready = true;
-                slot.tx_events |= bits;
-                wake.extend(slot.tx.take());
-            }
+fn dispatch(slots: &mut [Slot], events: &[libc::epoll_event], wake: &mut Vec<Waker>) {
+    for ev in events {
+        let data = ev.u64;
+        let (idx, gen) = (data as u32, (data >> 32) as u32);
+        let Some(slot) = slots.get_mut(idx as usize) else {
+            continue;
+        };
+        if slot.gen != gen {
+            continue;
         }
-    });
+        let bits = ev.events;
+        if bits & IN_BITS != 0 {
+            slot.rx_ready = true;
+            slot.rx_events |= bits;
+            wake.extend(slot.rx.take());
+        }
+        if bits & OUT_BITS != 0 {
+            slot.tx_ready = true;
+            slot.tx_events |= bits;
+            wake.extend(slot.tx.take());
+        }
+    }
 }
 
-/// The executor's driver: wait for the instance to have events (one io_uring poll), drain
-/// it, wake the sockets' tasks, and wait again.
-async fn drive(epfd: RawFd) {
-    let reactor = crate::executor().reactor();
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
-    let mut wake = Vec::new();
+/// The epoll instance of `executor`, once one of its sockets has registered.
+pub(crate) fn epfd(executor: usize) -> Option<RawFd> {
+    REGISTRY.with(|r| {
+        let r = r.try_borrow().ok()?;
+        let reg = r.as_ref()?;
+        (reg.executor == executor).then(|| reg.epfd.as_raw_fd())
+    })
+}
+
+/// Add one of the executor's own fds (an io_uring ring's) to its instance, so that a sleep
+/// in `epoll_wait` ends when it becomes readable. Its events carry no slot.
+pub(crate) fn watch(epfd: RawFd, fd: RawFd) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: NO_SLOT,
+    };
+    // SAFETY: valid fds and event.
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        let err = io::Error::last_os_error();
+        // Added by an earlier try that failed on the other ring.
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Take every event `executor`'s instance holds (non-blocking `epoll_wait`s), set the
+/// sockets' flags and wake their tasks. Returns the number of tasks woken; no system call
+/// before the first socket registers.
+pub(crate) fn drain(executor: usize) -> usize {
+    collect(executor, None)
+}
+
+/// Sleep in `executor`'s instance until an edge (a socket's, or a ring's), a signal or
+/// task work (`EINTR`), or `timeout`; then drain it as `drain` does.
+pub(crate) fn sleep(executor: usize, timeout: Option<std::time::Duration>) -> usize {
+    collect(executor, Some(timeout))
+}
+
+static NO_PWAIT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `epoll_pwait2` (nanosecond timeout; Linux 5.11), or `epoll_wait` with the timeout
+/// rounded up to a millisecond where the kernel lacks it.
+fn wait_for(epfd: RawFd, events: &mut [libc::epoll_event], timeout: Option<std::time::Duration>) -> i32 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let max = events.len() as i32;
+    if !NO_PWAIT2.load(Relaxed) {
+        let ts = timeout.map(|d| libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        });
+        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: valid fd, buffer of `max` events, timespec or null, no signal mask.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                epfd,
+                events.as_mut_ptr(),
+                max,
+                tsp,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        } as i32;
+        if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+            return n;
+        }
+        NO_PWAIT2.store(true, Relaxed);
+    }
+    let ms = match timeout {
+        None => -1,
+        Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
+    };
+    // SAFETY: valid fd and buffer of `max` events.
+    unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), max, ms) }
+}
+
+/// `wait`: `None` never blocks; `Some(timeout)` blocks the first `epoll_wait` (for ever
+/// when `timeout` is `None`).
+fn collect(executor: usize, mut wait: Option<Option<std::time::Duration>>) -> usize {
+    let mut woken = 0;
     loop {
-        let src = reactor.poll_read_ready(epfd);
-        std::future::poll_fn(|cx| match src.result() {
-            Some(_) => Poll::Ready(()),
-            None => {
-                src.add_waiter_single(cx.waker());
-                Poll::Pending
-            }
-        })
-        .await;
-        loop {
-            // SAFETY: valid fd and buffer of BATCH events.
-            let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), BATCH as i32, 0) };
+        let (mut wake, full) = match REGISTRY.with(|r| {
+            let mut r = r.try_borrow_mut().ok()?;
+            let reg = r.as_mut().filter(|reg| reg.executor == executor)?;
+            let epfd = reg.epfd.as_raw_fd();
+            let n = match wait.take() {
+                None => {
+                    // SAFETY: valid fd and buffer of BATCH events.
+                    unsafe { libc::epoll_wait(epfd, reg.events.as_mut_ptr(), BATCH as i32, 0) }
+                }
+                Some(timeout) => wait_for(epfd, &mut reg.events, timeout),
+            };
             if n <= 0 {
-                // Empty (or interrupted, or the instance is gone with its executor).
-                break;
+                // Empty, timed out or interrupted: the next drain looks again.
+                return None;
             }
             let n = n as usize;
-            dispatch(&events[..n], &mut wake);
-            for w in wake.drain(..) {
-                w.wake();
-            }
-            if n < BATCH {
-                break;
-            }
+            let mut wake = std::mem::take(&mut reg.wake);
+            dispatch(&mut reg.slots, &reg.events[..n], &mut wake);
+            Some((wake, n == BATCH))
+        }) {
+            Some(x) => x,
+            None => return woken,
+        };
+        woken += wake.len();
+        for w in wake.drain(..) {
+            w.wake();
         }
-        let gone = REGISTRY.with(|r| r.borrow().as_ref().map(|reg| reg.epfd.as_raw_fd()) != Some(epfd));
-        if gone {
-            return;
+        // Give the (empty) buffer back for the next drain.
+        REGISTRY.with(|r| {
+            if let Ok(mut r) = r.try_borrow_mut() {
+                if let Some(reg) = r.as_mut() {
+                    if reg.wake.capacity() < wake.capacity() {
+                        reg.wake = wake;
+                    }
+                }
+            }
+        });
+        if !full {
+            return woken;
         }
     }
 }

@@ -78,6 +78,10 @@ pub struct TcpListener {
     /// tollgate patch: the socket is `O_NONBLOCK`, so a direct accept can be tried without
     /// asking `poll(2)` first.
     nonblocking: bool,
+    /// tollgate patch: where a non-blocking listener waits for connections: its place in
+    /// the executor's epoll instance (`net::ready`), added the first time an accept finds
+    /// none queued. `Some(Err(()))`: it could not be added, so the io_uring accept.
+    ready: std::cell::RefCell<Option<std::result::Result<super::ready::Registration, ()>>>,
 }
 
 impl FromRawFd for TcpListener {
@@ -90,6 +94,7 @@ impl FromRawFd for TcpListener {
             reactor: Rc::downgrade(&crate::executor().reactor()),
             listener,
             nonblocking: flags >= 0 && flags & libc::O_NONBLOCK != 0,
+            ready: Default::default(),
         }
     }
 }
@@ -137,6 +142,7 @@ impl TcpListener {
             reactor: Rc::downgrade(&crate::executor().reactor()),
             listener,
             nonblocking: false,
+            ready: Default::default(),
         })
     }
 
@@ -180,6 +186,44 @@ impl TcpListener {
         let raw_fd = self.listener.as_raw_fd();
         if let Some(r) = yolo_accept(raw_fd, self.nonblocking) {
             return r.map_err(GlommioError::IoError);
+        }
+        // tollgate patch: a non-blocking listener waits for its next connection on the
+        // executor's epoll instance, an edge-triggered readiness like a stream's, instead
+        // of an io_uring accept (its submission, the kernel's poll arming and task work,
+        // and a completion on every connection that comes while none is queued).
+        if self.nonblocking && super::ready::enabled() {
+            loop {
+                let registered = {
+                    let mut ready = self.ready.borrow_mut();
+                    if ready.is_none() {
+                        *ready = Some(
+                            super::ready::Registration::new(raw_fd, false, false).map_err(drop),
+                        );
+                    }
+                    match ready.as_ref() {
+                        Some(Ok(reg)) => {
+                            // The accept above found none queued.
+                            reg.clear_rx();
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if !registered {
+                    break;
+                }
+                poll_fn(|cx| {
+                    let ready = self.ready.borrow();
+                    match ready.as_ref() {
+                        Some(Ok(reg)) => reg.poll_rx(cx).map(drop),
+                        _ => Poll::Ready(()),
+                    }
+                })
+                .await;
+                if let Some(r) = yolo_accept(raw_fd, true) {
+                    return r.map_err(GlommioError::IoError);
+                }
+            }
         }
         let source = reactor.accept(self.listener.as_raw_fd());
         let fd = source.collect_rw().await? as RawFd;

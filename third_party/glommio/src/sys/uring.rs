@@ -1283,6 +1283,12 @@ pub(crate) struct Reactor {
     /// tollgate patch: the `POLL_ADD` that links the latency ring into the main ring while
     /// this executor sleeps, kept while it has not fired (re-armed only after it did).
     link_rings_src: Cell<Option<Source>>,
+    /// tollgate patch: the next `wait` need not drain the epoll instance (see
+    /// `skip_next_drain`).
+    skip_drain: Cell<bool>,
+    /// tollgate patch: the epoll instance (`net::ready`) the rings' fds were added to, so
+    /// that a sleep in `epoll_wait` sees their completions.
+    rings_watched_by: Cell<Option<RawFd>>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1415,6 +1421,8 @@ impl Reactor {
             blocking_thread,
             link_fd,
             link_rings_src: Cell::new(None),
+            skip_drain: Cell::new(false),
+            rings_watched_by: Cell::new(None),
             notifier,
             eventfd_src,
             source_map,
@@ -1812,7 +1820,31 @@ impl Reactor {
         res
     }
 
+    /// tollgate patch: the executor parks right after a poll that found no task to run,
+    /// so the park's `wait` skips its drain of the epoll instance: the sleep drains it.
+    pub(crate) fn skip_next_drain(&self) {
+        self.skip_drain.set(true);
+    }
+
+    /// tollgate patch: the epoll instance this executor may sleep in, with the rings'
+    /// fds added to it (once), so that a completion ends the sleep. `None`: no socket has
+    /// registered yet: sleep in the main ring, as upstream. `Err`: the rings could not be
+    /// added, so this executor must not sleep at all (neither sleep would see every
+    /// wakeup); it polls until the next try succeeds.
+    fn epoll_for_sleep(&self, main_ring: &SleepableRing) -> Result<Option<RawFd>, ()> {
+        let Some(epfd) = crate::net::ready::epfd(self.notifier.id()) else {
+            return Ok(None);
+        };
+        if self.rings_watched_by.get() != Some(epfd) {
+            crate::net::ready::watch(epfd, main_ring.ring_fd()).map_err(drop)?;
+            crate::net::ready::watch(epfd, self.link_fd).map_err(drop)?;
+            self.rings_watched_by.set(Some(epfd));
+        }
+        Ok(Some(epfd))
+    }
+
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
+        *woke += crate::net::ready::drain(self.notifier.id());
         self.poll_ring.borrow_mut().poll(woke)?;
         self.main_ring.borrow_mut().poll(woke)?;
         self.latency_ring.borrow_mut().poll(woke)?;
@@ -1889,6 +1921,10 @@ impl Reactor {
 
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
+        // tollgate patch: the sockets that wait on the executor's epoll instance.
+        if !self.skip_drain.replace(false) {
+            woke += crate::net::ready::drain(self.notifier.id());
+        }
 
         // tollgate patch: upstream cancels the latency ring's timer here whenever it may
         // sleep, then arms a new one for the sleep (the next user timer) and, once awake,
@@ -1934,7 +1970,32 @@ impl Reactor {
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
-        if should_sleep {
+        // tollgate patch: once sockets wait on the epoll instance, sleep in it: one
+        // `epoll_wait` that is also the drain, instead of a `POLL_ADD` on the instance, a
+        // wait in the main ring and then the drain. The rings' fds are in the instance,
+        // and a completion that comes as task work interrupts the wait (`EINTR`).
+        let (should_sleep, sleep_in_epoll) = match should_sleep {
+            false => (false, false),
+            true => match self.epoll_for_sleep(&main_ring) {
+                Ok(epfd) => (true, epfd.is_some()),
+                Err(()) => (false, false),
+            },
+        };
+        if sleep_in_epoll {
+            self.notifier.prepare_to_sleep();
+            // As below: pairs with the fence `SleepNotifier::notify` issues.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            let events = process_remote_channels() + self.flush_syscall_thread();
+            if events == 0 && self.eventfd_src.is_installed().unwrap_or(false) {
+                crate::net::ready::sleep(self.notifier.id(), user_timer);
+                // The sleep drained the instance: the poll that follows it need not.
+                self.skip_drain.set(true);
+                flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
+                flush_rings!(lat_ring, poll_ring, main_ring)?;
+                consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
+            }
+            self.notifier.wake_up();
+        } else if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
