@@ -266,6 +266,121 @@ fn a_tunnel_that_turns_bulk_midway_keeps_every_byte_in_order() {
     }
 }
 
+/// Lower the gateway's soft descriptor limit so that exactly `room` more descriptors can
+/// be opened (new ones take the lowest free numbers); the old limit comes back.
+fn leave_room_for(pid: u32, room: usize) -> libc::rlimit {
+    let open: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut limit = 0;
+    let mut free = 0;
+    while free < room || open.contains(&limit) {
+        if !open.contains(&limit) {
+            free += 1;
+        }
+        limit += 1;
+    }
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointers; rlim_max is left as it is below.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old),
+            0
+        );
+        let new = libc::rlimit {
+            rlim_max: old.rlim_max,
+            ..new
+        };
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()),
+            0
+        );
+    }
+    old
+}
+
+#[test]
+fn a_gateway_out_of_descriptors_for_pipes_relays_bulk_by_copying() {
+    // A gateway at its descriptor limit can still accept and dial, but not make the pipes
+    // a bulk direction splices through: the tunnel copies instead of ending mid-transfer.
+    let cfg = config("splice = true", DIRECT_EXIT).replace("workers = 2", "workers = 1");
+    let gw = Gateway::start(&cfg);
+    let echo = echo_server("127.0.0.1:0");
+    let pid = gw.child.id();
+    // The core's first tunnel sets up what it keeps (its epoll instance among them).
+    let warm = pattern(1000);
+    let mut s = socks5_tunnel(gw.addr(), &Target::Addr(echo));
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(echo_through(&mut s, &warm) == warm);
+    drop(s);
+    let pipes_before = gw.fd_counts().0;
+    // Room for the client's socket and the upstream one, none for a pipe. A descriptor
+    // something else in the gateway opens meanwhile can take that room: try again then.
+    let mut s = None;
+    let mut old = None;
+    for _ in 0..5 {
+        old = Some(leave_room_for(pid, 2));
+        let (c, out) = socks5(gw.addr(), "alice", "secret", 1, &Target::Addr(echo));
+        if matches!(out, SocksOutcome::Reply(0, _)) {
+            s = Some(c);
+            break;
+        }
+        // SAFETY: restores the limit read above.
+        unsafe {
+            libc::prlimit(
+                pid as i32,
+                libc::RLIMIT_NOFILE,
+                &old.unwrap(),
+                std::ptr::null_mut(),
+            )
+        };
+    }
+    let mut s = s.expect("no tunnel within the lowered descriptor limit");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let bulk = pattern(4 * 1024 * 1024 + 5);
+    let mut w = s.try_clone().unwrap();
+    let sent = bulk.clone();
+    let writer = std::thread::spawn(move || w.write_all(&sent));
+    let mut back = vec![0u8; bulk.len()];
+    s.read_exact(&mut back)
+        .expect("the bulk transfer was cut off");
+    writer.join().unwrap().unwrap();
+    assert!(back == bulk, "the bulk came back changed");
+    assert_eq!(
+        gw.fd_counts().0,
+        pipes_before,
+        "a pipe was made past the limit"
+    );
+    // SAFETY: restores the limit read above.
+    unsafe {
+        libc::prlimit(
+            pid as i32,
+            libc::RLIMIT_NOFILE,
+            &old.unwrap(),
+            std::ptr::null_mut(),
+        )
+    };
+    // With descriptors back, the same tunnel goes on and new ones splice again.
+    let tail = pattern(100_003);
+    assert!(echo_through(&mut s, &tail) == tail);
+    let mut t = socks5_tunnel(gw.addr(), &Target::Addr(echo));
+    t.set_read_timeout(Some(WAIT)).unwrap();
+    let big = pattern(2 * 1024 * 1024);
+    assert!(echo_through(&mut t, &big) == big);
+    assert!(
+        gw.fd_counts().0 > pipes_before,
+        "no pipe once descriptors were back"
+    );
+}
+
 #[test]
 fn source_ip_is_what_the_origin_sees() {
     let exit =

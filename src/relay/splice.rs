@@ -172,6 +172,9 @@ struct Half {
     held: u32,
     /// A read filled a whole buffer: the reads from here on splice.
     bulk: bool,
+    /// No pipe worth splicing through could be had (out of descriptors, or the kernel's
+    /// per-user pipe limit left it a few pages): this direction copies to its end.
+    copy_only: bool,
     eof: bool,
     done: bool,
     /// The source has likely nothing yet (the relay just started, or the last read was
@@ -350,8 +353,26 @@ impl<'a> SplicePump<'a> {
                         self.bufs.give(b);
                     }
                     match self.pool.take() {
-                        Ok(p) => p,
-                        Err(e) => return Poll::Ready(Err((src_party, e))),
+                        Ok(p) if p.size >= RELAY_BUF => p,
+                        // A pipe smaller than a buffer would move bulk in more system
+                        // calls than copying does, and a failed pipe2 is no reason to
+                        // end the tunnel: either way this direction copies. (Pooled
+                        // pipes are all full-size: a small one is closed here, which
+                        // also hands its pages back to the user's pipe budget.)
+                        other => {
+                            match other {
+                                Ok(p) => tracing::debug!(
+                                    size = p.size,
+                                    "relay pipe under the buffer size, copying instead"
+                                ),
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "no relay pipe, copying instead")
+                                }
+                            }
+                            half.copy_only = true;
+                            half.bulk = false;
+                            continue;
+                        }
                     }
                 }
             };
@@ -423,7 +444,7 @@ fn copy_in(
             Poll::Ready(Ok(()))
         }
         Ok(n) => {
-            half.bulk = n == RELAY_BUF;
+            half.bulk = n == RELAY_BUF && !half.copy_only;
             half.drained = n < cap;
             if half.drained {
                 // A short recv emptied the socket (unless urgent data stopped it): its
