@@ -266,8 +266,21 @@ fn a_tunnel_that_turns_bulk_midway_keeps_every_byte_in_order() {
     }
 }
 
+/// The gateway's descriptor limit: set to `new` (if given); the one before is returned.
+fn nofile_limit(pid: u32, new: Option<&libc::rlimit>) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = new.map_or(std::ptr::null(), |l| l as *const libc::rlimit);
+    // SAFETY: valid pointers (or null: no change).
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, new, &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
 /// Lower the gateway's soft descriptor limit so that exactly `room` more descriptors can
-/// be opened (new ones take the lowest free numbers); the old limit comes back.
+/// be opened (new ones take the lowest free numbers); the limit before is returned.
 fn leave_room_for(pid: u32, room: usize) -> libc::rlimit {
     let open: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -281,29 +294,12 @@ fn leave_room_for(pid: u32, room: usize) -> libc::rlimit {
         }
         limit += 1;
     }
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let new = libc::rlimit {
+    let old = nofile_limit(pid, None);
+    let lowered = libc::rlimit {
         rlim_cur: limit as libc::rlim_t,
-        rlim_max: libc::RLIM_INFINITY,
+        rlim_max: old.rlim_max,
     };
-    // SAFETY: valid pointers; rlim_max is left as it is below.
-    unsafe {
-        assert_eq!(
-            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old),
-            0
-        );
-        let new = libc::rlimit {
-            rlim_max: old.rlim_max,
-            ..new
-        };
-        assert_eq!(
-            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()),
-            0
-        );
-    }
+    nofile_limit(pid, Some(&lowered));
     old
 }
 
@@ -333,15 +329,7 @@ fn a_gateway_out_of_descriptors_for_pipes_relays_bulk_by_copying() {
             s = Some(c);
             break;
         }
-        // SAFETY: restores the limit read above.
-        unsafe {
-            libc::prlimit(
-                pid as i32,
-                libc::RLIMIT_NOFILE,
-                &old.unwrap(),
-                std::ptr::null_mut(),
-            )
-        };
+        nofile_limit(pid, old.as_ref());
     }
     let mut s = s.expect("no tunnel within the lowered descriptor limit");
     s.set_read_timeout(Some(WAIT)).unwrap();
@@ -359,15 +347,7 @@ fn a_gateway_out_of_descriptors_for_pipes_relays_bulk_by_copying() {
         pipes_before,
         "a pipe was made past the limit"
     );
-    // SAFETY: restores the limit read above.
-    unsafe {
-        libc::prlimit(
-            pid as i32,
-            libc::RLIMIT_NOFILE,
-            &old.unwrap(),
-            std::ptr::null_mut(),
-        )
-    };
+    nofile_limit(pid, old.as_ref());
     // With descriptors back, the same tunnel goes on and new ones splice again.
     let tail = pattern(100_003);
     assert!(echo_through(&mut s, &tail) == tail);
