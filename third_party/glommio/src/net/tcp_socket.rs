@@ -80,7 +80,9 @@ pub struct TcpListener {
     nonblocking: bool,
     /// tollgate patch: where a non-blocking listener waits for connections: its place in
     /// the executor's epoll instance (`net::ready`), added the first time an accept finds
-    /// none queued. `Some(Err(()))`: it could not be added, so the io_uring accept.
+    /// none queued. `Some(Err(()))`: it could not be added, so the io_uring accept. One
+    /// task accepts at a time (as tollgate's accept loop does): the registration keeps
+    /// one waiter, so a second task's concurrent accept would take the first one's place.
     ready: std::cell::RefCell<Option<std::result::Result<super::ready::Registration, ()>>>,
 }
 
