@@ -16,7 +16,9 @@ one machine they share the CPUs with the proxy under test, and a normal-policy t
 by the proxy's own send preempts it at once, which a proxy whose clients are other machines
 never pays (and which costs a proxy with pinned executors more than one whose threads the
 scheduler can move away). Every proxy runs under the same harness; the scaling rows also
-measure new tunnels with the load generator at the normal policy, side by side.
+measure new tunnels with the load generator at the normal policy, side by side, and put
+each tollgate row beside the floor server with 1 thread and with as many threads as it has
+executors.
 
 Every figure is also divided by the proxy's own CPU time (utime+stime of its whole process
 group, from /proc/PID/stat), because load generator, proxy and targets share the machine.
@@ -350,10 +352,16 @@ def main():
         if SCHED == "batch":
             runs.append((p, f"tunnels-socks5/w{workers}/normal", "tunnels-socks5", "normal"))
     if any(p.name == "floor-epoll" for p in proxies):
+        # The floor with 1 thread, and with 2 beside 2 executors: two threads on this
+        # machine's cores share them with the load generator, for the floor as for tollgate.
         fl = start_peers(work, ["floor"])[0]
-        runs.append((fl, "tunnels-socks5/floor", "tunnels-socks5", None))
-        if SCHED == "batch":
-            runs.append((fl, "tunnels-socks5/floor/normal", "tunnels-socks5", "normal"))
+        port = free_port()
+        fl2 = Proxy("floor-epoll-2", [os.environ["BENCH_FLOOR"], "-p", str(port), "-t", "2"], port,
+                    ["tunnels-socks5"], work, creds=("benchuser", "benchpass"))
+        for f, key in ((fl, "floor"), (fl2, "floor2")):
+            runs.append((f, f"tunnels-socks5/{key}", "tunnels-socks5", None))
+            if SCHED == "batch":
+                runs.append((f, f"tunnels-socks5/{key}/normal", "tunnels-socks5", "normal"))
     live = list({id(r[0]): r[0] for r in runs}.values())
     rs = {}
     try:
@@ -400,14 +408,18 @@ def main():
         print(f"| {n} | {name} | {per_tunnel / 1024:,.2f} KiB |")
         summary[f"idle/{name}"] = per_tunnel
     print(f"\n(load generator: {SCHED} scheduling policy unless the row says otherwise)")
-    print("\n| scaling (concurrency 32) | executors | load generator | rate (median) | per proxy CPU-second (min / median) | µs CPU per tunnel | vs floor, same policy |")
+    print("\n| scaling (concurrency 32) | executors | load generator | rate (median) | per proxy CPU-second (min / median) | µs CPU per tunnel | vs floor (1 thread / same threads), same policy |")
     print("|---|---|---|---|---|---|---|")
     for key, v in scaling.items():
         parts = key.split("/")
         mode, who, sched = parts[0], parts[1], parts[2] if len(parts) > 2 else SCHED
-        fl = scaling.get(f"tunnels-socks5/floor{'/normal' if len(parts) > 2 else ''}")
-        ratio = f"{v['per_cpu_median'] / fl['per_cpu_median']:.2f}×" if fl and mode == "tunnels-socks5" else ""
-        execs = "floor-epoll, 1 thread" if who == "floor" else who[1:]
+        normal = "/normal" if len(parts) > 2 else ""
+        fl = scaling.get(f"tunnels-socks5/floor{normal}")
+        same = scaling.get(f"tunnels-socks5/floor2{normal}") if who in ("w2", "floor2") else fl
+        ratio = ""
+        if fl and same and mode == "tunnels-socks5":
+            ratio = f"{v['per_cpu_median'] / fl['per_cpu_median']:.2f}× / {v['per_cpu_median'] / same['per_cpu_median']:.2f}×"
+        execs = {"floor": "floor-epoll, 1 thread", "floor2": "floor-epoll, 2 threads"}.get(who, who[1:])
         print(f"| {mode} | {execs} | {sched} | {v['rate']:,.0f} /s | {v['per_cpu_min']:,.0f} / {v['per_cpu_median']:,.0f} | "
               f"{1e6 / v['per_cpu_median']:,.0f} | {ratio} |")
     summary["scaling"] = scaling
