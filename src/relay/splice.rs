@@ -182,6 +182,14 @@ struct Half {
     drained: bool,
 }
 
+impl Half {
+    /// No pipe for this direction: it copies from here to its end.
+    fn copy_to_end(&mut self) {
+        self.copy_only = true;
+        self.bulk = false;
+    }
+}
+
 /// Both directions of one tunnel between plain sockets, copied until bulk and spliced from
 /// then on; the same contract as the copying pump.
 pub(super) struct SplicePump<'a> {
@@ -359,18 +367,17 @@ impl<'a> SplicePump<'a> {
                         // end the tunnel: either way this direction copies. (Pooled
                         // pipes are all full-size: a small one is closed here, which
                         // also hands its pages back to the user's pipe budget.)
-                        other => {
-                            match other {
-                                Ok(p) => tracing::debug!(
-                                    size = p.size,
-                                    "relay pipe under the buffer size, copying instead"
-                                ),
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "no relay pipe, copying instead")
-                                }
-                            }
-                            half.copy_only = true;
-                            half.bulk = false;
+                        Ok(small) => {
+                            tracing::debug!(
+                                size = small.size,
+                                "relay pipe under the buffer size, copying instead"
+                            );
+                            half.copy_to_end();
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no relay pipe, copying instead");
+                            half.copy_to_end();
                             continue;
                         }
                     }

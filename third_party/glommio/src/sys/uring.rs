@@ -1826,21 +1826,21 @@ impl Reactor {
         self.skip_drain.set(true);
     }
 
-    /// tollgate patch: the epoll instance this executor may sleep in, with the rings'
-    /// fds added to it (once), so that a completion ends the sleep. `None`: no socket has
-    /// registered yet: sleep in the main ring, as upstream. `Err`: the rings could not be
+    /// tollgate patch: whether this executor sleeps in its epoll instance, with the
+    /// rings' fds added to it (once), so that a completion ends the sleep. `false`: no
+    /// socket has registered yet: sleep in the main ring, as upstream. `Err`: the rings could not be
     /// added, so this executor must not sleep at all (neither sleep would see every
     /// wakeup); it polls until the next try succeeds.
-    fn epoll_for_sleep(&self, main_ring: &SleepableRing) -> Result<Option<RawFd>, ()> {
+    fn epoll_for_sleep(&self, main_ring: &SleepableRing) -> Result<bool, ()> {
         let Some(epfd) = crate::net::ready::epfd(self.notifier.id()) else {
-            return Ok(None);
+            return Ok(false);
         };
         if self.rings_watched_by.get() != Some(epfd) {
             crate::net::ready::watch(epfd, main_ring.ring_fd()).map_err(drop)?;
             crate::net::ready::watch(epfd, self.link_fd).map_err(drop)?;
             self.rings_watched_by.set(Some(epfd));
         }
-        Ok(Some(epfd))
+        Ok(true)
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1977,7 +1977,7 @@ impl Reactor {
         let (should_sleep, sleep_in_epoll) = match should_sleep {
             false => (false, false),
             true => match self.epoll_for_sleep(&main_ring) {
-                Ok(epfd) => (true, epfd.is_some()),
+                Ok(in_epoll) => (true, in_epoll),
                 Err(()) => (false, false),
             },
         };
